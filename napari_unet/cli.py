@@ -1,0 +1,371 @@
+"""The ``napari-unet`` command: predict, train, evaluate, models, info, demo.
+
+User mistakes end with one line on stderr and exit status 1 (2 for bad command-line usage);
+nothing here prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "nuclei"
+EXIT_ERROR = 1
+
+
+class _PairAction(argparse.Action):
+    """Collects ``--image A --labels B [--mask M]`` groups in order into ``args.pairs``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option: str | None = None) -> None:
+        pairs = getattr(namespace, "pairs", None) or []
+        key = self.dest
+        if key == "image":
+            pairs.append({"image": value})
+        elif not pairs or key in pairs[-1]:
+            parser.error(f"{option} must follow its --image")
+        else:
+            pairs[-1][key] = value
+        namespace.pairs = pairs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``napari-unet`` command."""
+    parser = argparse.ArgumentParser(
+        prog="napari-unet",
+        description="Segment microscopy images with a U-Net, and train it on your own labels.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("predict", help="segment images and write label TIFFs", description="Segment images; writes DIR/<name>_labels.tif for each input.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="TIFF/OME-TIFF/ImageJ, PNG or JPEG files")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the label images")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH", help=f"model name or .safetensors file (default: {DEFAULT_MODEL})")
+    p.add_argument("--mode", choices=("instances", "semantic"), help="default: the model's mode")
+    _add_device(p)
+    p.add_argument("--tile-size", type=int, default=512, metavar="N", help="largest tile edge in pixels (default 512)")
+    p.add_argument("--overlap", type=float, default=0.125, metavar="F", help="tile overlap as a fraction of the tile (default 0.125)")
+    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
+    p.add_argument("--axes", metavar="AXES", help="axis letters of the input, e.g. ZYX, TZCYX (overrides the file's)")
+    p.add_argument("--channel", type=int, metavar="K", help="channel to segment in a multichannel image")
+    p.add_argument("--diameter", type=float, metavar="PX", help="typical object diameter in pixels (rescales the image)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for objects (default 0.5)")
+    p.add_argument("--min-size", type=int, metavar="PX", help="smallest object kept, in pixels")
+    p.add_argument("--link-z", action="store_true", help="give each object one id through Z")
+    p.add_argument("--overwrite", action="store_true", help="replace existing label files")
+
+    t = commands.add_parser("train", help="train or fine-tune a model on labelled images", description="Train a model bundle from labelled images or a training-set folder.")
+    t.add_argument("--image", action=_PairAction, metavar="IMAGE", help="an image (repeat --image/--labels for more)")
+    t.add_argument("--labels", action=_PairAction, metavar="LABELS", help="its label image (instance ids or class indices)")
+    t.add_argument("--mask", action=_PairAction, metavar="MASK", help="optional: nonzero where the labels are known")
+    t.add_argument("--dataset", metavar="DIR", help="a training-set folder saved by the napari plugin")
+    start = t.add_mutually_exclusive_group()
+    start.add_argument("--init", metavar="NAME_OR_PATH", help=f"model to fine-tune (default: {DEFAULT_MODEL} for instances)")
+    start.add_argument("--from-scratch", action="store_true", help="start from random weights")
+    t.add_argument("--mode", choices=("instances", "semantic"), help="with --from-scratch (default instances)")
+    t.add_argument("--class-names", metavar="A,B,..", help="semantic class names, background first")
+    t.add_argument("--depth", type=int, default=4, help="with --from-scratch: U-Net depth (default 4)")
+    t.add_argument("--base-channels", type=int, default=16, help="with --from-scratch: width of the first level (default 16)")
+    t.add_argument("--steps", type=int, help="optimiser steps (default: the GUI's schedule)")
+    t.add_argument("--learning-rate", type=float, help="default 5e-4 (fine-tuning) or 2e-3 (from scratch)")
+    t.add_argument("--patch-size", type=int, default=256, metavar="N")
+    t.add_argument("--batch-size", type=int, default=4, metavar="N")
+    t.add_argument("--val-fraction", type=float, default=0.2, metavar="F", help="share of the labelled planes (or pixels) held out for validation (default 0.2)")
+    t.add_argument("--val-every", type=int, default=25, metavar="N", help="validate every N steps (default 25)")
+    t.add_argument("--border-weights", action="store_true", help="the U-Net paper's weight map between touching objects")
+    t.add_argument("--axes", metavar="AXES", help="axis letters of the images")
+    t.add_argument("--channel", type=int, metavar="K", help="channel to train on in multichannel images")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    _add_device(t)
+    t.add_argument("--output", "-o", required=True, metavar="MODEL.safetensors")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+
+    e = commands.add_parser("evaluate", help="score a label image against ground truth")
+    e.add_argument("--prediction", required=True, metavar="P.tif")
+    e.add_argument("--truth", required=True, metavar="T.tif")
+    e.add_argument("--mode", choices=("instances", "semantic"), default="instances")
+    e.add_argument("--json", action="store_true", help="print JSON")
+
+    m = commands.add_parser("models", help="list bundled and your own models")
+    m.add_argument("--json", action="store_true", help="print JSON")
+
+    i = commands.add_parser("info", help="show how a file is read (shape, dtype, axes, scale)")
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--axes", metavar="AXES", help="axis letters to apply")
+
+    commands.add_parser("demo", help="open napari with sample data, the widgets and the bundled model")
+    return parser
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default auto: cuda > mps > cpu")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-unet`` command; returns the exit status."""
+    from napari_unet.core.errors import UnetError
+
+    args = build_parser().parse_args(argv)
+    handlers = {"predict": run_predict, "train": run_train, "evaluate": run_evaluate, "models": run_models, "info": run_info, "demo": run_demo}
+    try:
+        return handlers[args.command](args)
+    except UnetError as error:
+        print(f"napari-unet {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"napari-unet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def output_name(path: Path) -> str:
+    """``cells.ome.tif`` -> ``cells_labels.tif``."""
+    from napari_unet.core.io import strip_image_suffix
+
+    return f"{strip_image_suffix(path.name)}_labels.tif"
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """``napari-unet predict``."""
+    from tqdm import tqdm
+
+    from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.errors import InputError
+    from napari_unet.core.inference import PredictOptions, iter_predict
+    from napari_unet.core.io import read_image, write_labels
+
+    inputs = [Path(p) for p in args.inputs]
+    output = Path(args.output)
+    targets: dict[Path, Path] = {}
+    for path in inputs:
+        target = output / output_name(path)
+        if target in targets.values():
+            raise InputError(f"two inputs would both write {target}; rename one")
+        if target.exists() and not args.overwrite:
+            raise InputError(f"{target} exists; pass --overwrite to replace it")
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        targets[path] = target
+    bundle = load_bundle(args.model)
+    options = PredictOptions(
+        mode=args.mode,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        min_size=args.min_size,
+        link_z=args.link_z,
+        diameter=args.diameter,
+        channel=args.channel,
+        device=args.device,
+    )
+    for path, target in targets.items():
+        stack = read_image(path, axes=args.axes)
+        generator = iter_predict(stack, bundle, options)
+        with tqdm(desc=path.name, unit="tile", file=sys.stderr, leave=False) as bar:
+            while True:
+                try:
+                    progress = next(generator)
+                except StopIteration as finished:
+                    result = finished.value
+                    break
+                bar.total = progress.total
+                bar.set_postfix_str(progress.stage)
+                bar.update(progress.done - bar.n)
+        write_labels(target, result.labels, axes=result.axes, scale=stack.scale, units=stack.units, overwrite=args.overwrite)
+        count = int(result.labels.max()) if result.mode == "instances" else len(result.class_names)
+        what = "objects" if result.mode == "instances" else "classes"
+        print(f"{path} -> {target} ({result.axes} {tuple(result.labels.shape)}, {count} {what}, {result.compute})")
+    return 0
+
+
+def collect_samples(args: argparse.Namespace) -> list[Any]:
+    """Training samples from ``--image/--labels/--mask`` groups or from ``--dataset``."""
+    import numpy as np
+
+    from napari_unet.core.dataset import TrainingSet
+    from napari_unet.core.errors import InputError
+    from napari_unet.core.io import read_image
+    from napari_unet.core.preprocess import iter_planes, labels_axes_of
+    from napari_unet.core.training import TrainingSample
+
+    pairs = getattr(args, "pairs", None) or []
+    if args.dataset and pairs:
+        raise InputError("give either --dataset or --image/--labels pairs, not both")
+    if args.dataset:
+        return TrainingSet.open(args.dataset).samples()
+    if not pairs:
+        raise InputError("nothing to train on: give --image A.tif --labels A_labels.tif (or --dataset DIR)")
+    samples = []
+    for pair in pairs:
+        if "labels" not in pair:
+            raise InputError(f"--image {pair['image']} has no --labels")
+        stack = read_image(pair["image"], axes=args.axes)
+        label_axes = labels_axes_of(stack.axes)
+        labels = read_image(pair["labels"]).data
+        mask = read_image(pair["mask"]).data if "mask" in pair else None
+        expected = tuple(n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a in label_axes)
+        labels = _fit_shape(labels, expected, pair["labels"], label_axes)
+        mask = None if mask is None else _fit_shape(mask, expected, pair["mask"], label_axes)
+        label_planes = iter_planes(labels, label_axes)
+        mask_planes = iter_planes(mask, label_axes) if mask is not None else None
+        for (index, pixels, plane_axes), (_, plane_labels, _) in zip(iter_planes(stack.data, stack.axes), label_planes, strict=True):
+            known = next(mask_planes)[1] if mask_planes is not None else None
+            if known is not None and not known.any():
+                continue
+            samples.append(TrainingSample(np.asarray(pixels), np.asarray(plane_labels), known, plane_axes, f"{pair['image']}{list(index)}"))
+    return samples
+
+
+def _fit_shape(array: Any, expected: tuple[int, ...], name: str, axes: str) -> Any:
+    """Reshape ``array`` to ``expected`` when they differ only by axes of length 1."""
+    import numpy as np
+
+    from napari_unet.core.errors import InputError
+
+    if tuple(n for n in array.shape if n != 1) != tuple(n for n in expected if n != 1):
+        raise InputError(f"{name}: shape {tuple(array.shape)} does not match the image's {expected} ({axes})")
+    return np.asarray(array).reshape(expected)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``napari-unet train``."""
+    from tqdm import tqdm
+
+    from napari_unet.core.bundle import bundle_from_config, load_bundle, new_config, save_bundle
+    from napari_unet.core.errors import InputError
+    from napari_unet.core.training import TrainSettings, iter_finetune, median_diameter
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise InputError(f"{output} exists; pass --overwrite to replace it")
+    if output.suffix != ".safetensors":
+        raise InputError(f"{output}: the model file must end in .safetensors")
+    samples = collect_samples(args)
+    if args.from_scratch:
+        mode = args.mode or "instances"
+        class_names = args.class_names.split(",") if args.class_names else None
+        config = new_config(
+            architecture={"depth": args.depth, "base_channels": args.base_channels},
+            mode=mode,
+            class_names=class_names,
+            object_diameter=median_diameter([s.labels for s in samples]) if mode == "instances" else None,
+        )
+        base = bundle_from_config(config)
+        learning_rate = args.learning_rate or 2e-3
+    else:
+        base = load_bundle(args.init or DEFAULT_MODEL)
+        if args.mode and args.mode != base.mode:
+            raise InputError(f"model {base.name!r} is a {base.mode} model; it cannot be trained for {args.mode}")
+        learning_rate = args.learning_rate or 5e-4
+    defaults = TrainSettings()
+    settings = TrainSettings(
+        steps=args.steps or defaults.steps,
+        learning_rate=learning_rate,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        val_fraction=args.val_fraction,
+        val_every=args.val_every,
+        border_weights=args.border_weights,
+        seed=args.seed,
+        device=args.device,
+        channel=args.channel,
+    )
+    generator = iter_finetune(base, samples, settings)
+    with tqdm(total=settings.steps, desc="training", unit="step", file=sys.stderr) as bar:
+        while True:
+            try:
+                step = next(generator)
+            except StopIteration as finished:
+                result = finished.value
+                break
+            bar.update(1)
+            postfix = f"loss {step.loss:.4f}"
+            if step.best_score is not None:
+                postfix += f" val {step.best_score:.3f}"
+            bar.set_postfix_str(postfix)
+    save_bundle(result.bundle, output, overwrite=args.overwrite, half=args.half)
+    before = "n/a" if result.initial_score is None else f"{result.initial_score:.3f}"
+    after = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
+    print(f"saved {output}: {len(samples)} planes, {len(result.history)} steps, validation score {before} -> {after} ({result.reason})")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``napari-unet evaluate``."""
+    import numpy as np
+
+    from napari_unet.core.errors import InputError
+    from napari_unet.core.io import read_image
+    from napari_unet.core.metrics import class_iou, instance_scores, pixel_error
+
+    prediction = np.squeeze(read_image(args.prediction).data)
+    truth = np.squeeze(read_image(args.truth).data)
+    if prediction.shape != truth.shape:
+        raise InputError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
+    if args.mode == "instances":
+        scores = instance_scores(prediction, truth)
+        report = {
+            "ap@0.5": scores.at(0.5),
+            "ap@0.75": scores.at(0.75),
+            "ap@0.5:0.95": scores.mean_ap,
+            "precision@0.5": scores.precision(0.5),
+            "recall@0.5": scores.recall(0.5),
+            "n_true": scores.n_true,
+            "n_pred": scores.n_pred,
+        }
+    else:
+        n = int(max(prediction.max(), truth.max())) + 1
+        iou = class_iou(prediction, truth, n)
+        report = {"pixel_error": pixel_error(prediction, truth), **{f"iou_class_{k}": float(v) for k, v in enumerate(iou)}}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:>14}  {value:.4f}" if isinstance(value, float) else f"{key:>14}  {value}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """``napari-unet models``."""
+    from napari_unet.core.registry import list_models
+
+    entries = list_models()
+    if args.json:
+        print(json.dumps([{"name": e.name, "version": e.version, "mode": e.mode, "class_names": list(e.class_names), "bundled": e.bundled, "path": str(e.path)} for e in entries]))
+        return 0
+    if not entries:
+        print("no models found")
+        return 0
+    print(f"{'name':<24} {'version':>7}  {'mode':<10} {'classes':<34} path")
+    for e in entries:
+        print(f"{e.name:<24} {e.version:>7}  {e.mode:<10} {','.join(e.class_names):<34} {e.path}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """``napari-unet info``."""
+    from napari_unet.core.io import read_image
+
+    stack = read_image(args.file, axes=args.axes)
+    print(f"file   {stack.path}")
+    print(f"shape  {tuple(stack.data.shape)}")
+    print(f"dtype  {stack.data.dtype}")
+    print(f"axes   {stack.axes}")
+    scale = ", ".join(f"{a}={v:g} {stack.units.get(a, '')}".rstrip() for a, v in stack.scale.items()) or "unknown"
+    print(f"scale  {scale}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``napari-unet demo``: napari with a sample stack, the widgets and the bundled model."""
+    from napari_unet.gui.demo import run_demo as launch
+
+    return launch()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

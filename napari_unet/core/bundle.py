@@ -1,0 +1,294 @@
+"""Model bundles: one ``.safetensors`` file holding the weights and the config as JSON.
+
+The config lives in the file's ``__metadata__`` under the key ``napari_unet``. Loading never
+unpickles anything; saving is atomic (temporary file in the same folder, fsync, replace).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from napari_unet.core.atomic import atomic_path
+from napari_unet.core.errors import BundleError
+from napari_unet.core.model import UNet, build_unet
+
+FORMAT_VERSION = 1
+METADATA_KEY = "napari_unet"
+MODES = ("instances", "semantic")
+INSTANCE_CLASSES = ["background", "interior", "boundary"]
+DEFAULT_NORMALIZATION = {"low": 1.0, "high": 99.8, "scope": "slice"}
+DEFAULT_INPUT = {"channels": 1, "rgb": "luminance"}
+
+
+@dataclass
+class Bundle:
+    """A U-Net with everything needed to use it on new images.
+
+    Attributes
+    ----------
+    network : UNet
+        The torch module (in eval mode after loading).
+    config : dict
+        JSON-serialisable description: ``architecture``, ``input``, ``normalization``,
+        ``mode``, ``class_names``, ``object_diameter``, ``training``, ``provenance``,
+        ``parent``, ``created``, ``name``, ``package_version``, ``format_version``.
+    path : Path or None
+        The file it was loaded from or saved to.
+    """
+
+    network: UNet
+    config: dict[str, Any]
+    path: Path | None = field(default=None)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or (self.path.stem if self.path else "unnamed"))
+
+    @property
+    def mode(self) -> str:
+        return str(self.config["mode"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config["class_names"])
+
+
+def new_config(
+    *,
+    architecture: dict[str, Any],
+    mode: str = "instances",
+    class_names: list[str] | None = None,
+    input_spec: dict[str, Any] | None = None,
+    normalization: dict[str, Any] | None = None,
+    object_diameter: float | None = None,
+    name: str | None = None,
+    parent: str | None = None,
+) -> dict[str, Any]:
+    """Make a complete bundle config for a new network.
+
+    Parameters
+    ----------
+    architecture : dict
+        Options of :class:`~napari_unet.core.model.UNet`.
+    mode : {"instances", "semantic"}
+        Instances: 3 classes (background, interior, boundary) turned into objects.
+        Semantic: one class index per pixel.
+    class_names : list of str, optional
+        Semantic class names, background first; ignored for instances.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not valid; choose one of {', '.join(MODES)}")
+    if mode == "instances":
+        class_names = list(INSTANCE_CLASSES)
+    elif not class_names or len(class_names) < 2:
+        raise ValueError("a semantic model needs at least two class names, background first")
+    architecture = {**architecture, "n_classes": len(class_names)}
+    input_spec = {**DEFAULT_INPUT, **(input_spec or {})}
+    architecture["in_channels"] = int(input_spec["channels"])
+    from napari_unet import __version__
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "name": name,
+        "architecture": build_unet(architecture).config,
+        "input": input_spec,
+        "normalization": {**DEFAULT_NORMALIZATION, **(normalization or {})},
+        "mode": mode,
+        "class_names": list(class_names),
+        "object_diameter": object_diameter,
+        "training": {"history": []},
+        "provenance": {},
+        "parent": parent,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def bundle_from_config(config: dict[str, Any]) -> Bundle:
+    """Build a freshly initialised network for ``config`` (validated)."""
+    _check_config(config, source="config")
+    return Bundle(network=build_unet(config["architecture"]).eval(), config=config)
+
+
+def save_bundle(
+    bundle: Bundle,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    half: bool = False,
+) -> Path:
+    """Write ``bundle`` to one ``.safetensors`` file atomically.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        Network and config to save.
+    path : path-like
+        Destination; should end in ``.safetensors``.
+    overwrite : bool
+        Replace an existing file. Without it an existing path is an error.
+    half : bool
+        Store floating-point weights as float16 (half the size).
+
+    Returns
+    -------
+    Path
+        The written path.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise BundleError(f"{path} already exists; choose another name or allow overwriting")
+    config = dict(bundle.config)
+    config["format_version"] = FORMAT_VERSION
+    if not config.get("name"):
+        config["name"] = path.name.removesuffix(".safetensors")
+    _check_config(config, source=str(path))
+    tensors = {}
+    for key, value in bundle.network.state_dict().items():
+        value = value.detach().cpu()
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[key] = value.contiguous()
+    metadata = {METADATA_KEY: json.dumps(config)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    bundle.config = config
+    bundle.path = path
+    return path
+
+
+def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read only the config of a bundle file (cheap: no weights are loaded)."""
+    path = Path(path)
+    metadata = _read_metadata(path)
+    return _parse_config(metadata, path)
+
+
+def load_bundle(name_or_path: str | os.PathLike[str], *, models_dir: Path | None = None) -> Bundle:
+    """Load a bundle by file path or by model name (bundled or in the user's folder).
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        A ``.safetensors`` path, or a name listed by ``napari-unet models``.
+    models_dir : Path, optional
+        The user's model folder (defaults to the platform's data folder).
+
+    Raises
+    ------
+    BundleError
+        If the file is missing, not a bundle, from a newer format, or its weights do not
+        match its architecture.
+    """
+    from napari_unet.core.registry import resolve_model
+
+    path = resolve_model(name_or_path, models_dir=models_dir)
+    config = read_bundle_config(path)
+    network = build_unet(config["architecture"])
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises its own error type on corrupt data
+        raise BundleError(f"{path}: the weights are damaged or truncated ({error})") from error
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise BundleError(
+            f"{path}: the weights do not match the architecture in its config "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise BundleError(
+                f"{path}: weight {key} has shape {tuple(tensor.shape)} but the config's "
+                f"architecture needs {tuple(expected[key].shape)}"
+            )
+        state[key] = tensor.to(expected[key].dtype)
+    network.load_state_dict(state)
+    return Bundle(network=network.eval(), config=config, path=path)
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise BundleError(f"model file not found: {path}")
+    if path.stat().st_size < 8:
+        raise BundleError(f"{path} is empty or truncated; it is not a model bundle")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception as error:
+        raise BundleError(
+            f"{path} is not a napari-unet model bundle (.safetensors): {error}. "
+            "Pickled torch checkpoints (.pt/.pth) are refused because they can run code."
+        ) from error
+
+
+def _parse_config(metadata: dict[str, str], path: Path) -> dict[str, Any]:
+    if METADATA_KEY not in metadata:
+        raise BundleError(
+            f"{path} is a safetensors file but not a napari-unet bundle (no {METADATA_KEY!r} "
+            "config in its metadata)"
+        )
+    try:
+        config = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{path}: its config is not valid JSON ({error})") from error
+    _check_config(config, source=str(path))
+    return config
+
+
+def _check_config(config: Any, *, source: str) -> None:
+    if not isinstance(config, dict):
+        raise BundleError(f"{source}: the config must be a JSON object")
+    version = config.get("format_version")
+    if not isinstance(version, int):
+        raise BundleError(f"{source}: the config has no integer format_version")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{source} uses bundle format {version}, newer than this napari-unet understands "
+            f"({FORMAT_VERSION}); upgrade napari-unet to use it"
+        )
+    for key in ("architecture", "mode", "class_names", "input", "normalization"):
+        if key not in config:
+            raise BundleError(f"{source}: the config lacks {key!r}")
+    if config["mode"] not in MODES:
+        raise BundleError(f"{source}: mode {config['mode']!r} is not one of {', '.join(MODES)}")
+    architecture = config["architecture"]
+    if not isinstance(architecture, dict):
+        raise BundleError(f"{source}: architecture must be an object")
+    if architecture.get("n_classes") != len(config["class_names"]):
+        raise BundleError(
+            f"{source}: the network has {architecture.get('n_classes')} outputs but "
+            f"{len(config['class_names'])} class names"
+        )
+    if config["mode"] == "instances" and len(config["class_names"]) != 3:
+        raise BundleError(f"{source}: an instance model must have exactly 3 classes")
+    build_unet(architecture)  # raises BundleError naming the valid choices
+
+
+def clone_bundle(bundle: Bundle) -> Bundle:
+    """Deep copy of a bundle (independent weights and config)."""
+    import copy
+
+    return Bundle(
+        network=copy.deepcopy(bundle.network),
+        config=json.loads(json.dumps(bundle.config)),
+        path=bundle.path,
+    )
+
+
+def network_state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a network's weights (for keeping the best ones)."""
+    return {key: value.detach().to("cpu", copy=True) for key, value in network.state_dict().items()}

@@ -1,0 +1,322 @@
+"""Segment a stack with a model bundle: plane by plane, tile by tile, with progress.
+
+:func:`iter_predict` is a generator: it yields a :class:`Progress` after every batch of
+tiles and every post-processed plane, and returns a :class:`Prediction`. A consumer (the GUI's
+worker, the CLI's progress bar) can stop it at any yield by closing it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_unet.core.bundle import Bundle
+from napari_unet.core.devices import Compute, resolve_compute
+from napari_unet.core.errors import EngineError, InputError
+from napari_unet.core.io import Stack
+from napari_unet.core.postprocess import default_min_size, instance_labels, link_to_previous, semantic_labels
+from napari_unet.core.preprocess import check_channels, iter_planes, labels_axes_of, plane_count, prepare_plane
+from napari_unet.core.tiling import Predictor, count_tiles, iter_predict_plane, plan_axis
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Settings of a prediction; the defaults suit most microscopy images.
+
+    Attributes
+    ----------
+    mode : {"instances", "semantic"} or None
+        None uses the bundle's mode. A semantic model cannot produce instances.
+    tile_size : int
+        Largest tile edge in pixels (rounded up to what the network accepts).
+    overlap : float
+        Overlap between neighbouring tiles as a fraction of the tile (context margin is half).
+    batch_size : int
+        Tiles per forward pass.
+    threshold : float
+        Probability threshold for instance seeds and foreground.
+    min_size : int or None
+        Smallest object kept, in pixels; None derives it from the object diameter.
+    link_z : bool
+        Give an object one id through Z by linking overlapping objects of adjacent planes.
+    diameter : float or None
+        Typical object diameter in the image, in pixels; the image is rescaled so objects
+        match the size the model was trained on.
+    channel : int or None
+        Channel to segment in a multichannel image.
+    blending : {"cosine", "none"}
+        How overlapping tiles are combined.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    precision : str
+        ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+    """
+
+    mode: str | None = None
+    tile_size: int = 512
+    overlap: float = 0.125
+    batch_size: int = 4
+    threshold: float = 0.5
+    min_size: int | None = None
+    link_z: bool = False
+    diameter: float | None = None
+    channel: int | None = None
+    blending: str = "cosine"
+    device: str = "auto"
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress of a prediction: ``done`` of ``total`` steps of ``stage``."""
+
+    done: int
+    total: int
+    stage: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result of :func:`iter_predict`.
+
+    Attributes
+    ----------
+    labels : ndarray
+        uint32 object ids (instances) or class indices (semantic), one value per pixel of the
+        input's non-channel axes.
+    axes : str
+        Axes of ``labels``.
+    mode : str
+    class_names : list of str
+    compute : str
+        Device and precision used, e.g. ``"cpu (bf16)"``.
+    stats : dict
+        ``tiles``, ``processed_pixel_ratio`` (network input pixels / image pixels), ``planes``.
+    """
+
+    labels: np.ndarray
+    axes: str
+    mode: str
+    class_names: list[str]
+    compute: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class NetworkPredictor:
+    """Callable running a network on batches of tiles; returns softmax probabilities."""
+
+    def __init__(self, network: torch.nn.Module, compute: Compute) -> None:
+        self.compute = compute
+        self.network = network.to(compute.device).eval()
+        if compute.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), self.compute.autocast():
+            x = torch.from_numpy(batch).to(self.compute.device, non_blocking=True)
+            if self.compute.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            probabilities = torch.softmax(self.network(x).float(), dim=1)
+        return probabilities.cpu().numpy()
+
+
+def _resolve_mode(bundle: Bundle, mode: str | None) -> str:
+    mode = mode or bundle.mode
+    if mode not in ("instances", "semantic"):
+        raise InputError(f"mode {mode!r} is not valid; choose instances or semantic")
+    if mode == "instances" and bundle.mode != "instances":
+        raise InputError(
+            f"model {bundle.name!r} is a semantic model (classes {', '.join(bundle.class_names)}); "
+            "it cannot produce instances: use mode semantic"
+        )
+    return mode
+
+
+def _as_stack(image: Stack | np.ndarray, axes: str | None) -> Stack:
+    if isinstance(image, Stack):
+        return image if axes is None else Stack(image.data, axes.upper(), image.scale, image.units, image.path)
+    data = np.asarray(image) if not hasattr(image, "shape") else image
+    if axes is None:
+        if data.ndim != 2:
+            raise InputError(f"an image with {data.ndim} dimensions needs its axes, e.g. 'ZYX'")
+        axes = "YX"
+    return Stack(data, axes.upper())
+
+
+def iter_predict(
+    image: Stack | np.ndarray,
+    bundle: Bundle,
+    options: PredictOptions | None = None,
+    *,
+    axes: str | None = None,
+    predictor: Predictor | None = None,
+) -> Generator[Progress, None, Prediction]:
+    """Segment every plane of an image.
+
+    Parameters
+    ----------
+    image : Stack or ndarray
+        The image; an ndarray with more than two dimensions needs ``axes``.
+    bundle : Bundle
+        The model and its config.
+    options : PredictOptions, optional
+        Tile size, device, mode...
+    axes : str, optional
+        Axis letters for an ndarray (or to override a Stack's).
+    predictor : callable, optional
+        Replaces the network (used to test tiling and fault handling).
+
+    Yields
+    ------
+    Progress
+        After every batch of tiles and every post-processed or linked plane.
+
+    Returns
+    -------
+    Prediction
+    """
+    options = options or PredictOptions()
+    stack = _as_stack(image, axes)
+    mode = _resolve_mode(bundle, options.mode)
+    config = bundle.config
+    check_channels(stack.data.shape, stack.axes, config["input"], options.channel)
+    if not 0.0 <= options.overlap < 1.0:
+        raise InputError(f"overlap must be in [0, 1), got {options.overlap}")
+    if options.diameter is not None and options.diameter <= 0:
+        raise InputError(f"diameter must be positive, got {options.diameter}")
+    network = bundle.network
+    compute = resolve_compute(options.device, options.precision)
+    predictor = predictor or NetworkPredictor(network, compute)
+    tile = network.fit_input_size(max(options.tile_size, network.fit_input_size(1)))
+    crop = network.crop_per_side(tile)
+    margin = max(int(round(options.overlap * tile / 2)), crop)
+    scale_factor = _rescale_factor(config.get("object_diameter"), options.diameter)
+    min_size = options.min_size
+    if min_size is None:
+        min_size = default_min_size(options.diameter or config.get("object_diameter"))
+
+    labels_axes = labels_axes_of(stack.axes)
+    labels_shape = tuple(n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a in labels_axes)
+    labels = np.zeros(labels_shape, dtype=np.uint32)
+    n_planes = plane_count(stack.data.shape, stack.axes)
+    plane_shape = (labels_shape[labels_axes.index("Y")], labels_shape[labels_axes.index("X")])
+    work_shape = tuple(max(1, round(n * scale_factor)) for n in plane_shape)
+    rows = plan_axis(work_shape[0], tile, margin, crop=crop, fit=network.fit_input_size)
+    cols = plan_axis(work_shape[1], tile, margin, crop=crop, fit=network.fit_input_size)
+    tiles_per_plane = count_tiles(rows, cols)
+    total = tiles_per_plane * n_planes
+    done = 0
+    next_id = 1
+    yield Progress(0, total, "predicting")
+    for index, plane, plane_axes in iter_planes(stack.data, stack.axes):
+        x = prepare_plane(plane, plane_axes, config, options.channel)
+        if scale_factor != 1.0:
+            x = _resize(x, work_shape)
+        planner = iter_predict_plane(
+            x,
+            predictor,
+            rows,
+            cols,
+            n_classes=len(bundle.class_names),
+            batch_size=options.batch_size,
+            blending=options.blending,
+        )
+        try:
+            while True:
+                done += next(planner)
+                yield Progress(done, total, "predicting")
+        except StopIteration as finished:
+            probabilities = finished.value
+        except RuntimeError as error:  # torch errors: report as ours
+            raise EngineError(f"the network failed on {compute.label}: {error}") from error
+        if scale_factor != 1.0:
+            probabilities = _resize(probabilities, plane_shape)
+        if mode == "semantic":
+            plane_labels = semantic_labels(probabilities)
+        else:
+            plane_labels = instance_labels(probabilities, threshold=options.threshold, min_size=min_size)
+            plane_labels = np.where(plane_labels > 0, plane_labels + np.uint32(next_id - 1), 0).astype(np.uint32)
+            next_id = max(next_id, int(plane_labels.max()) + 1)
+        labels[_label_index(index, stack.axes, labels_axes)] = plane_labels
+        yield Progress(done, total, "post-processing")
+    if mode == "instances" and options.link_z and "Z" in stack.axes:
+        yield from _link_along_z(labels, labels_axes)
+    processed = tiles_per_plane * rows.tile * cols.tile * n_planes
+    return Prediction(
+        labels=labels,
+        axes=labels_axes,
+        mode=mode,
+        class_names=bundle.class_names,
+        compute=compute.label,
+        stats={
+            "tiles": total,
+            "planes": n_planes,
+            "processed_pixel_ratio": processed / max(1, n_planes * plane_shape[0] * plane_shape[1]),
+            "tile_size": tile,
+            "scale_factor": scale_factor,
+        },
+    )
+
+
+def predict(
+    image: Stack | np.ndarray,
+    bundle: Bundle,
+    options: PredictOptions | None = None,
+    *,
+    axes: str | None = None,
+) -> Prediction:
+    """Run :func:`iter_predict` to completion and return its :class:`Prediction`."""
+    generator = iter_predict(image, bundle, options, axes=axes)
+    while True:
+        try:
+            next(generator)
+        except StopIteration as finished:
+            return finished.value
+
+
+def _rescale_factor(trained_diameter: float | None, diameter: float | None) -> float:
+    if not diameter or not trained_diameter:
+        return 1.0
+    factor = float(trained_diameter) / float(diameter)
+    return 1.0 if math.isclose(factor, 1.0, rel_tol=0.03) else factor
+
+
+def _resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize (C, Y, X) to (C, *shape) with linear interpolation (anti-aliased when shrinking)."""
+    from skimage.transform import resize
+
+    out = np.empty((x.shape[0], *shape), dtype=np.float32)
+    shrinking = shape[0] < x.shape[1] or shape[1] < x.shape[2]
+    for c in range(x.shape[0]):
+        out[c] = resize(x[c], shape, order=1, anti_aliasing=shrinking, preserve_range=True)
+    return out
+
+
+def _label_index(index: tuple[int, ...], axes: str, labels_axes: str) -> tuple[Any, ...]:
+    """Index into the labels array of the plane at stack ``index``."""
+    it = iter(index)
+    return tuple(slice(None) if a in "YX" else next(it) for a in labels_axes)
+
+
+def _link_along_z(labels: np.ndarray, labels_axes: str) -> Generator[Progress, None, None]:
+    """Relink object ids through Z, in place, separately for each position of the other axes."""
+    z_axis = labels_axes.index("Z")
+    moved = np.moveaxis(labels, z_axis, 0)  # view: (Z, ..., Y, X)
+    n_z = moved.shape[0]
+    outer = moved.shape[1:-2]
+    total = (n_z - 1) * int(np.prod(outer, dtype=np.int64))
+    done = 0
+    next_id = 1
+    for rest in np.ndindex(*outer):
+        first = moved[(0, *rest)]
+        relabelled, next_id = link_to_previous(np.zeros_like(first), first, next_id)
+        moved[(0, *rest)] = relabelled
+        for z in range(1, n_z):
+            moved[(z, *rest)], next_id = link_to_previous(moved[(z - 1, *rest)], moved[(z, *rest)], next_id)
+            done += 1
+            yield Progress(done, total, "linking")

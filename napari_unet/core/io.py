@@ -1,0 +1,338 @@
+"""Read image stacks with their axes and physical scale; write label images.
+
+Axis letters used throughout napari-unet:
+
+``T`` time, ``Z`` depth, ``C`` channel, ``Y`` row, ``X`` column, ``S`` colour sample (RGB/A),
+``I`` independent planes whose relation is unknown (never z-linked).
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_unet.core.atomic import atomic_path
+from napari_unet.core.errors import ImageReadError, InputError
+
+AXIS_LETTERS = "TZCYXSI"
+TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+SUPPORTED_DTYPES = "bool, uint8, uint16, uint32, int8, int16, int32, float16, float32, float64"
+
+
+@dataclass
+class Stack:
+    """An image with named axes.
+
+    Attributes
+    ----------
+    data : ndarray
+        Pixel data, possibly a read-only memory map for large files.
+    axes : str
+        One letter per dimension of ``data`` (see the module docstring), e.g. ``"ZYX"``.
+    scale : dict of str to float
+        Physical pixel size per axis letter (``Y``, ``X``, ``Z``, ``T``), where known.
+    units : dict of str to str
+        Unit per axis letter where known (e.g. ``"micron"``).
+    path : Path or None
+        Where it was read from.
+    """
+
+    data: np.ndarray
+    axes: str
+    scale: dict[str, float] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_axes(self.axes, self.data.shape)
+
+    @property
+    def name(self) -> str:
+        """File name without its image suffix (``a.ome.tif`` -> ``a``)."""
+        return strip_image_suffix(self.path.name) if self.path else "image"
+
+
+def strip_image_suffix(name: str) -> str:
+    """Remove ``.ome.tif``, ``.tif``, ``.tiff``, ``.png``... from a file name."""
+    lower = name.lower()
+    for suffix in TIFF_SUFFIXES + RASTER_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def check_axes(axes: str, shape: tuple[int, ...]) -> None:
+    """Raise InputError unless ``axes`` names each dimension of ``shape`` once, Y and X included."""
+    if len(axes) != len(shape):
+        raise InputError(
+            f"axes {axes!r} name {len(axes)} dimensions but the image has {len(shape)} "
+            f"(shape {tuple(shape)})"
+        )
+    bad = sorted(set(axes) - set(AXIS_LETTERS))
+    if bad:
+        raise InputError(f"unknown axis letter(s) {bad} in {axes!r}; use letters from {AXIS_LETTERS}")
+    repeated = sorted({a for a in axes if axes.count(a) > 1 and a != "I"})
+    if repeated:
+        raise InputError(f"axis letter(s) {repeated} appear more than once in {axes!r}")
+    if "Y" not in axes or "X" not in axes:
+        raise InputError(f"axes {axes!r} must include Y and X")
+
+
+def read_image(path: str | os.PathLike[str], *, axes: str | None = None) -> Stack:
+    """Read a TIFF/OME-TIFF/ImageJ hyperstack, PNG or JPEG with its axes and scale.
+
+    Parameters
+    ----------
+    path : path-like
+        The image file.
+    axes : str, optional
+        Override the axes found in the file (one letter per dimension, e.g. ``"ZYX"``).
+
+    Returns
+    -------
+    Stack
+
+    Raises
+    ------
+    ImageReadError
+        If the file is missing, empty, corrupt or of an unsupported kind or dtype.
+    InputError
+        If ``axes`` does not fit the data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: the file is empty (0 bytes)")
+    lower = path.name.lower()
+    if lower.endswith(TIFF_SUFFIXES):
+        stack = _read_tiff(path)
+    elif lower.endswith(RASTER_SUFFIXES):
+        stack = _read_raster(path)
+    else:
+        raise ImageReadError(
+            f"{path}: unsupported file type; napari-unet reads .tif/.tiff (incl. OME and ImageJ), "
+            ".png and .jpg"
+        )
+    _check_pixels(stack.data, path)
+    if axes is not None:
+        axes = axes.upper()
+        check_axes(axes, stack.data.shape)
+        stack = Stack(stack.data, axes, stack.scale, stack.units, path)
+    return stack
+
+
+def _check_pixels(data: np.ndarray, path: Path) -> None:
+    if data.size == 0:
+        raise ImageReadError(f"{path}: the image has no pixels (shape {data.shape})")
+    if data.dtype.kind not in "biuf" or data.dtype.itemsize > 8:
+        raise ImageReadError(
+            f"{path}: pixel type {data.dtype} is not supported; use one of {SUPPORTED_DTYPES}"
+        )
+
+
+def _read_raster(path: Path) -> Stack:
+    import imageio.v3 as iio
+
+    try:
+        data = np.asarray(iio.imread(path))
+    except Exception as error:  # imageio raises many types for corrupt files
+        raise ImageReadError(f"{path}: cannot be read as an image ({error})") from error
+    if data.ndim == 2:
+        axes = "YX"
+    elif data.ndim == 3 and data.shape[-1] in (3, 4):
+        axes = "YXS"
+    elif data.ndim == 3 and data.shape[-1] in (1, 2):
+        axes = "YXC"
+    else:
+        raise ImageReadError(f"{path}: unexpected image shape {data.shape}")
+    return Stack(data, axes, path=path)
+
+
+def _read_tiff(path: Path) -> Stack:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ImageReadError(f"{path}: the TIFF holds no image")
+            series = tif.series[0]
+            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+            raw_axes = series.axes
+            axes = _canonical_tiff_axes(raw_axes, tif, series)
+            scale, units = _tiff_scale(tif, series, axes)
+            data = _tiff_pixels(tif, series, shape, dtype, path)
+    except ImageReadError:
+        raise
+    except Exception as error:  # tifffile raises TiffFileError, ValueError, OSError...
+        raise ImageReadError(f"{path}: not a readable TIFF ({type(error).__name__}: {error})") from error
+    if data.shape != shape:
+        raise ImageReadError(f"{path}: the TIFF's pages do not match its metadata (truncated?)")
+    return Stack(data, axes, scale, units, path)
+
+
+def _tiff_pixels(tif: Any, series: Any, shape: tuple[int, ...], dtype: np.dtype, path: Path) -> np.ndarray:
+    """Load the pixels, memory-mapping uncompressed files larger than a quarter of the RAM."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    available = _available_memory()
+    if nbytes > available // 4:
+        try:
+            import tifffile
+
+            mapped = tifffile.memmap(path, mode="r")
+            if mapped.shape == shape or mapped.size == np.prod(shape):
+                return mapped.reshape(shape)
+        except Exception:  # compressed or not contiguous: cannot be mapped
+            pass
+        if nbytes > available:
+            raise ImageReadError(
+                f"{path}: the image needs {nbytes / 2**30:.1f} GiB but only "
+                f"{available / 2**30:.1f} GiB of memory is free and the file is compressed, so it "
+                "cannot be memory-mapped; save it uncompressed or split it"
+            )
+    return series.asarray()
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def _canonical_tiff_axes(raw: str, tif: Any, series: Any) -> str:
+    """Map tifffile's axis letters to ours; axes it cannot know become ``I``."""
+    if tif.is_imagej and raw.replace("C", "", 1) == "YX":
+        meta = tif.imagej_metadata or {}
+        if meta.get("mode", "grayscale") == "grayscale" and "axes" not in meta:
+            # tifffile labels an ImageJ stack without hyperstack axes as channels: unknown
+            return "IYX"
+    if raw == "SYX":  # a plain 3xYxX (or 4xYxX) file: planar RGB or three planes, unknown
+        return "IYX"
+    known = set("TZCYXS")
+    return "".join(letter if letter in known else "I" for letter in raw)
+
+
+def _tiff_scale(tif: Any, series: Any, axes: str) -> tuple[dict[str, float], dict[str, str]]:
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+            pixels = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+            for axis in "XYZ":
+                size = pixels.get(f"PhysicalSize{axis}")
+                if size:
+                    scale[axis] = float(size)
+                    units[axis] = pixels.get(f"PhysicalSize{axis}Unit", "µm")
+            if pixels.get("TimeIncrement"):
+                scale["T"] = float(pixels.get("TimeIncrement"))
+                units["T"] = pixels.get("TimeIncrementUnit", "s")
+        except (ET.ParseError, StopIteration, ValueError):
+            pass
+        return scale, units
+    page = series.pages[0] if series.pages else tif.pages[0]
+    tags = page.tags
+    unit = None
+    if tif.is_imagej:
+        meta = tif.imagej_metadata or {}
+        unit = meta.get("unit")
+        if meta.get("spacing"):
+            scale["Z"] = float(meta["spacing"])
+        if meta.get("finterval"):
+            scale["T"] = float(meta["finterval"])
+            units["T"] = "s"
+    for axis, tag_name in (("X", "XResolution"), ("Y", "YResolution")):
+        tag = tags.get(tag_name)
+        if tag is None:
+            continue
+        numerator, denominator = tag.value
+        if numerator and denominator and (tif.is_imagej or tags.get("ResolutionUnit")):
+            pixels_per_unit = numerator / denominator
+            if pixels_per_unit > 0 and not (pixels_per_unit == 1 and not tif.is_imagej):
+                scale[axis] = 1.0 / pixels_per_unit
+    if scale.get("X") is not None and not unit:
+        resolution_unit = tags.get("ResolutionUnit")
+        unit = {2: "inch", 3: "cm"}.get(int(resolution_unit.value) if resolution_unit else 0)
+    if unit:
+        unit = "µm" if unit in ("micron", "um", "\\u00B5m") else unit
+        for axis in "XYZ":
+            if axis in scale:
+                units[axis] = unit
+    return {k: v for k, v in scale.items() if k in axes}, {k: v for k, v in units.items() if k in axes}
+
+
+def write_labels(
+    path: str | os.PathLike[str],
+    labels: np.ndarray,
+    *,
+    axes: str,
+    scale: dict[str, float] | None = None,
+    units: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a label image atomically.
+
+    uint16 when the largest label fits (as an ImageJ hyperstack when the axes allow it, so
+    Fiji shows scale and axes), otherwise uint32 as OME-TIFF.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.tif``.
+    labels : ndarray of int
+        Non-negative integer labels.
+    axes : str
+        One letter per dimension of ``labels`` (no ``C`` or ``S``).
+    scale, units : dict, optional
+        Physical pixel size and unit per axis letter.
+    overwrite : bool
+        Replace an existing file; otherwise an existing path is an error.
+    """
+    import tifffile
+
+    path = Path(path)
+    check_axes(axes, labels.shape)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists; pass overwrite to replace it")
+    if labels.dtype.kind not in "biu":
+        raise InputError(f"labels must be integers, got {labels.dtype}")
+    top = int(labels.max()) if labels.size else 0
+    if labels.dtype.kind == "i" and labels.size and int(labels.min()) < 0:
+        raise InputError("labels must not be negative")
+    scale = scale or {}
+    units = units or {}
+    data = labels.astype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32, copy=False)
+    imagej_order = "".join(a for a in "TZYX" if a in axes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        if data.dtype == np.uint16 and axes == imagej_order:
+            metadata: dict[str, Any] = {"axes": axes}
+            if "Z" in scale:
+                metadata["spacing"] = scale["Z"]
+            if "T" in scale:
+                metadata["finterval"] = scale["T"]
+            unit = units.get("X") or units.get("Y")
+            if unit:
+                metadata["unit"] = "micron" if unit in ("µm", "um") else unit
+            resolution = None
+            if "X" in scale and "Y" in scale:
+                resolution = (1.0 / scale["X"], 1.0 / scale["Y"])
+            tifffile.imwrite(
+                tmp, data, imagej=True, metadata=metadata, resolution=resolution, compression="zlib"
+            )
+        else:
+            metadata = {"axes": axes.replace("I", "Q")}
+            for axis in "XYZ":
+                if axis in scale:
+                    metadata[f"PhysicalSize{axis}"] = scale[axis]
+                    if axis in units:
+                        metadata[f"PhysicalSize{axis}Unit"] = units[axis]
+            tifffile.imwrite(tmp, data, ome=True, metadata=metadata, compression="zlib")
+    return path

@@ -1,0 +1,89 @@
+"""From class probabilities to labels: semantic classes, instances, z-linking."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_unet.core.metrics import match_objects
+
+
+def semantic_labels(probabilities: np.ndarray) -> np.ndarray:
+    """Class index of the most likely class per pixel; (K, Y, X) -> (Y, X) uint8/uint16."""
+    dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
+    return np.argmax(probabilities, axis=0).astype(dtype)
+
+
+def default_min_size(object_diameter: float | None) -> int:
+    """Smallest object kept, in pixels: 5% of the area of a typical object (at least 4)."""
+    if not object_diameter:
+        return 10
+    return max(4, int(0.05 * np.pi * (object_diameter / 2) ** 2))
+
+
+def instance_labels(probabilities: np.ndarray, *, threshold: float = 0.5, min_size: int = 10) -> np.ndarray:
+    """Separate objects from background / interior / boundary probabilities.
+
+    Interior pixels above ``threshold`` form one seed per object; seeds grow by watershed
+    (over the boundary-minus-interior relief) into the foreground (interior + boundary above
+    ``threshold``). Objects smaller than ``min_size`` pixels are removed.
+
+    Parameters
+    ----------
+    probabilities : ndarray of shape (3, Y, X)
+        Softmax output: background, interior, boundary.
+
+    Returns
+    -------
+    ndarray of shape (Y, X), uint32
+        0 for background, 1..N for objects.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    interior, boundary = probabilities[1], probabilities[2]
+    foreground = (interior + boundary) > threshold
+    seeds, n_seeds = ndi.label(interior > threshold)
+    if n_seeds == 0:
+        return np.zeros(interior.shape, dtype=np.uint32)
+    labels = watershed(boundary - interior, markers=seeds, mask=foreground | (seeds > 0))
+    return remove_small(labels, min_size)
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop objects smaller than ``min_size`` pixels and number the rest 1..N (uint32)."""
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    new_ids = np.zeros(sizes.size, dtype=np.uint32)
+    new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    return new_ids[labels]
+
+
+def link_to_previous(previous: np.ndarray, current: np.ndarray, next_id: int, min_iou: float = 0.25) -> tuple[np.ndarray, int]:
+    """Give objects of ``current`` the id of the object they overlap best in ``previous``.
+
+    Parameters
+    ----------
+    previous, current : ndarray of shape (Y, X)
+        Labels of two neighbouring planes; ``previous`` already carries final ids.
+    next_id : int
+        First id free for objects that start in ``current``.
+    min_iou : float
+        Least IoU for two objects to be the same.
+
+    Returns
+    -------
+    linked : ndarray of shape (Y, X), uint32
+    next_id : int
+        The next free id after the new objects.
+    """
+    ids = np.unique(current)
+    ids = ids[ids > 0]
+    mapping = np.zeros(int(current.max()) + 1 if current.size else 1, dtype=np.uint32)
+    for id_prev, id_cur, _ in match_objects(previous, current, min_iou):
+        mapping[id_cur] = id_prev
+    for i in ids:
+        if mapping[i] == 0:
+            mapping[i] = next_id
+            next_id += 1
+    return mapping[current], next_id

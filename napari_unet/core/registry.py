@@ -1,0 +1,121 @@
+"""Where models live: the bundled ones and the user's model folder; names and versions.
+
+Fine-tuned versions are named ``<base>-ft<n>`` and saved in the user's model folder, which
+is the platform's data folder (``napari-unet/models``) or ``$NAPARI_UNET_MODELS_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari_unet.core.atomic import is_partial
+from napari_unet.core.errors import BundleError
+
+SUFFIX = ".safetensors"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
+_VERSION = re.compile(r"^(?P<base>.+?)-ft(?P<n>\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model file the registry knows about."""
+
+    name: str
+    path: Path
+    bundled: bool
+    base: str
+    version: int
+    mode: str
+    class_names: tuple[str, ...]
+
+
+def user_models_dir() -> Path:
+    """The user's model folder (created on demand by writers, not here)."""
+    override = os.environ.get("NAPARI_UNET_MODELS_DIR")
+    if override:
+        return Path(override)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
+
+
+def split_version(name: str) -> tuple[str, int]:
+    """Split ``"nuclei-ft3"`` into ``("nuclei", 3)``; a base model is version 0."""
+    match = _VERSION.match(name)
+    if match:
+        return match["base"], int(match["n"])
+    return name, 0
+
+
+def list_models(models_dir: Path | None = None) -> list[ModelEntry]:
+    """All readable models: bundled first, then the user's, sorted by base and version.
+
+    Unreadable files are skipped (they are reported when loaded by name or path).
+    """
+    from napari_unet.core.bundle import read_bundle_config
+
+    entries = []
+    folders = [(BUNDLED_DIR, True), (models_dir or user_models_dir(), False)]
+    for folder, bundled in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob(f"*{SUFFIX}")):
+            if is_partial(path):
+                continue
+            try:
+                config = read_bundle_config(path)
+            except BundleError:
+                continue
+            name = path.name.removesuffix(SUFFIX)
+            base, version = split_version(name)
+            entries.append(
+                ModelEntry(
+                    name=name,
+                    path=path,
+                    bundled=bundled,
+                    base=base,
+                    version=version,
+                    mode=config["mode"],
+                    class_names=tuple(config["class_names"]),
+                )
+            )
+    return sorted(entries, key=lambda e: (not e.bundled, e.base, e.version))
+
+
+def resolve_model(name_or_path: str | os.PathLike[str], models_dir: Path | None = None) -> Path:
+    """Path of a model given a file path or a name; the user's folder wins over bundled."""
+    text = str(name_or_path)
+    candidate = Path(text).expanduser()
+    if candidate.suffix == SUFFIX or os.sep in text or "/" in text:
+        if not candidate.is_file():
+            raise BundleError(f"model file not found: {candidate}")
+        return candidate
+    for folder in (models_dir or user_models_dir(), BUNDLED_DIR):
+        path = folder / f"{text}{SUFFIX}"
+        if path.is_file():
+            return path
+    known = sorted({entry.name for entry in list_models(models_dir)})
+    raise BundleError(
+        f"no model named {text!r}; known models: {', '.join(known) if known else 'none'} "
+        "(or give a path to a .safetensors file)"
+    )
+
+
+def next_version_path(base_name: str, models_dir: Path | None = None) -> Path:
+    """Path for the next fine-tuned version of ``base_name`` in the user's folder.
+
+    ``nuclei`` and ``nuclei-ft2`` both share the base ``nuclei``; the next free number is
+    one above the highest existing version.
+    """
+    folder = models_dir or user_models_dir()
+    base, _ = split_version(base_name)
+    taken = [0]
+    if folder.is_dir():
+        for path in folder.glob(f"{base}-ft*{SUFFIX}"):
+            found_base, version = split_version(path.name.removesuffix(SUFFIX))
+            if found_base == base:
+                taken.append(version)
+    return folder / f"{base}-ft{max(taken) + 1}{SUFFIX}"

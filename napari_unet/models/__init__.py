@@ -1,0 +1,1 @@
+"""Bundled model files (``*.safetensors``) and their model cards."""
