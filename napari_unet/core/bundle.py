@@ -149,8 +149,7 @@ def save_bundle(
         raise BundleError(f"{path} already exists; choose another name or allow overwriting")
     config = dict(bundle.config)
     config["format_version"] = FORMAT_VERSION
-    if not config.get("name"):
-        config["name"] = path.name.removesuffix(".safetensors")
+    config["name"] = path.name.removesuffix(".safetensors")  # the file name is the identity
     _check_config(config, source=str(path))
     tensors = {}
     for key, value in bundle.network.state_dict().items():

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.bundle import Bundle, bundle_from_config, new_config
+
+torch.set_num_threads(2)
+
+
+def tiny_bundle(mode: str = "instances", *, padding: str = "same", channels: int = 1, seed: int = 0, class_names: list[str] | None = None) -> Bundle:
+    """A small untrained U-Net (depth 2, 8 channels) with a complete config."""
+    torch.manual_seed(seed)
+    config = new_config(
+        architecture={"depth": 2, "base_channels": 8, "padding": padding, "norm": "batch"},
+        mode=mode,
+        class_names=class_names or (["background", "cell"] if mode == "semantic" else None),
+        input_spec={"channels": channels},
+        object_diameter=14.0,
+        name=f"tiny-{mode}",
+    )
+    return bundle_from_config(config)
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def instance_bundle() -> Bundle:
+    return tiny_bundle("instances")
+
+
+@pytest.fixture
+def semantic_bundle() -> Bundle:
+    return tiny_bundle("semantic")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

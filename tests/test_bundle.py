@@ -1,0 +1,138 @@
+import json
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.bundle import FORMAT_VERSION, load_bundle, read_bundle_config, save_bundle
+from napari_unet.core.errors import BundleError
+from napari_unet.core.registry import list_models, next_version_path, resolve_model, split_version
+from tests.conftest import tiny_bundle
+
+
+def test_round_trip_keeps_weights_and_config(tmp_path, instance_bundle):
+    path = save_bundle(instance_bundle, tmp_path / "m.safetensors")
+    loaded = load_bundle(path)
+    for key, value in instance_bundle.network.state_dict().items():
+        assert torch.equal(value, loaded.network.state_dict()[key]), key
+    assert loaded.config["mode"] == "instances"
+    assert loaded.config["object_diameter"] == 14.0
+    assert loaded.config["format_version"] == FORMAT_VERSION
+    assert not loaded.network.training
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left
+
+
+def test_half_storage_is_smaller_and_close(tmp_path, instance_bundle):
+    full = save_bundle(instance_bundle, tmp_path / "full.safetensors")
+    half = save_bundle(instance_bundle, tmp_path / "half.safetensors", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        a = load_bundle(full).network(x)
+        b = load_bundle(half).network(x)
+    assert torch.allclose(a, b, atol=1e-2)
+
+
+def test_existing_path_needs_overwrite(tmp_path, instance_bundle):
+    path = save_bundle(instance_bundle, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    with pytest.raises(BundleError, match="already exists"):
+        save_bundle(tiny_bundle(seed=1), path)
+    assert path.read_bytes() == before
+    save_bundle(tiny_bundle(seed=1), path, overwrite=True)
+    assert path.read_bytes() != before
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"", "empty or truncated"),
+        (np.random.default_rng(0).bytes(4096), "not a napari-unet model bundle"),
+    ],
+)
+def test_garbage_is_refused(tmp_path, content, match):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(BundleError, match=match):
+        load_bundle(path)
+
+
+def test_truncated_bundle_is_refused(tmp_path, instance_bundle):
+    path = save_bundle(instance_bundle, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError):
+        load_bundle(path)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_is_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(BundleError, match="refused"):
+        load_bundle(path)
+    torch.save({"x": _Payload(str(marker))}, tmp_path / "evil.pt")
+    (tmp_path / "evil.pt").rename(tmp_path / "evil2.safetensors")
+    with pytest.raises(BundleError):
+        load_bundle(tmp_path / "evil2.safetensors")
+    assert not marker.exists()
+
+
+def _rewrite_config(path, change):
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    config = json.loads(header["__metadata__"]["napari_unet"])
+    change(config)
+    header["__metadata__"]["napari_unet"] = json.dumps(config)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+
+def test_newer_format_is_refused(tmp_path, instance_bundle):
+    path = save_bundle(instance_bundle, tmp_path / "m.safetensors")
+    _rewrite_config(path, lambda c: c.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(BundleError, match="newer"):
+        load_bundle(path)
+
+
+def test_config_that_does_not_match_weights(tmp_path, instance_bundle):
+    path = save_bundle(instance_bundle, tmp_path / "m.safetensors")
+    _rewrite_config(path, lambda c: c["architecture"].update(base_channels=16))
+    with pytest.raises(BundleError, match="shape"):
+        load_bundle(path)
+    _rewrite_config(path, lambda c: c["architecture"].update(base_channels=8, depth=3))
+    with pytest.raises(BundleError, match="do not match"):
+        load_bundle(path)
+    _rewrite_config(path, lambda c: c["architecture"].update(depth=2, norm="layer"))
+    with pytest.raises(BundleError, match="batch, group, none"):
+        load_bundle(path)
+
+
+def test_registry_resolves_and_versions(models_dir, instance_bundle):
+    save_bundle(instance_bundle, models_dir / "cells.safetensors")
+    assert next_version_path("cells") == models_dir / "cells-ft1.safetensors"
+    save_bundle(instance_bundle, next_version_path("cells"))
+    save_bundle(instance_bundle, next_version_path("cells-ft1"))
+    assert next_version_path("cells") == models_dir / "cells-ft3.safetensors"
+    assert resolve_model("cells-ft2") == models_dir / "cells-ft2.safetensors"
+    names = [(e.name, e.version) for e in list_models() if not e.bundled]
+    assert names == [("cells", 0), ("cells-ft1", 1), ("cells-ft2", 2)]
+    (models_dir / ".x.safetensors.abcd.partial").write_bytes(b"half")
+    (models_dir / "broken.safetensors").write_bytes(b"junk")
+    assert len([e for e in list_models() if not e.bundled]) == 3
+    with pytest.raises(BundleError, match="known models"):
+        resolve_model("nope")
+    assert split_version("a-b-ft12") == ("a-b", 12)
+    assert read_bundle_config(models_dir / "cells-ft1.safetensors")["name"] == "cells-ft1"

@@ -1,0 +1,54 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_unet.core.dataset import TrainingSet, image_fingerprint
+from napari_unet.core.errors import TrainingDataError
+from tests.synthetic import disks
+
+
+def test_round_trip_and_manifest(tmp_path):
+    image, labels = disks((64, 64))
+    stack = np.stack([image, image])
+    key = image_fingerprint(stack)
+    training_set = TrainingSet(tmp_path / "set", "instances", ["background", "interior", "boundary"])
+    training_set.add_image(key, source="a.tif", shape=stack.shape, axes="ZYX")
+    known = np.zeros(labels.shape, bool)
+    known[:20] = True
+    training_set.put_plane(key, (1,), image, labels, known)
+    reopened = TrainingSet.open(tmp_path / "set")
+    assert reopened.summary()["planes"] == 1
+    (sample,) = reopened.samples()
+    np.testing.assert_array_equal(sample.labels, labels)
+    np.testing.assert_array_equal(sample.known, known)
+    assert sample.source == "a.tif[1]"
+    manifest = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    assert manifest["planes"][0]["index"] == [1]
+    reopened.remove_plane(key, (1,))
+    assert TrainingSet.open(tmp_path / "set").summary()["planes"] == 0
+    assert not list((tmp_path / "set" / "planes").iterdir())
+
+
+def test_refuses_other_mode_and_bad_labels(tmp_path):
+    image, labels = disks((96, 96))
+    TrainingSet(tmp_path, "semantic", ["background", "cell"]).write_manifest()
+    with pytest.raises(TrainingDataError, match="semantic"):
+        TrainingSet.open_or_create(tmp_path, "instances", ["background", "interior", "boundary"])
+    semantic = TrainingSet.open(tmp_path)
+    semantic.add_image("k", source="x", shape=image.shape, axes="YX")
+    with pytest.raises(TrainingDataError, match="class indices"):
+        semantic.put_plane("k", (), image, labels, None)
+    with pytest.raises(TrainingDataError, match="not a training set"):
+        TrainingSet.open(tmp_path / "nothing")
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(TrainingDataError, match="damaged"):
+        TrainingSet.open(tmp_path)
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    a = np.arange(100, dtype=np.uint16).reshape(10, 10)
+    assert image_fingerprint(a) == image_fingerprint(a.copy())
+    b = a.copy()
+    b[0, 0] = 1
+    assert image_fingerprint(a) != image_fingerprint(b)

@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+
+from napari_unet.core.errors import InputError
+from napari_unet.core.inference import PredictOptions, iter_predict, predict
+from napari_unet.core.io import Stack
+from napari_unet.core.metrics import instance_scores
+from napari_unet.core.postprocess import instance_labels, link_to_previous
+from tests.conftest import tiny_bundle
+from tests.synthetic import balls, disks
+
+FAST = PredictOptions(tile_size=64, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "labels_shape"),
+    [
+        ((40, 50), "YX", (40, 50)),
+        ((3, 40, 50), "ZYX", (3, 40, 50)),
+        ((2, 3, 40, 50), "TZYX", (2, 3, 40, 50)),
+        ((40, 50, 3), "YXS", (40, 50)),
+        ((3, 2, 40, 50), "ZCYX", (3, 40, 50)),
+        ((2, 40, 50), "IYX", (2, 40, 50)),
+    ],
+)
+def test_shapes_and_axes(instance_bundle, shape, axes, labels_shape):
+    data = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
+    options = FAST if "C" not in axes else PredictOptions(tile_size=64, device="cpu", channel=1)
+    result = predict(Stack(data, axes), instance_bundle, options)
+    assert result.labels.shape == labels_shape
+    assert result.labels.dtype == np.uint32
+    assert result.axes == axes.replace("C", "").replace("S", "")
+
+
+def test_multichannel_needs_a_channel(instance_bundle):
+    stack = Stack(np.zeros((2, 32, 32), np.uint16), "CYX")
+    with pytest.raises(InputError, match="choose one channel"):
+        predict(stack, instance_bundle, FAST)
+    with pytest.raises(InputError, match="does not exist"):
+        predict(stack, instance_bundle, PredictOptions(channel=5))
+
+
+def test_semantic_model_cannot_give_instances(semantic_bundle):
+    with pytest.raises(InputError, match="semantic"):
+        predict(np.zeros((32, 32)), semantic_bundle, PredictOptions(mode="instances"))
+    result = predict(np.zeros((32, 32)), semantic_bundle, FAST)
+    assert result.mode == "semantic" and result.labels.max() <= 1
+
+
+@pytest.mark.parametrize("data", [np.zeros((20, 20)), np.full((9, 9), np.nan), np.ones((1, 1)), np.ones((1, 40))])
+def test_degenerate_images(instance_bundle, data):
+    result = predict(data, instance_bundle, FAST)
+    assert result.labels.shape == data.shape
+
+
+def test_stop_at_any_yield(instance_bundle):
+    image = np.random.default_rng(0).random((3, 100, 100)).astype(np.float32)
+    total = sum(1 for _ in iter_predict(image, instance_bundle, FAST, axes="ZYX"))
+    assert total > 5
+    for k in range(total):
+        generator = iter_predict(image, instance_bundle, FAST, axes="ZYX")
+        for _ in range(k + 1):
+            progress = next(generator)
+        assert progress.done <= progress.total
+        generator.close()  # the consumer stops: no error, nothing left running
+
+
+def _oracle_predictor(truth_planes):
+    """A predictor that 'knows' the answer: returns one-hot classes of the current plane."""
+    from napari_unet.core.targets import instance_classes
+
+    state = {"plane": 0}
+    classes = [instance_classes(p) for p in truth_planes]
+
+    def predictor(batch):
+        # the tiles are mirrored-padded copies of the normalised image, which equals the classes / 2
+        return np.stack([np.stack([(np.rint(t[0] * 2) == k).astype(np.float32) for k in range(3)]) for t in batch])
+
+    return predictor, classes, state
+
+
+def test_instances_and_z_linking_with_oracle(instance_bundle):
+    from napari_unet.core.targets import instance_classes
+
+    truth = balls((6, 64, 64), n=5, seed=3)
+    image = np.stack([instance_classes(p).astype(np.float32) for p in truth])  # 0, 1, 2
+    bundle = tiny_bundle()
+    bundle.config["normalization"] = {"low": 0.0, "high": 100.0}
+    image[:, 0, 0] = 0.0
+    image[:, -1, -1] = 2.0  # fixes the normalisation range to [0, 2]
+    predictor, _, _ = _oracle_predictor(truth)
+    options = PredictOptions(tile_size=64, overlap=0.25, min_size=3, link_z=True, blending="none")
+    result = predict_with(image, bundle, options, predictor)
+    from napari_unet.core.postprocess import remove_small
+
+    for z in range(truth.shape[0]):  # slivers at the poles of the balls are too thin to have an interior
+        assert instance_scores(remove_small(result.labels[z], 20), remove_small(truth[z], 20)).at(0.5) == 1.0
+    for ball in range(1, truth.max() + 1):
+        ids = np.unique(result.labels[truth == ball])
+        ids = ids[ids > 0]
+        assert len(ids) == 1, f"ball {ball} got ids {ids} through Z"
+    unlinked = predict_with(image, bundle, PredictOptions(tile_size=64, overlap=0.25, min_size=3, blending="none"), predictor)
+    assert len(np.unique(unlinked.labels)) > len(np.unique(result.labels))
+
+
+def predict_with(image, bundle, options, predictor):
+    generator = iter_predict(image, bundle, options, axes="ZYX", predictor=predictor)
+    while True:
+        try:
+            next(generator)
+        except StopIteration as finished:
+            return finished.value
+
+
+def test_touching_objects_are_separated():
+    _, labels = disks((96, 96), n=10, touching=True, seed=5)
+    from napari_unet.core.targets import instance_classes
+
+    classes = instance_classes(labels)
+    probabilities = np.stack([(classes == k).astype(np.float32) for k in range(3)])
+    result = instance_labels(probabilities, min_size=3)
+    assert instance_scores(result, labels).at(0.5) >= 0.9
+
+
+def test_link_to_previous_keeps_ids():
+    a = np.zeros((10, 10), np.uint32)
+    a[1:4, 1:4] = 7
+    b = np.zeros_like(a)
+    b[1:4, 2:5] = 1
+    b[6:9, 6:9] = 2
+    linked, next_id = link_to_previous(a, b, 8)
+    assert linked[2, 3] == 7 and linked[7, 7] == 8 and next_id == 9
+
+
+def test_diameter_rescales_and_maps_back(instance_bundle):
+    image = np.random.default_rng(0).random((60, 70)).astype(np.float32)
+    result = predict(image, instance_bundle, PredictOptions(diameter=28.0, tile_size=64, device="cpu"))
+    assert result.labels.shape == (60, 70)
+    assert result.stats["scale_factor"] == pytest.approx(0.5)
+    with pytest.raises(InputError, match="positive"):
+        predict(image, instance_bundle, PredictOptions(diameter=-1))
+
+
+def test_valid_padding_model_predicts_full_size():
+    bundle = tiny_bundle(padding="valid")
+    result = predict(np.random.default_rng(0).random((50, 61)), bundle, PredictOptions(tile_size=96, device="cpu"))
+    assert result.labels.shape == (50, 61)

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from napari_unet.core.errors import BundleError
+from napari_unet.core.model import UNet, build_unet
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+@pytest.mark.parametrize("upsampling", ["transposed", "bilinear"])
+def test_same_padding_keeps_size(norm, upsampling):
+    net = UNet(in_channels=2, n_classes=3, depth=2, base_channels=8, norm=norm, upsampling=upsampling, dropout=0.2).eval()
+    out = net(torch.zeros(1, 2, 64, 48))
+    assert out.shape == (1, 3, 64, 48)
+
+
+def test_valid_padding_crops_like_the_paper():
+    net = UNet(depth=4, base_channels=4, padding="valid").eval()
+    # the paper's tile: 572 in, 388 out
+    assert net.output_size(572) == 388
+    out = net(torch.zeros(1, 1, 572, 572))
+    assert out.shape[-2:] == (388, 388)
+    assert net.crop_per_side(572) == 92
+    assert net.fit_input_size(570) == 572
+
+
+def test_same_padding_sizes():
+    net = UNet(depth=3, base_channels=4)
+    assert net.fit_input_size(100) == 104
+    with pytest.raises(ValueError):
+        net.output_size(100)
+
+
+def test_factory_names_valid_choices():
+    with pytest.raises(BundleError, match="same, valid"):
+        build_unet({"padding": "reflect"})
+    with pytest.raises(BundleError, match="valid options"):
+        build_unet({"depht": 3})
+    with pytest.raises(BundleError, match="positive integer"):
+        build_unet({"depth": 0})
+    assert build_unet({"depth": 2, "base_channels": 4}).config["depth"] == 2
+
+
+def test_default_is_classic_unet():
+    net = UNet()
+    assert net.depth == 4 and net.base_channels == 32
+    assert [m.__class__.__name__ for m in net.decoders[0].up.modules()][0] == "ConvTranspose2d"
