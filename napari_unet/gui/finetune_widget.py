@@ -1,0 +1,432 @@
+"""The Fine-tune panel: corrected planes, one-click training in a worker, new model versions."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QSettings, Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_unet.gui.loss_plot import LossPlot
+from napari_unet.gui.segment_widget import model_names
+from napari_unet.gui.session import Session, collect_planes, samples_from_planes, save_planes
+from napari_unet.gui.workers import start_worker
+
+SAVE_DELAY_MS = 2000  # corrections are saved this long after the last brush stroke
+
+
+class FinetunePanel(QWidget):
+    """Fine-tune a model on the planes the user corrected."""
+
+    trained = Signal(str, str)  # new model name, previous model name
+    resegment_requested = Signal(str)  # model name
+
+    def __init__(self, viewer: Any, session: Session, settings: QSettings) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.session = session
+        self.settings = settings
+        self.worker: Any = None
+        self.saver: Any = None
+        self.stop_event = threading.Event()
+        self.new_model: str | None = None
+        self.previous_model: str | None = None
+        self._tracked: dict[int, Any] = {}
+        self._dirty: set[int] = set()
+
+        self.labels_combo = QComboBox()
+        self.base_combo = QComboBox()
+        self.summary = QLabel("No corrections yet.")
+        self.summary.setWordWrap(True)
+        self.planes = QTreeWidget()
+        self.planes.setHeaderLabels(["plane", "use", "fully checked"])
+        self.planes.setRootIsDecorated(False)
+        self.planes.setMaximumHeight(140)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 100000)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 1e-1)
+        self.lr_spin.setSingleStep(1e-4)
+        self.patch_spin = QSpinBox()
+        self.patch_spin.setRange(64, 1024)
+        self.patch_spin.setSingleStep(32)
+        self.val_spin = QDoubleSpinBox()
+        self.val_spin.setRange(0.0, 0.5)
+        self.val_spin.setSingleStep(0.05)
+        self.augment_check = QCheckBox("augmentation (flips, elastic, intensity)")
+        self.train_button = QPushButton("Fine-tune")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.eta = QLabel("")
+        self.plot = LossPlot()
+        self.result = QLabel("")
+        self.result.setWordWrap(True)
+        self.resegment_button = QPushButton("Re-segment with new model")
+        self.keep_button = QPushButton("Keep previous model")
+        for button in (self.resegment_button, self.keep_button):
+            button.setEnabled(False)
+
+        form = QFormLayout()
+        form.addRow("Labels", self.labels_combo)
+        form.addRow("Base model", self.base_combo)
+        advanced = QWidget()
+        advanced_form = QFormLayout(advanced)
+        advanced_form.addRow("Steps", self.steps_spin)
+        advanced_form.addRow("Learning rate", self.lr_spin)
+        advanced_form.addRow("Patch size", self.patch_spin)
+        advanced_form.addRow("Validation share", self.val_spin)
+        advanced_form.addRow("", self.augment_check)
+        self.advanced = QCollapsible("Advanced")
+        self.advanced.addWidget(advanced)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.train_button)
+        run_row.addWidget(self.stop_button)
+        after_row = QHBoxLayout()
+        after_row.addWidget(self.resegment_button)
+        after_row.addWidget(self.keep_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.planes)
+        layout.addWidget(self.advanced)
+        layout.addLayout(run_row)
+        layout.addWidget(self.eta)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.result)
+        layout.addLayout(after_row)
+        layout.addStretch()
+
+        self._save_timer = QTimer(self)
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(SAVE_DELAY_MS)
+        self._save_timer.timeout.connect(self.save_corrections)
+        self._restore_settings()
+        self.refresh_models()
+        self.train_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.resegment_button.clicked.connect(self._resegment)
+        self.keep_button.clicked.connect(self._keep_previous)
+        self.labels_combo.currentIndexChanged.connect(self.refresh_planes)
+        self.planes.itemChanged.connect(self._plane_ticked)
+        viewer.layers.events.removed.connect(self._layer_removed)
+
+    # ----- settings and pickers ---------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        from napari_unet.core.training import TrainSettings
+
+        defaults = TrainSettings()
+        s = self.settings
+        self.steps_spin.setValue(int(s.value("finetune/steps", defaults.steps)))
+        self.lr_spin.setValue(float(s.value("finetune/lr", defaults.learning_rate)))
+        self.patch_spin.setValue(int(s.value("finetune/patch", defaults.patch_size)))
+        self.val_spin.setValue(float(s.value("finetune/val", defaults.val_fraction)))
+        self.augment_check.setChecked(str(s.value("finetune/augment", "true")) == "true")
+
+    def _save_settings(self) -> None:
+        s = self.settings
+        s.setValue("finetune/steps", self.steps_spin.value())
+        s.setValue("finetune/lr", self.lr_spin.value())
+        s.setValue("finetune/patch", self.patch_spin.value())
+        s.setValue("finetune/val", self.val_spin.value())
+        s.setValue("finetune/augment", "true" if self.augment_check.isChecked() else "false")
+
+    def refresh_models(self, select: str | None = None) -> None:
+        current = select or self.base_combo.currentText()
+        self.base_combo.clear()
+        self.base_combo.addItems(model_names())
+        if current:
+            if self.base_combo.findText(current) < 0:
+                self.base_combo.addItem(current)
+            self.base_combo.setCurrentText(current)
+
+    def settings_from_widgets(self) -> Any:
+        from napari_unet.core.augment import AugmentSettings
+        from napari_unet.core.training import TrainSettings
+
+        enabled = self.augment_check.isChecked()
+        return TrainSettings(
+            steps=self.steps_spin.value(),
+            learning_rate=self.lr_spin.value(),
+            patch_size=self.patch_spin.value(),
+            val_fraction=self.val_spin.value(),
+            augment=AugmentSettings(flips=enabled, elastic=enabled, intensity=enabled),
+        )
+
+    # ----- tracking corrections -------------------------------------------------------------
+    def track(self, layer: Any) -> None:
+        """Start following a Labels layer the plugin wrote."""
+        segmentation = self.session.find(layer)
+        if segmentation is None:
+            return
+        if id(layer) not in self._tracked:
+            self._tracked[id(layer)] = layer
+            layer.events.paint.connect(lambda event, lyr=layer: self._painted(lyr, event))
+            layer.events.set_data.connect(lambda event, lyr=layer: self._painted(lyr, None))
+        if self.labels_combo.findData(id(layer)) < 0:
+            self.labels_combo.addItem(layer.name, id(layer))
+        self.labels_combo.setCurrentIndex(self.labels_combo.findData(id(layer)))
+        self.refresh_models(select=segmentation.model)
+        self.offer_saved(layer)
+
+    def _layer_removed(self, event: Any) -> None:
+        layer = event.value
+        index = self.labels_combo.findData(id(layer))
+        if index >= 0:
+            self.save_corrections()
+            self.labels_combo.removeItem(index)
+            self._tracked.pop(id(layer), None)
+
+    def current_layer(self) -> Any:
+        return self._tracked.get(self.labels_combo.currentData())
+
+    def _painted(self, layer: Any, event: Any) -> None:
+        segmentation = self.session.find(layer)
+        if segmentation is None:
+            return
+        planes = segmentation.tracker.planes_in_paint(event.value) if event is not None else None
+        segmentation.tracker.update(np.asarray(layer.data), planes)
+        self._dirty.add(id(layer))
+        if layer is self.current_layer():
+            self.refresh_planes()
+        self._save_timer.start()
+
+    def refresh_planes(self, *_: Any) -> None:
+        """List the corrected planes of the current layer and summarise the training set."""
+        layer = self.current_layer()
+        segmentation = self.session.find(layer) if layer is not None else None
+        self.planes.blockSignals(True)
+        self.planes.clear()
+        if segmentation is None:
+            self.planes.blockSignals(False)
+            self.summary.setText("Segment an image first; then correct it with the brush, eraser and fill.")
+            return
+        tracker = segmentation.tracker
+        stack_axes = tracker.stack_axes
+        current = self._current_plane(tracker)
+        planes = sorted(set(tracker.corrected_planes()) | ({current} if current is not None else set()))
+        for index in planes:
+            label = ", ".join(f"{a.lower()}={i}" for a, i in zip(stack_axes, index, strict=True)) or "image"
+            if index not in tracker.corrected_planes():
+                label += " (shown)"
+            item = QTreeWidgetItem([label, "", ""])
+            item.setData(0, Qt.UserRole, index)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(1, Qt.Unchecked if index in tracker.excluded or index not in tracker.corrected_planes() else Qt.Checked)
+            item.setCheckState(2, Qt.Checked if index in tracker.fully_checked else Qt.Unchecked)
+            self.planes.addTopLevelItem(item)
+        self.planes.blockSignals(False)
+        objects = sum(self._objects(layer, tracker, index) for index in tracker.selected_planes())
+        self.summary.setText(
+            f"{len(tracker.selected_planes())} corrected plane(s) selected, {objects} labelled object(s) in the "
+            "corrected regions. Tick 'fully checked' for planes you verified everywhere."
+        )
+
+    def _current_plane(self, tracker: Any) -> tuple[int, ...] | None:
+        step = self.viewer.dims.current_step
+        offset = len(step) - len(tracker.axes)
+        if offset < 0:
+            return None
+        return tuple(int(step[offset + i]) for i, a in enumerate(tracker.axes) if a not in "YX")
+
+    @staticmethod
+    def _objects(layer: Any, tracker: Any, index: tuple[int, ...]) -> int:
+        plane = np.asarray(layer.data[tracker.plane_slice(index)])
+        values = np.unique(plane[tracker.known_mask(index)])
+        return int((values > 0).sum())
+
+    def _plane_ticked(self, item: QTreeWidgetItem, column: int) -> None:
+        layer = self.current_layer()
+        segmentation = self.session.find(layer) if layer is not None else None
+        if segmentation is None:
+            return
+        index = tuple(item.data(0, Qt.UserRole))
+        tracker = segmentation.tracker
+        if column == 1:
+            (tracker.excluded.discard if item.checkState(1) == Qt.Checked else tracker.excluded.add)(index)
+        elif column == 2:
+            (tracker.fully_checked.add if item.checkState(2) == Qt.Checked else tracker.fully_checked.discard)(index)
+        self._dirty.add(id(layer))
+        self._save_timer.start()
+        QTimer.singleShot(0, self.refresh_planes)
+
+    # ----- saving the training set ----------------------------------------------------------
+    def save_corrections(self) -> Any:
+        """Copy the corrected planes (main thread) and write them to the training set in a worker."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        jobs = []
+        for layer_id in sorted(self._dirty):
+            layer = self._tracked.get(layer_id)
+            segmentation = self.session.find(layer) if layer is not None else None
+            if segmentation is None:
+                continue
+            planes = collect_planes(segmentation, layer.data)
+            training_set = self.session.training_set(segmentation)
+            saved = {r.index for r in training_set.planes_of(segmentation.image_key)}
+            stale = sorted(saved - {p[0] for p in planes})
+            jobs.append((training_set, segmentation, planes, stale))
+        self._dirty.clear()
+        if not jobs:
+            return None
+
+        def write() -> None:
+            for job in jobs:
+                save_planes(*job)
+
+        worker = create_worker(write, _connect={"errored": lambda error: show_error(f"Could not save corrections: {error}")})
+        self.saver = worker
+        return worker
+
+    def offer_saved(self, layer: Any) -> None:
+        """If corrections of this image were saved before, put them back into the layer."""
+        from napari.utils.notifications import show_info
+
+        segmentation = self.session.find(layer)
+        training_set = self.session.training_set(segmentation)
+        records = training_set.planes_of(segmentation.image_key)
+        if not records:
+            return
+        data = np.asarray(layer.data)
+        restored = 0
+        for record in records:
+            sample = training_set.load_plane(record)
+            where = segmentation.tracker.plane_slice(record.index)
+            if data[where].shape != sample.labels.shape:
+                continue
+            data[where] = np.where(sample.known, sample.labels, data[where])
+            if record.fully_checked:
+                segmentation.tracker.fully_checked.add(record.index)
+            restored += 1
+        if restored:
+            layer.data = data
+            segmentation.tracker.update(data)
+            show_info(f"Restored your saved corrections of {restored} plane(s) of this image (undo with Ctrl+Z).")
+            self.refresh_planes()
+
+    # ----- training -------------------------------------------------------------------------
+    def start(self) -> Any:
+        """Fine-tune the base model on the selected corrected planes in a worker."""
+        from napari.utils.notifications import show_error
+
+        from napari_unet.core.registry import next_version_path
+
+        if self.worker is not None:
+            return None
+        layer = self.current_layer()
+        segmentation = self.session.find(layer) if layer is not None else None
+        if segmentation is None:
+            show_error("Nothing to fine-tune on: segment an image and correct it first.")
+            return None
+        segmentation.tracker.update(np.asarray(layer.data))  # catches writes that emit no event
+        planes = collect_planes(segmentation, layer.data)
+        if not planes:
+            show_error("No corrected planes: paint corrections (or tick 'fully checked' on a plane) first.")
+            return None
+        self.refresh_planes()
+        base_name = self.base_combo.currentText()
+        settings = self.settings_from_widgets()
+        self._save_settings()
+        training_set = self.session.training_set(segmentation)
+        saved = {r.index for r in training_set.planes_of(segmentation.image_key)}
+        stale = sorted(saved - {p[0] for p in planes})
+        self.stop_event = threading.Event()
+        stop = self.stop_event
+        source = segmentation.source
+
+        def job() -> Any:
+            from napari_unet.core.bundle import load_bundle, save_bundle
+            from napari_unet.core.training import iter_finetune
+
+            save_planes(training_set, segmentation, planes, stale)
+            others = [r for r in training_set.planes.values() if r.image != segmentation.image_key]
+            samples = samples_from_planes(planes, source) + [training_set.load_plane(r) for r in others]
+            base = load_bundle(base_name)
+            result = yield from iter_finetune(base, samples, settings, stop=stop)
+            path = next_version_path(base.name)
+            save_bundle(result.bundle, path)
+            return result, path
+
+        self.previous_model = base_name
+        self.plot.clear()
+        self.result.setText("")
+        self._started = time.perf_counter()
+        self._set_running(True)
+        self.worker = start_worker(job, on_yield=self._on_step, on_return=self._on_result, on_error=self._on_error, on_finish=self._on_finish)
+        return self.worker
+
+    def stop(self) -> None:
+        """Cooperative stop: training ends at the next step and keeps the best weights so far."""
+        self.stop_event.set()
+        self.eta.setText("Stopping: keeping the best weights so far...")
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        for button in (self.resegment_button, self.keep_button):
+            button.setEnabled(False)
+
+    def _on_step(self, step: Any) -> None:
+        self.plot.add(step.step, step.loss, step.val_score)
+        if not self.stop_event.is_set():
+            remaining = step.elapsed / step.step * (step.total - step.step)
+            self.eta.setText(f"step {step.step}/{step.total}, loss {step.loss:.3f}, about {remaining:.0f} s left")
+
+    def _on_result(self, outcome: Any) -> None:
+        result, path = outcome
+        self.new_model = path.name.removesuffix(".safetensors")
+        before = "n/a" if result.initial_score is None else f"{result.initial_score:.3f}"
+        after = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
+        self.result.setText(
+            f"Saved {self.new_model} ({result.reason}). Score on held-out corrected pixels: "
+            f"{self.previous_model} {before} -> {self.new_model} {after}."
+        )
+        self.eta.setText(f"Done in {time.perf_counter() - self._started:.0f} s.")
+        self.refresh_models()
+        self.trained.emit(self.new_model, self.previous_model or "")
+        for button in (self.resegment_button, self.keep_button):
+            button.setEnabled(True)
+
+    def _on_error(self, error: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(f"Fine-tuning failed: {error}")
+        self.eta.setText(f"Failed: {error}")
+
+    def _on_finish(self) -> None:
+        self.worker = None
+        self.train_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.plot.redraw()
+
+    def _resegment(self) -> None:
+        if self.new_model:
+            self.resegment_requested.emit(self.new_model)
+
+    def _keep_previous(self) -> None:
+        from napari.utils.notifications import show_info
+
+        if self.previous_model:
+            self.refresh_models(select=self.previous_model)
+            show_info(f"Keeping {self.previous_model}; {self.new_model} stays on disk for later comparison.")
+            self.trained.emit(self.previous_model, self.previous_model)
+        for button in (self.resegment_button, self.keep_button):
+            button.setEnabled(False)

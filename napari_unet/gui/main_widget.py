@@ -1,0 +1,87 @@
+"""The napari-unet dock widget: Segment and Fine-tune tabs sharing one session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtCore import QSettings
+from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+
+from napari_unet.gui.finetune_widget import FinetunePanel
+from napari_unet.gui.segment_widget import SegmentPanel
+from napari_unet.gui.session import Session
+
+
+def plugin_settings() -> QSettings:
+    """Where the widgets remember their settings between sessions."""
+    return QSettings("napari-unet", "napari-unet")
+
+
+class UnetWidget(QWidget):
+    """Segment images with a U-Net, correct, and fine-tune, without leaving napari."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = Session()
+        settings = plugin_settings()
+        self.segment = SegmentPanel(napari_viewer, self.session, settings)
+        self.finetune = FinetunePanel(napari_viewer, self.session, settings)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.segment, "Segment")
+        self.tabs.addTab(self.finetune, "Fine-tune")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.tabs)
+        self.segment.segmented.connect(self.finetune.track)
+        self.finetune.trained.connect(self._trained)
+        self.finetune.resegment_requested.connect(self._resegment)
+        napari_viewer.dims.events.current_step.connect(self._dims_changed)
+        self.destroyed.connect(self._stop_workers_of(self.segment, self.finetune))
+
+    def _dims_changed(self, *_: Any) -> None:
+        if self.tabs.currentWidget() is self.finetune:
+            self.finetune.refresh_planes()
+
+    def _trained(self, new_model: str, previous_model: str) -> None:
+        self.segment.refresh_models()
+
+    def _resegment(self, model: str) -> None:
+        self.segment.refresh_models(select=model)
+        self.tabs.setCurrentWidget(self.segment)
+        self.segment.run(model=model, new_layer=True)
+
+    @staticmethod
+    def _stop_workers_of(*panels: Any) -> Any:
+        def stop(*_: Any) -> None:
+            for panel in panels:
+                stop_panel(panel)
+
+        return stop
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        self.close_workers()
+        super().closeEvent(event)
+
+    def close_workers(self) -> None:
+        """Stop running jobs (closing the widget or napari); saves pending corrections first."""
+        self.finetune.save_corrections()
+        stop_panel(self.segment)
+        stop_panel(self.finetune)
+
+
+def stop_panel(panel: Any) -> None:
+    """Ask a panel's worker to stop and wait briefly for it."""
+    stop_event = getattr(panel, "stop_event", None)
+    if stop_event is not None:
+        stop_event.set()
+    for name in ("worker", "saver"):
+        worker = getattr(panel, name, None)
+        if worker is None:
+            continue
+        try:
+            if name == "worker":
+                worker.quit()
+            worker.await_workers(msecs=5000) if hasattr(worker, "await_workers") else None
+        except RuntimeError:  # the Qt object is already gone
+            pass

@@ -1,0 +1,38 @@
+"""napari reader for TIFF / OME-TIFF / ImageJ hyperstacks that keeps axes and scale."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from napari_unet.core.io import TIFF_SUFFIXES
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[tuple[Any, ...]]] | None:
+    """Return a reader for TIFF files this plugin can open, else None (never raises)."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths or not all(isinstance(p, str) and p.lower().endswith(TIFF_SUFFIXES) for p in paths):
+        return None
+    try:
+        import tifffile
+
+        for p in paths:
+            with tifffile.TiffFile(p) as tif:
+                if not tif.series:
+                    return None
+    except Exception:  # not a TIFF we can read: let another reader try
+        return None
+    return read_layers
+
+
+def read_layers(path: str | list[str]) -> list[tuple[Any, ...]]:
+    """Read each file into image layer data with scale, units and axis names."""
+    from napari_unet.core.io import read_image
+    from napari_unet.gui.layers import image_layer_data
+
+    paths = [path] if isinstance(path, str) else list(path)
+    layers: list[tuple[Any, ...]] = []
+    for p in paths:
+        layers.extend(image_layer_data(read_image(Path(p))))
+    return layers

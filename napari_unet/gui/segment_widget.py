@@ -1,0 +1,394 @@
+"""The Segment panel: pick an image and a model, run tiled inference in a worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QSettings, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_unet.gui.corrections import CorrectionTracker
+from napari_unet.gui.layers import METADATA_KEY, layer_axes
+from napari_unet.gui.session import Segmentation, Session
+from napari_unet.gui.workers import start_worker
+
+BROWSE = "Browse..."
+SEMANTIC_COLOURS = ["#00000000", "#ff3b30", "#34c759", "#0a84ff", "#ffd60a", "#bf5af2", "#64d2ff", "#ff9f0a"]
+
+
+def model_names() -> list[str]:
+    """Names of the bundled and the user's models, bundled first."""
+    from napari_unet.core.registry import list_models
+
+    return [entry.name for entry in list_models()]
+
+
+def resolved_device_label() -> str:
+    """What ``auto`` resolves to here, e.g. ``cpu (bf16)``."""
+    from napari_unet.core.devices import resolve_compute
+
+    return resolve_compute("auto").label
+
+
+class SegmentPanel(QWidget):
+    """Run a model on an image layer; the result lands in a Labels layer."""
+
+    segmented = Signal(object)  # the Labels layer written
+
+    def __init__(self, viewer: Any, session: Session, settings: QSettings) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.session = session
+        self.settings = settings
+        self.worker: Any = None
+        self._progress: Any = None
+        self._job: dict[str, Any] = {}
+
+        self.image_combo = QComboBox()
+        self.axes_edit = QLineEdit()
+        self.axes_edit.setPlaceholderText("axes, e.g. ZYX, TYX, TZYX")
+        self.axes_edit.setToolTip("Which axis is which: T time, Z depth, C channel, I independent planes, Y X")
+        self.axes_hint = QLabel("")
+        self.axes_hint.setWordWrap(True)
+        self.model_combo = QComboBox()
+        self.device_combo = QComboBox()
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(["model's mode", "instances", "semantic"])
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(64, 4096)
+        self.tile_spin.setSingleStep(64)
+        self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setRange(0.0, 0.5)
+        self.overlap_spin.setSingleStep(0.05)
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.05, 0.95)
+        self.threshold_spin.setSingleStep(0.05)
+        self.min_size_spin = QSpinBox()
+        self.min_size_spin.setRange(0, 100000)
+        self.min_size_spin.setSpecialValueText("auto")
+        self.diameter_spin = QDoubleSpinBox()
+        self.diameter_spin.setRange(0.0, 1000.0)
+        self.diameter_spin.setSpecialValueText("model's")
+        self.channel_spin = QSpinBox()
+        self.channel_spin.setRange(-1, 64)
+        self.channel_spin.setSpecialValueText("-")
+        self.link_check = QCheckBox("link objects through Z")
+        self.run_button = QPushButton("Segment")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Axes", self.axes_edit)
+        form.addRow("", self.axes_hint)
+        form.addRow("Model", self.model_combo)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Mode", self.mode_combo)
+        advanced = QWidget()
+        advanced_form = QFormLayout(advanced)
+        advanced_form.addRow("Tile size", self.tile_spin)
+        advanced_form.addRow("Overlap", self.overlap_spin)
+        advanced_form.addRow("Threshold", self.threshold_spin)
+        advanced_form.addRow("Min object size (px)", self.min_size_spin)
+        advanced_form.addRow("Object diameter (px)", self.diameter_spin)
+        advanced_form.addRow("Channel", self.channel_spin)
+        advanced_form.addRow("", self.link_check)
+        self.advanced = QCollapsible("Advanced")
+        self.advanced.addWidget(advanced)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.advanced)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+        layout.addStretch()
+
+        self._fill_devices()
+        self.refresh_models()
+        self._restore_settings()
+        self.refresh_images()
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.model_combo.activated.connect(self._model_activated)
+        self.image_combo.currentIndexChanged.connect(self._image_changed)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+            event.connect(self.refresh_images)
+
+    # ----- pickers -------------------------------------------------------------------------
+    def _fill_devices(self) -> None:
+        import torch
+
+        from napari_unet.core.devices import mps_available
+
+        self.device_combo.addItem(f"auto: {resolved_device_label()}", "auto")
+        self.device_combo.addItem("cpu", "cpu")
+        if torch.cuda.is_available():
+            self.device_combo.addItem("cuda", "cuda")
+        if mps_available():
+            self.device_combo.addItem("mps", "mps")
+
+    def refresh_models(self, select: str | None = None) -> None:
+        """Re-list the models (bundled, the user's versions) and keep or set the selection."""
+        current = select or self.model_combo.currentData() or self.settings.value("segment/model", "nuclei")
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for name in model_names():
+            self.model_combo.addItem(name, name)
+        if current and self.model_combo.findData(current) < 0:
+            self.model_combo.addItem(str(current), str(current))
+        self.model_combo.addItem(BROWSE, BROWSE)
+        index = self.model_combo.findData(current)
+        self.model_combo.setCurrentIndex(max(index, 0))
+        self.model_combo.blockSignals(False)
+
+    def _model_activated(self, index: int) -> None:
+        if self.model_combo.itemData(index) != BROWSE:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a model bundle", "", "Model bundles (*.safetensors)")
+        if path:
+            self.refresh_models(select=path)
+        else:
+            self.model_combo.setCurrentIndex(0)
+
+    @property
+    def model(self) -> str:
+        return str(self.model_combo.currentData() or "")
+
+    def image_layers(self) -> list[Any]:
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def refresh_images(self, *_: Any) -> None:
+        """Follow the layer list: list the image layers, keeping the current choice."""
+        current = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        for layer in self.image_layers():
+            self.image_combo.addItem(layer.name)
+        index = self.image_combo.findText(current)
+        if index >= 0:
+            self.image_combo.setCurrentIndex(index)
+        self.image_combo.blockSignals(False)
+        self._image_changed()
+
+    def selected_image(self) -> Any:
+        name = self.image_combo.currentText()
+        return next((layer for layer in self.image_layers() if layer.name == name), None)
+
+    def _image_changed(self, *_: Any) -> None:
+        layer = self.selected_image()
+        if layer is None:
+            self.axes_edit.setText("")
+            self.axes_hint.setText("Open an image (File > Open, or File > Open Sample > napari-unet).")
+            return
+        axes = layer_axes(layer)
+        if axes is not None:
+            self.axes_edit.setText(axes + ("S" if layer.rgb else ""))
+            self.axes_hint.setText("")
+        else:
+            self.axes_edit.setText("")
+            shape = "x".join(map(str, layer.data.shape))
+            self.axes_hint.setText(
+                f"This {layer.data.ndim}D image ({shape}) has no axis information: type one letter per "
+                "axis (T time, Z depth, C channel, I unrelated planes), ending in YX."
+            )
+
+    # ----- settings ------------------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        s = self.settings
+        self.tile_spin.setValue(int(s.value("segment/tile", 512)))
+        self.overlap_spin.setValue(float(s.value("segment/overlap", 0.125)))
+        self.threshold_spin.setValue(float(s.value("segment/threshold", 0.5)))
+        self.min_size_spin.setValue(int(s.value("segment/min_size", 0)))
+        self.link_check.setChecked(str(s.value("segment/link_z", "false")) == "true")
+
+    def _save_settings(self) -> None:
+        s = self.settings
+        s.setValue("segment/model", self.model)
+        s.setValue("segment/tile", self.tile_spin.value())
+        s.setValue("segment/overlap", self.overlap_spin.value())
+        s.setValue("segment/threshold", self.threshold_spin.value())
+        s.setValue("segment/min_size", self.min_size_spin.value())
+        s.setValue("segment/link_z", "true" if self.link_check.isChecked() else "false")
+
+    def options(self) -> Any:
+        from napari_unet.core.inference import PredictOptions
+
+        mode = self.mode_combo.currentText()
+        return PredictOptions(
+            mode=None if mode == "model's mode" else mode,
+            tile_size=self.tile_spin.value(),
+            overlap=self.overlap_spin.value(),
+            threshold=self.threshold_spin.value(),
+            min_size=self.min_size_spin.value() or None,
+            link_z=self.link_check.isChecked(),
+            diameter=self.diameter_spin.value() or None,
+            channel=None if self.channel_spin.value() < 0 else self.channel_spin.value(),
+            device=str(self.device_combo.currentData()),
+        )
+
+    # ----- running -------------------------------------------------------------------------
+    def run(self, *, model: str | None = None, new_layer: bool = False) -> Any:
+        """Segment the selected image in a worker. Returns the worker, or None on bad input."""
+        from napari.utils.notifications import show_error, show_warning
+
+        from napari_unet.core.errors import InputError
+        from napari_unet.core.io import Stack
+
+        if self.worker is not None:
+            show_warning("A segmentation is already running; cancel it first.")
+            return None
+        layer = self.selected_image()
+        if layer is None:
+            show_error("No image to segment: open an image first.")
+            return None
+        axes = self.axes_edit.text().strip().upper()
+        try:
+            stack = Stack(np.asarray(layer.data).copy(), axes)  # a copy: the worker never sees the layer
+        except InputError as error:
+            show_error(f"Axes: {error}. Set the Axes field (e.g. ZYX).")
+            return None
+        layer.metadata.setdefault(METADATA_KEY, {})["axes"] = axes.replace("S", "")
+        model = model or self.model
+        options = self.options()
+        self._save_settings()
+        self._job = {"layer": layer, "stack": stack, "model": model, "options": options, "new_layer": new_layer}
+
+        def job() -> Any:
+            from napari_unet.core.bundle import load_bundle
+            from napari_unet.core.inference import iter_predict
+
+            bundle = load_bundle(model)
+            self._job["bundle_mode"], self._job["class_names"] = bundle.mode, bundle.class_names
+            self._job["diameter"] = bundle.config.get("object_diameter")
+            return (yield from iter_predict(stack, bundle, options))
+
+        from napari.utils import progress
+
+        self._progress = progress(total=0, desc=f"napari-unet: segmenting {layer.name}")
+        self._set_running(True)
+        self.status.setText(f"Segmenting {layer.name} with {model}...")
+        self.worker = start_worker(job, on_yield=self._on_progress, on_return=self._on_result, on_error=self._on_error, on_finish=self._on_finish)
+        return self.worker
+
+    def cancel(self) -> None:
+        """Abort the running segmentation; nothing is written."""
+        if self.worker is not None:
+            self.status.setText("Cancelling...")
+            self.worker.quit()
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _on_progress(self, progress: Any) -> None:
+        self.progress_bar.setMaximum(max(progress.total, 1))
+        self.progress_bar.setValue(progress.done)
+        bar = self._progress
+        if bar is not None:
+            bar.total = progress.total
+            bar.n = progress.done
+            bar.set_description(f"napari-unet: {progress.stage}")
+
+    def _on_result(self, prediction: Any) -> None:
+        layer = self._job["layer"]
+        labels_layer = self._write_labels(layer, prediction)
+        self.status.setText(
+            f"{labels_layer.name}: {self._describe(prediction)} ({prediction.compute}). "
+            "Correct mistakes with the brush, eraser and fill, then fine-tune."
+        )
+        self.segmented.emit(labels_layer)
+
+    def _describe(self, prediction: Any) -> str:
+        if prediction.mode == "instances":
+            return f"{int(np.unique(prediction.labels).size) - 1} objects"
+        return f"classes {', '.join(prediction.class_names)}"
+
+    def _write_labels(self, image: Any, prediction: Any) -> Any:
+        """Put the result in a Labels layer, never overwriting the user's corrections."""
+        from napari.utils.notifications import show_info
+
+        job = self._job
+        name = f"{image.name} labels"
+        existing = next((lyr for lyr in self.viewer.layers if lyr.name == name), None)
+        segmentation = self.session.find(existing) if existing is not None else None
+        reusable = False
+        if segmentation is not None and existing.data.shape == prediction.labels.shape and not job["new_layer"]:
+            segmentation.tracker.update(np.asarray(existing.data))  # edits through layer.data[...] emit nothing
+            reusable = not segmentation.tracker.edits
+        scale = [s for s, a in zip(image.scale, job["stack"].axes.replace("S", ""), strict=False) if a != "C"]
+        if reusable:
+            labels_layer = existing
+            labels_layer.data = prediction.labels
+        else:
+            if existing is not None:
+                name = f"{name} ({job['model']})"
+                if not job["new_layer"]:
+                    show_info(f"'{existing.name}' holds your corrections or was not made here, so the result goes to a new layer '{name}'.")
+            labels_layer = self.viewer.add_labels(prediction.labels, name=name, scale=scale or None, metadata={METADATA_KEY: {"axes": prediction.axes}})
+        if prediction.mode == "semantic":
+            self._style_semantic(labels_layer, prediction.class_names)
+        diameter = job.get("diameter") or 16
+        tracker = CorrectionTracker(prediction.labels, prediction.axes, margin=max(16, int(diameter)))
+        self.session.register(
+            labels_layer,
+            Segmentation(
+                image_name=image.name,
+                image_data=job["stack"].data,
+                image_axes=job["stack"].axes,
+                model=job["model"],
+                mode=prediction.mode,
+                class_names=prediction.class_names,
+                channel=job["options"].channel,
+                tracker=tracker,
+                source=str((image.metadata.get(METADATA_KEY) or {}).get("path") or image.name),
+            ),
+        )
+        return labels_layer
+
+    def _style_semantic(self, layer: Any, class_names: list[str]) -> None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        colours = {k: SEMANTIC_COLOURS[k % len(SEMANTIC_COLOURS)] for k in range(len(class_names))}
+        colours[None] = "#ffffffff"
+        layer.colormap = DirectLabelColormap(color_dict=colours)
+        layer.features = {"class": class_names}
+
+    def _on_error(self, error: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(f"Segmentation failed: {error}")
+        self.status.setText(f"Failed: {error}")
+
+    def _on_finish(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        if self.worker is not None and self.worker.abort_requested:
+            self.status.setText("Cancelled; nothing was written.")
+        self.worker = None
+        self._set_running(False)
+        self.progress_bar.setValue(0)

@@ -1,0 +1,50 @@
+"""Run core generators in napari thread workers without losing their errors.
+
+superqt's generator worker turns a RuntimeError raised inside the generator (every torch
+error, CUDA out-of-memory included) into a warning: neither ``errored`` nor ``finished``
+fires. :func:`guarded` re-raises every exception as :class:`WorkerError` (not a
+RuntimeError), so ``errored`` always fires and the widget can recover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+from napari_unet.core.errors import UnetError
+
+
+class WorkerError(UnetError):
+    """An exception raised inside a background job, carried to the main thread."""
+
+
+def guarded(generator: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """Forward ``generator`` (yields, sends and return value), re-raising errors as WorkerError."""
+    try:
+        return (yield from generator)
+    except UnetError as error:
+        raise WorkerError(str(error)) from error
+    except Exception as error:  # torch RuntimeError, MemoryError, bugs: all must reach the user
+        raise WorkerError(f"{type(error).__name__}: {error}") from error
+
+
+def start_worker(
+    factory: Callable[[], Generator[Any, Any, Any]],
+    *,
+    on_yield: Callable[[Any], None],
+    on_return: Callable[[Any], None],
+    on_error: Callable[[BaseException], None],
+    on_finish: Callable[[], None],
+) -> Any:
+    """Start ``factory()`` in a napari GeneratorWorker with every signal connected up front.
+
+    The slots run on the main thread; they are the only place that touches layers.
+    """
+    from napari.qt.threading import create_worker
+
+    def job() -> Generator[Any, Any, Any]:
+        return (yield from guarded(factory()))
+
+    # errored must be connected at creation, or superqt re-raises the error on the main thread
+    connections = {"yielded": on_yield, "returned": on_return, "errored": on_error, "finished": on_finish}
+    return create_worker(job, _connect=connections)

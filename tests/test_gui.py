@@ -1,0 +1,207 @@
+"""GUI tests: napari under Xvfb (pytest-xvfb), widgets driven through their methods."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+from napari_unet.core.bundle import load_bundle, save_bundle  # noqa: E402
+from tests.conftest import tiny_bundle  # noqa: E402
+from tests.synthetic import disks  # noqa: E402
+
+MANIFEST = Path(__file__).resolve().parents[1] / "napari_unet" / "napari.yaml"
+
+
+@pytest.fixture
+def plugin_dirs(tmp_path, monkeypatch, models_dir):
+    monkeypatch.setenv("NAPARI_UNET_TRAINING_DIR", str(tmp_path / "training"))
+    from qtpy.QtCore import QSettings
+
+    QSettings.setDefaultFormat(QSettings.IniFormat)
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "settings"))
+    save_bundle(tiny_bundle(), models_dir / "tiny.safetensors")
+    return models_dir
+
+
+@pytest.fixture
+def dock(make_napari_viewer, plugin_dirs):
+    from napari_unet.gui.main_widget import UnetWidget
+
+    viewer = make_napari_viewer()
+    widget = UnetWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.segment.refresh_models(select="tiny")
+    widget.segment.tile_spin.setValue(128)
+    widget.segment.device_combo.setCurrentIndex(widget.segment.device_combo.findData("cpu"))
+    widget.finetune.steps_spin.setValue(6)
+    widget.finetune.patch_spin.setValue(64)
+    yield viewer, widget
+    widget.close_workers()
+
+
+def wait_idle(qtbot, panel, timeout=60_000):
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=timeout)
+
+
+def test_manifest_python_names_import():
+    import importlib
+
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    for command in manifest["contributions"]["commands"]:
+        module, attribute = command["python_name"].split(":")
+        assert callable(getattr(importlib.import_module(module), attribute)), command["id"]
+
+
+def test_npe2_validates():
+    from npe2 import PluginManifest
+
+    PluginManifest.from_file(MANIFEST)
+
+
+def test_reader_writer_round_trip(make_napari_viewer, tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((3, 2, 32, 40), np.uint16), imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZCYX", "spacing": 3.0, "unit": "um"})
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin="napari-unet")
+    assert len(layers) == 2  # channels split
+    assert tuple(layers[0].scale) == pytest.approx((3.0, 0.5, 0.5))
+    assert layers[0].metadata["napari_unet"]["axes"] == "ZYX"
+    from napari_unet.gui.reader import get_reader
+
+    assert get_reader(str(tmp_path / "nope.png")) is None
+    (tmp_path / "junk.tif").write_bytes(b"junk")
+    assert get_reader(str(tmp_path / "junk.tif")) is None
+    labels = viewer.add_labels(np.arange(3 * 32 * 40, dtype=np.uint32).reshape(3, 32, 40) % 7, scale=(3.0, 0.5, 0.5))
+    out = tmp_path / "labels.tif"
+    labels.save(str(out), plugin="napari-unet")
+    from napari_unet.core.io import read_image
+
+    back = read_image(out)
+    np.testing.assert_array_equal(back.data, labels.data)
+    assert back.scale["Z"] == pytest.approx(3.0) and back.scale["X"] == pytest.approx(0.5)
+
+
+def test_sample_data_opens(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-unet", "nuclei_2d")
+    viewer.open_sample("napari-unet", "em_sections")
+    assert viewer.layers[0].data.shape == (520, 696)
+    assert viewer.layers[1].data.shape == (5, 512, 512) and viewer.layers[1].scale[0] == pytest.approx(0.05)
+
+
+def test_widget_follows_layers_and_asks_for_axes(dock):
+    viewer, widget = dock
+    assert widget.segment.image_combo.count() == 0
+    viewer.add_image(np.zeros((4, 32, 32)), name="unknown")
+    assert widget.segment.image_combo.currentText() == "unknown"
+    assert widget.segment.axes_edit.text() == "" and "no axis information" in widget.segment.axes_hint.text()
+    assert widget.segment.run() is None  # refuses to guess
+    viewer.add_image(np.zeros((32, 32)), name="flat")
+    widget.segment.image_combo.setCurrentText("flat")
+    assert widget.segment.axes_edit.text() == "YX"
+    viewer.layers.remove("unknown")
+    assert [widget.segment.image_combo.itemText(i) for i in range(widget.segment.image_combo.count())] == ["flat"]
+    assert "tiny" in [widget.segment.model_combo.itemText(i) for i in range(widget.segment.model_combo.count())]
+
+
+def _segment(qtbot, viewer, widget, image, axes):
+    layer = viewer.add_image(image, name="cells", scale=(2.0,) * (image.ndim - 2) + (0.5, 0.5))
+    widget.segment.image_combo.setCurrentText(layer.name)
+    widget.segment.axes_edit.setText(axes)
+    assert widget.segment.run() is not None
+    wait_idle(qtbot, widget.segment)
+    return viewer.layers[f"{layer.name} labels"]
+
+
+def test_segment_paint_track_and_save(qtbot, dock):
+    viewer, widget = dock
+    image = np.stack([disks((96, 96), seed=i)[0] for i in range(3)])
+    labels = _segment(qtbot, viewer, widget, image, "ZYX")
+    assert labels.data.shape == (3, 96, 96) and labels.data.dtype == np.uint32
+    assert tuple(labels.scale) == pytest.approx((2.0, 0.5, 0.5))
+    labels.brush_size = 5
+    labels.paint((1, 40, 40), 7)  # the layer's own paint API (as the brush does)
+    tracker = widget.session.find(labels).tracker
+    assert tracker.corrected_planes() == [(1,)]
+    assert tracker.known_mask((1,))[40, 40] and not tracker.known_mask((1,))[0, 95]
+    from napari_unet.core.dataset import TrainingSet
+    from napari_unet.gui.session import training_root
+
+    qtbot.waitUntil(lambda: (training_root() / "instances" / "manifest.json").is_file(), timeout=10_000)  # debounced save
+
+    saved = TrainingSet.open(training_root() / "instances")
+    assert [r.index for r in saved.planes.values()] == [(1,)]
+    # undo restores the prediction: the plane is no longer corrected
+    labels.undo()
+    assert tracker.corrected_planes() == []
+    # re-running does not overwrite a corrected layer
+    labels.paint((2, 10, 10), 9)
+    widget.segment.run()
+    wait_idle(qtbot, widget.segment)
+    assert "cells labels (tiny)" in [layer.name for layer in viewer.layers]
+    assert labels.data[2, 10, 10] == 9
+
+
+def test_finetune_creates_version_and_stop_keeps_a_model(qtbot, dock, plugin_dirs):
+    viewer, widget = dock
+    image, truth = disks((128, 128), n=14, seed=3)
+    labels = _segment(qtbot, viewer, widget, image, "YX")
+    labels.data = truth.astype(np.uint32)  # a full correction, via set_data
+    finetune = widget.finetune
+    assert finetune.start() is not None
+    wait_idle(qtbot, finetune)
+    assert (plugin_dirs / "tiny-ft1.safetensors").is_file()
+    assert "tiny-ft1" in [widget.segment.model_combo.itemText(i) for i in range(widget.segment.model_combo.count())]
+    assert "tiny 0" in finetune.result.text() or "->" in finetune.result.text()
+    assert len(finetune.plot.steps) == 6 and finetune.plot.draws >= 1
+    finetune.steps_spin.setValue(500)
+    steps = []
+    worker = finetune.start()
+    worker.yielded.connect(lambda step: steps.append(step) or (finetune.stop() if len(steps) == 3 else None))
+    wait_idle(qtbot, finetune)
+    assert 3 <= len(steps) < 500
+    version = load_bundle(plugin_dirs / "tiny-ft2.safetensors")
+    assert "user" in version.config["training"]["history"][-1]["end"]
+
+
+def test_worker_errors_become_notifications(qtbot, dock):
+    from napari.utils.notifications import notification_manager
+
+    viewer, widget = dock
+    import napari_unet.core.inference as inference
+
+    def broken(*args, **kwargs):
+        yield inference.Progress(0, 1, "predicting")
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(inference, "iter_predict", broken)
+    seen = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    viewer.add_image(np.zeros((64, 64)), name="cells")
+    widget.segment.run()
+    wait_idle(qtbot, widget.segment)
+    assert any("out of memory" in message for message in seen)
+    assert widget.segment.run_button.isEnabled()
+    assert "cells labels" not in [layer.name for layer in viewer.layers]
+    patch.undo()
+    import napari_unet.core.training as training
+
+    def broken_training(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (simulated)")
+        yield
+
+    labels = _segment(qtbot, viewer, widget, np.zeros((64, 64)), "YX")
+    labels.paint((30, 30), 3)
+    patch.setattr(training, "iter_finetune", broken_training)
+    widget.finetune.start()
+    wait_idle(qtbot, widget.finetune)
+    patch.undo()
+    assert any("mat1 and mat2" in message for message in seen)
+    assert widget.finetune.train_button.isEnabled()
