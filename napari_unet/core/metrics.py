@@ -138,3 +138,23 @@ def pixel_error(prediction: np.ndarray, truth: np.ndarray) -> float:
     if prediction.shape != truth.shape:
         raise InputError(f"shapes differ: {prediction.shape} vs {truth.shape}")
     return float(np.mean(prediction != truth))
+
+
+def rand_error(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Foreground-restricted Rand error, 1 - Rand F-score (ISBI 2012 style).
+
+    Both inputs are segmentations into regions (e.g. connected cells between membranes); only
+    pixels inside a true region (truth > 0) count.
+    """
+    keep = truth > 0
+    t = truth[keep].astype(np.int64)
+    p = prediction[keep].astype(np.int64)
+    if t.size == 0:
+        return 0.0
+    _, counts = np.unique(np.stack([t, p]), axis=1, return_counts=True)
+    sum_pairs = float(np.sum(counts.astype(np.float64) ** 2))
+    sum_truth = float(np.sum(np.bincount(t).astype(np.float64) ** 2))
+    sum_pred = float(np.sum(np.bincount(p).astype(np.float64) ** 2))
+    precision = sum_pairs / sum_pred
+    recall = sum_pairs / sum_truth
+    return 1.0 - 2 * precision * recall / (precision + recall)

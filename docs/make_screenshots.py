@@ -1,0 +1,70 @@
+"""Take the user guide's screenshots from a real napari window.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
+
+Writes docs/images/segment.png, correct.png and finetune.png. Uses temporary folders for
+models and training sets so your own are untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+scratch = Path(tempfile.mkdtemp(prefix="napari-unet-shots-"))
+os.environ["NAPARI_UNET_MODELS_DIR"] = str(scratch / "models")
+os.environ["NAPARI_UNET_TRAINING_DIR"] = str(scratch / "training")
+
+
+def wait(app, condition, timeout=600.0):
+    end = time.time() + timeout
+    while not condition():
+        app.processEvents()
+        time.sleep(0.02)
+        if time.time() > end:
+            raise TimeoutError("napari-unet job did not finish")
+
+
+def main() -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet.gui.demo import open_demo
+
+    viewer = napari.Viewer(title="napari-unet")
+    viewer.window.resize(1500, 950)
+    app = QApplication.instance()
+    widget = open_demo(viewer, run=False)
+    widget.segment.run()
+    wait(app, lambda: widget.segment.worker is None)
+    labels = viewer.layers["nuclei labels"]
+    labels.opacity = 0.6
+    viewer.screenshot(str(HERE / "images" / "segment.png"), canvas_only=False)
+
+    # a correction with the layer's own paint API: paint one nucleus over
+    labels.mode = "paint"
+    labels.brush_size = 12
+    labels.selected_label = int(labels.data.max()) + 1
+    for column in range(300, 330, 4):
+        labels.paint((250, column), labels.selected_label)
+    viewer.camera.zoom = 2.5
+    viewer.camera.center = (250, 315)
+    widget.tabs.setCurrentWidget(widget.finetune)
+    widget.finetune.refresh_planes()
+    viewer.screenshot(str(HERE / "images" / "correct.png"), canvas_only=False)
+
+    labels.data = labels.data  # keep the layer as is, mark the plane fully checked for the demo
+    widget.finetune.steps_spin.setValue(40)
+    widget.finetune.start()
+    wait(app, lambda: widget.finetune.worker is None)
+    viewer.camera.zoom = 1.0
+    viewer.reset_view()
+    viewer.screenshot(str(HERE / "images" / "finetune.png"), canvas_only=False)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
