@@ -37,7 +37,9 @@ def classical_baseline(image: np.ndarray) -> np.ndarray:
     smooth = gaussian(image.astype(np.float32), 1.0)
     mask = smooth > threshold_otsu(smooth)
     distance = ndi.distance_transform_edt(mask)
-    peaks = peak_local_max(distance, min_distance=4, labels=ndi.label(mask)[0], exclude_border=False)
+    peaks = peak_local_max(
+        distance, min_distance=4, labels=ndi.label(mask)[0], exclude_border=False
+    )
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     return watershed(-distance, markers, mask=mask)
@@ -71,12 +73,22 @@ def evaluate_nuclei() -> dict[str, object]:
         truths.append(read_image(DATA / "dsb2018_train" / "labels" / f"{image_id}.tif").data)
         ours.append(predict(grey, bundle, PredictOptions()).labels)
         baseline.append(classical_baseline(grey))
-    result = {"nuclei": score_instances(ours, truths), "otsu_watershed": score_instances(baseline, truths), "seconds": time.perf_counter() - start}
-    print(f"\nnuclei on {len(ids)} held-out grey DSB 2018 images (split: benchmarks/splits/dsb2018_grey_split.json)")
-    print(f"{'method':<16} {'AP@0.5':>7} {'AP@0.75':>8} {'AP@.5:.95':>10} {'P@0.5':>6} {'R@0.5':>6}")
+    result = {
+        "nuclei": score_instances(ours, truths),
+        "otsu_watershed": score_instances(baseline, truths),
+        "seconds": time.perf_counter() - start,
+    }
+    print(
+        f"\nnuclei on {len(ids)} held-out grey DSB 2018 images (split: benchmarks/splits/dsb2018_grey_split.json)"
+    )
+    print(
+        f"{'method':<16} {'AP@0.5':>7} {'AP@0.75':>8} {'AP@.5:.95':>10} {'P@0.5':>6} {'R@0.5':>6}"
+    )
     for name in ("nuclei", "otsu_watershed"):
         r = result[name]
-        print(f"{name:<16} {r['ap50']:7.3f} {r['ap75']:8.3f} {r['ap50_95']:10.3f} {r['precision50']:6.3f} {r['recall50']:6.3f}")
+        print(
+            f"{name:<16} {r['ap50']:7.3f} {r['ap75']:8.3f} {r['ap50_95']:10.3f} {r['precision50']:6.3f} {r['recall50']:6.3f}"
+        )
     return result
 
 
@@ -92,14 +104,28 @@ def evaluate_em() -> dict[str, object]:
     rows = []
     for section in isbi_split()["heldout"]:
         image = read_image(DATA / "isbi2012_em" / "images" / f"{section}.png").data
-        truth = (read_image(DATA / "isbi2012_em" / "labels" / f"{section}.png").data == 0).astype(np.uint8)
+        truth = (read_image(DATA / "isbi2012_em" / "labels" / f"{section}.png").data == 0).astype(
+            np.uint8
+        )
         labels = predict(image, bundle, PredictOptions()).labels
         cells_truth = ndi.label(truth == 0)[0]
         cells_pred = ndi.label(labels == 0)[0]
-        rows.append({"section": section, "pixel_error": pixel_error(labels, truth), "membrane_iou": float(class_iou(labels, truth, 2)[1]), "rand_error": rand_error(cells_pred, cells_truth)})
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("pixel_error", "membrane_iou", "rand_error")}
+        rows.append(
+            {
+                "section": section,
+                "pixel_error": pixel_error(labels, truth),
+                "membrane_iou": float(class_iou(labels, truth, 2)[1]),
+                "rand_error": rand_error(cells_pred, cells_truth),
+            }
+        )
+    mean = {
+        k: float(np.mean([r[k] for r in rows]))
+        for k in ("pixel_error", "membrane_iou", "rand_error")
+    }
     print(f"\nem-membranes on held-out ISBI 2012 training sections {[r['section'] for r in rows]}")
-    print(f"pixel error {mean['pixel_error']:.4f}  membrane IoU {mean['membrane_iou']:.3f}  Rand error {mean['rand_error']:.4f}")
+    print(
+        f"pixel error {mean['pixel_error']:.4f}  membrane IoU {mean['membrane_iou']:.3f}  Rand error {mean['rand_error']:.4f}"
+    )
     return {"sections": rows, "mean": mean}
 
 
@@ -111,7 +137,12 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
     from napari_unet.core.inference import PredictOptions, predict
     from napari_unet.core.io import read_image
     from napari_unet.core.metrics import instance_scores
-    from napari_unet.core.training import TrainingSample, TrainSettings, iter_finetune, median_diameter
+    from napari_unet.core.training import (
+        TrainingSample,
+        TrainSettings,
+        iter_finetune,
+        median_diameter,
+    )
 
     frames = sorted(p.stem for p in (DATA / "ctc_hela" / "images").glob("*.tif"))
     images = {f: read_image(DATA / "ctc_hela" / "images" / f"{f}.tif").data for f in frames}
@@ -119,7 +150,16 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
     base = load_bundle("nuclei")
 
     def ap(bundle, names):
-        return float(np.mean([instance_scores(predict(images[f], bundle, PredictOptions()).labels, truths[f]).at(0.5) for f in names]))
+        return float(
+            np.mean(
+                [
+                    instance_scores(
+                        predict(images[f], bundle, PredictOptions()).labels, truths[f]
+                    ).at(0.5)
+                    for f in names
+                ]
+            )
+        )
 
     def train(start, names, settings):
         samples = [TrainingSample(images[f], truths[f], None, "YX", f) for f in names]
@@ -139,14 +179,40 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
             before = float(np.mean([base_ap[f] for f in rest]))
             tuned, seconds = train(base, subset, TrainSettings())
             torch.manual_seed(0)
-            scratch_config = new_config(architecture={k2: v for k2, v in base.config["architecture"].items() if k2 not in ("n_classes", "in_channels")}, mode="instances", object_diameter=median_diameter([truths[f] for f in subset]))
-            scratch, scratch_seconds = train(bundle_from_config(scratch_config), subset, TrainSettings(learning_rate=2e-3))
-            run = {"k": k, "train": list(subset), "test": rest, "before": before, "after": ap(tuned, rest), "seconds": seconds, "scratch": ap(scratch, rest), "scratch_seconds": scratch_seconds}
+            scratch_config = new_config(
+                architecture={
+                    k2: v
+                    for k2, v in base.config["architecture"].items()
+                    if k2 not in ("n_classes", "in_channels")
+                },
+                mode="instances",
+                object_diameter=median_diameter([truths[f] for f in subset]),
+            )
+            scratch, scratch_seconds = train(
+                bundle_from_config(scratch_config), subset, TrainSettings(learning_rate=2e-3)
+            )
+            run = {
+                "k": k,
+                "train": list(subset),
+                "test": rest,
+                "before": before,
+                "after": ap(tuned, rest),
+                "seconds": seconds,
+                "scratch": ap(scratch, rest),
+                "scratch_seconds": scratch_seconds,
+            }
             runs.append(run)
-            print(f"k={k} train {subset} -> AP@0.5 on {rest}: base {run['before']:.3f}, fine-tuned {run['after']:.3f} ({seconds:.0f} s), from scratch {run['scratch']:.3f}", flush=True)
+            print(
+                f"k={k} train {subset} -> AP@0.5 on {rest}: base {run['before']:.3f}, fine-tuned {run['after']:.3f} ({seconds:.0f} s), from scratch {run['scratch']:.3f}",
+                flush=True,
+            )
     summary = {}
-    print(f"\nfine-tuning nuclei on CTC Fluo-N2DL-HeLa frames, default GUI schedule ({TrainSettings().steps} steps)")
-    print(f"{'k':>2} {'runs':>4} {'base AP@0.5':>12} {'fine-tuned':>16} {'gain':>13} {'from scratch':>16} {'seconds':>12}")
+    print(
+        f"\nfine-tuning nuclei on CTC Fluo-N2DL-HeLa frames, default GUI schedule ({TrainSettings().steps} steps)"
+    )
+    print(
+        f"{'k':>2} {'runs':>4} {'base AP@0.5':>12} {'fine-tuned':>16} {'gain':>13} {'from scratch':>16} {'seconds':>12}"
+    )
     for k in ks:
         rs = [r for r in runs if r["k"] == k]
         gain = np.array([r["after"] - r["before"] for r in rs])
@@ -163,7 +229,9 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
             "seconds_max": float(np.max([r["seconds"] for r in rs])),
         }
         s = summary[k]
-        print(f"{k:>2} {s['runs']:>4} {s['before']:12.3f} {s['after_mean']:9.3f} ± {s['after_std']:.3f} {s['gain_mean']:+7.3f} (min {s['gain_min']:+.3f}) {s['scratch_mean']:9.3f} ± {s['scratch_std']:.3f} {s['seconds_mean']:6.0f} (max {s['seconds_max']:.0f})")
+        print(
+            f"{k:>2} {s['runs']:>4} {s['before']:12.3f} {s['after_mean']:9.3f} ± {s['after_std']:.3f} {s['gain_mean']:+7.3f} (min {s['gain_min']:+.3f}) {s['scratch_mean']:9.3f} ± {s['scratch_std']:.3f} {s['seconds_mean']:6.0f} (max {s['seconds_max']:.0f})"
+        )
     return {"base_ap_per_frame": base_ap, "runs": runs, "summary": summary}
 
 
@@ -173,14 +241,18 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     jobs = {"nuclei": evaluate_nuclei, "em": evaluate_em, "finetune": evaluate_finetune}
     for name, job in jobs.items():
         if args.what in (name, "all"):
             result = job()
             result["date"] = time.strftime("%Y-%m-%d")
-            (RESULTS / f"accuracy_{name}.json").write_text(json.dumps(result, indent=1, default=str))
+            (RESULTS / f"accuracy_{name}.json").write_text(
+                json.dumps(result, indent=1, default=str)
+            )
     return 0
 
 

@@ -35,10 +35,19 @@ def dsb_split(val_share: float = 0.1) -> dict[str, list[str]]:
         return json.loads(path.read_text())
     with open(DATA / "dsb2018_train" / "image_index.tsv") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    ids = sorted(r["id"] for r in rows if r["gray_or_color"] == "gray" and r["modality_guess"] == "fluorescence")
+    ids = sorted(
+        r["id"]
+        for r in rows
+        if r["gray_or_color"] == "gray" and r["modality_guess"] == "fluorescence"
+    )
     order = np.random.default_rng(SEED).permutation(len(ids))
     n_val = int(round(val_share * len(ids)))
-    split = {"seed": SEED, "rule": "gray + fluorescence in image_index.tsv", "heldout": sorted(ids[i] for i in order[:n_val]), "train": sorted(ids[i] for i in order[n_val:])}
+    split = {
+        "seed": SEED,
+        "rule": "gray + fluorescence in image_index.tsv",
+        "heldout": sorted(ids[i] for i in order[:n_val]),
+        "train": sorted(ids[i] for i in order[n_val:]),
+    }
     SPLITS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(split, indent=1))
     return split
@@ -60,7 +69,9 @@ def build_nuclei_set(folder: Path, ids: list[str]) -> None:
         image = read_image(DATA / "dsb2018_train" / "images" / f"{image_id}.png")
         labels = read_image(DATA / "dsb2018_train" / "labels" / f"{image_id}.tif").data
         grey = image.data[..., 0]
-        training_set.add_image(image_id, source=f"dsb2018_train/{image_id}", shape=grey.shape, axes="YX")
+        training_set.add_image(
+            image_id, source=f"dsb2018_train/{image_id}", shape=grey.shape, axes="YX"
+        )
         training_set.put_plane(image_id, (), grey, labels, None, fully_checked=True)
 
 
@@ -71,8 +82,12 @@ def build_em_set(folder: Path, sections: list[str]) -> None:
     training_set = TrainingSet(folder, "semantic", ["background", "membrane"])
     for section in sections:
         image = read_image(DATA / "isbi2012_em" / "images" / f"{section}.png").data
-        labels = (read_image(DATA / "isbi2012_em" / "labels" / f"{section}.png").data == 0).astype(np.uint8)
-        training_set.add_image(section, source=f"isbi2012_em/{section}", shape=image.shape, axes="YX")
+        labels = (read_image(DATA / "isbi2012_em" / "labels" / f"{section}.png").data == 0).astype(
+            np.uint8
+        )
+        training_set.add_image(
+            section, source=f"isbi2012_em/{section}", shape=image.shape, axes="YX"
+        )
         training_set.put_plane(section, (), image, labels, None, fully_checked=True)
 
 
@@ -80,7 +95,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=("nuclei", "em-membranes"))
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--limit", type=int, help="use only this many training images (quick checks)")
+    parser.add_argument(
+        "--limit", type=int, help="use only this many training images (quick checks)"
+    )
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix=f"napari-unet-{args.model}-"))
@@ -88,13 +105,57 @@ def main() -> int:
         ids = dsb_split()["train"][: args.limit]
         build_nuclei_set(scratch / "set", ids)
         steps = args.steps or 9000
-        extra = ["--base-channels", "16", "--depth", "4", "--learning-rate", "2e-3", "--val-fraction", "0.08", "--val-every", "500", "--border-weights"]
+        extra = [
+            "--base-channels",
+            "16",
+            "--depth",
+            "4",
+            "--learning-rate",
+            "2e-3",
+            "--val-fraction",
+            "0.08",
+            "--val-every",
+            "500",
+            "--border-weights",
+        ]
     else:
         build_em_set(scratch / "set", isbi_split()["train"])
         steps = args.steps or 2500
-        extra = ["--mode", "semantic", "--class-names", "background,membrane", "--base-channels", "16", "--depth", "4", "--learning-rate", "2e-3", "--val-fraction", "0.2", "--val-every", "250"]
+        extra = [
+            "--mode",
+            "semantic",
+            "--class-names",
+            "background,membrane",
+            "--base-channels",
+            "16",
+            "--depth",
+            "4",
+            "--learning-rate",
+            "2e-3",
+            "--val-fraction",
+            "0.2",
+            "--val-every",
+            "250",
+        ]
     output = args.output or ROOT / "napari_unet" / "models" / f"{args.model}.safetensors"
-    command = [sys.executable, "-m", "napari_unet.cli", "train", "--dataset", str(scratch / "set"), "--from-scratch", "--steps", str(steps), "--seed", str(SEED), "--half", "--overwrite", "--output", str(output), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "napari_unet.cli",
+        "train",
+        "--dataset",
+        str(scratch / "set"),
+        "--from-scratch",
+        "--steps",
+        str(steps),
+        "--seed",
+        str(SEED),
+        "--half",
+        "--overwrite",
+        "--output",
+        str(output),
+        *extra,
+    ]
     print("running:", " ".join(command[2:]), flush=True)
     return subprocess.call(command)
 

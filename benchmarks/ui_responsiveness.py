@@ -63,7 +63,10 @@ def pump(app, seconds: float | None = None, until=None) -> float:
 
 def report(name: str, stalls: np.ndarray, extra: str = "") -> None:
     p50, p99, p999 = np.percentile(stalls, [50, 99, 99.9])
-    print(f"{name:<28} {len(stalls):>6} {p50:7.1f} {p99:7.1f} {p999:8.1f} {stalls.max():7.1f}  {extra}", flush=True)
+    print(
+        f"{name:<28} {len(stalls):>6} {p50:7.1f} {p99:7.1f} {p999:8.1f} {stalls.max():7.1f}  {extra}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -102,12 +105,14 @@ def main() -> None:
         labels.data = labels.data  # keep
         if not widget.session.find(labels).tracker.fully_checked:
             widget.session.find(labels).tracker.fully_checked.add(())
-        widget.finetune.labels_combo.setCurrentIndex(widget.finetune.labels_combo.findData(id(labels)))
+        widget.finetune.labels_combo.setCurrentIndex(
+            widget.finetune.labels_combo.findData(id(labels))
+        )
         widget.finetune.steps_spin.setValue(1000)
         steps: list[float] = []
         beat.start()
         worker = widget.finetune.start()
-        worker.yielded.connect(lambda step: steps.append(time.perf_counter()))
+        worker.yielded.connect(lambda step, times=steps: times.append(time.perf_counter()))
         pump(app, seconds=args.seconds)
         widget.finetune.stop()
         stalls = beat.stop()

@@ -20,7 +20,13 @@ EXIT_ERROR = 1
 class _PairAction(argparse.Action):
     """Collects ``--image A --labels B [--mask M]`` groups in order into ``args.pairs``."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        value: Any,
+        option: str | None = None,
+    ) -> None:
         pairs = getattr(namespace, "pairs", None) or []
         key = self.dest
         if key == "image":
@@ -40,46 +46,141 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("predict", help="segment images and write label TIFFs", description="Segment images; writes DIR/<name>_labels.tif for each input.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="TIFF/OME-TIFF/ImageJ, PNG or JPEG files")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the label images")
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH", help=f"model name or .safetensors file (default: {DEFAULT_MODEL})")
+    p = commands.add_parser(
+        "predict",
+        help="segment images and write label TIFFs",
+        description="Segment images; writes DIR/<name>_labels.tif for each input.",
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="TIFF/OME-TIFF/ImageJ, PNG or JPEG files"
+    )
+    p.add_argument(
+        "--output", "-o", required=True, metavar="DIR", help="folder for the label images"
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME_OR_PATH",
+        help=f"model name or .safetensors file (default: {DEFAULT_MODEL})",
+    )
     p.add_argument("--mode", choices=("instances", "semantic"), help="default: the model's mode")
     _add_device(p)
-    p.add_argument("--tile-size", type=int, default=512, metavar="N", help="largest tile edge in pixels (default 512)")
-    p.add_argument("--overlap", type=float, default=0.125, metavar="F", help="tile overlap as a fraction of the tile (default 0.125)")
-    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
-    p.add_argument("--axes", metavar="AXES", help="axis letters of the input, e.g. ZYX, TZCYX (overrides the file's)")
-    p.add_argument("--channel", type=int, metavar="K", help="channel to segment in a multichannel image")
-    p.add_argument("--diameter", type=float, metavar="PX", help="typical object diameter in pixels (rescales the image)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for objects (default 0.5)")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=512,
+        metavar="N",
+        help="largest tile edge in pixels (default 512)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=0.125,
+        metavar="F",
+        help="tile overlap as a fraction of the tile (default 0.125)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)"
+    )
+    p.add_argument(
+        "--axes",
+        metavar="AXES",
+        help="axis letters of the input, e.g. ZYX, TZCYX (overrides the file's)",
+    )
+    p.add_argument(
+        "--channel", type=int, metavar="K", help="channel to segment in a multichannel image"
+    )
+    p.add_argument(
+        "--diameter",
+        type=float,
+        metavar="PX",
+        help="typical object diameter in pixels (rescales the image)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="probability threshold for objects (default 0.5)",
+    )
     p.add_argument("--min-size", type=int, metavar="PX", help="smallest object kept, in pixels")
     p.add_argument("--link-z", action="store_true", help="give each object one id through Z")
     p.add_argument("--overwrite", action="store_true", help="replace existing label files")
 
-    t = commands.add_parser("train", help="train or fine-tune a model on labelled images", description="Train a model bundle from labelled images or a training-set folder.")
-    t.add_argument("--image", action=_PairAction, metavar="IMAGE", help="an image (repeat --image/--labels for more)")
-    t.add_argument("--labels", action=_PairAction, metavar="LABELS", help="its label image (instance ids or class indices)")
-    t.add_argument("--mask", action=_PairAction, metavar="MASK", help="optional: nonzero where the labels are known")
-    t.add_argument("--dataset", metavar="DIR", help="a training-set folder saved by the napari plugin")
+    t = commands.add_parser(
+        "train",
+        help="train or fine-tune a model on labelled images",
+        description="Train a model bundle from labelled images or a training-set folder.",
+    )
+    t.add_argument(
+        "--image",
+        action=_PairAction,
+        metavar="IMAGE",
+        help="an image (repeat --image/--labels for more)",
+    )
+    t.add_argument(
+        "--labels",
+        action=_PairAction,
+        metavar="LABELS",
+        help="its label image (instance ids or class indices)",
+    )
+    t.add_argument(
+        "--mask",
+        action=_PairAction,
+        metavar="MASK",
+        help="optional: nonzero where the labels are known",
+    )
+    t.add_argument(
+        "--dataset", metavar="DIR", help="a training-set folder saved by the napari plugin"
+    )
     start = t.add_mutually_exclusive_group()
-    start.add_argument("--init", metavar="NAME_OR_PATH", help=f"model to fine-tune (default: {DEFAULT_MODEL} for instances)")
+    start.add_argument(
+        "--init",
+        metavar="NAME_OR_PATH",
+        help=f"model to fine-tune (default: {DEFAULT_MODEL} for instances)",
+    )
     start.add_argument("--from-scratch", action="store_true", help="start from random weights")
-    t.add_argument("--mode", choices=("instances", "semantic"), help="with --from-scratch (default instances)")
+    t.add_argument(
+        "--mode", choices=("instances", "semantic"), help="with --from-scratch (default instances)"
+    )
     t.add_argument("--class-names", metavar="A,B,..", help="semantic class names, background first")
-    t.add_argument("--depth", type=int, default=4, help="with --from-scratch: U-Net depth (default 4)")
-    t.add_argument("--base-channels", type=int, default=16, help="with --from-scratch: width of the first level (default 16)")
+    t.add_argument(
+        "--depth", type=int, default=4, help="with --from-scratch: U-Net depth (default 4)"
+    )
+    t.add_argument(
+        "--base-channels",
+        type=int,
+        default=16,
+        help="with --from-scratch: width of the first level (default 16)",
+    )
     t.add_argument("--steps", type=int, help="optimiser steps (default: the GUI's schedule)")
-    t.add_argument("--learning-rate", type=float, help="default 5e-4 (fine-tuning) or 2e-3 (from scratch)")
+    t.add_argument(
+        "--learning-rate", type=float, help="default 5e-4 (fine-tuning) or 2e-3 (from scratch)"
+    )
     t.add_argument("--patch-size", type=int, default=256, metavar="N")
     t.add_argument("--batch-size", type=int, default=4, metavar="N")
-    t.add_argument("--val-fraction", type=float, default=0.2, metavar="F", help="share of the labelled planes (or pixels) held out for validation (default 0.2)")
-    t.add_argument("--val-every", type=int, default=25, metavar="N", help="validate every N steps (default 25)")
-    t.add_argument("--border-weights", action="store_true", help="the U-Net paper's weight map between touching objects")
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        metavar="F",
+        help="share of the labelled planes (or pixels) held out for validation (default 0.2)",
+    )
+    t.add_argument(
+        "--val-every", type=int, default=25, metavar="N", help="validate every N steps (default 25)"
+    )
+    t.add_argument(
+        "--border-weights",
+        action="store_true",
+        help="the U-Net paper's weight map between touching objects",
+    )
     t.add_argument("--axes", metavar="AXES", help="axis letters of the images")
-    t.add_argument("--channel", type=int, metavar="K", help="channel to train on in multichannel images")
+    t.add_argument(
+        "--channel", type=int, metavar="K", help="channel to train on in multichannel images"
+    )
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    t.add_argument(
+        "--half", action="store_true", help="store the weights as float16 (half the size)"
+    )
     _add_device(t)
     t.add_argument("--output", "-o", required=True, metavar="MODEL.safetensors")
     t.add_argument("--overwrite", action="store_true", help="replace an existing model file")
@@ -97,12 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file", metavar="FILE")
     i.add_argument("--axes", metavar="AXES", help="axis letters to apply")
 
-    commands.add_parser("demo", help="open napari with sample data, the widgets and the bundled model")
+    commands.add_parser(
+        "demo", help="open napari with sample data, the widgets and the bundled model"
+    )
     return parser
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default auto: cuda > mps > cpu")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="default auto: cuda > mps > cpu",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,7 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from napari_unet.core.errors import UnetError
 
     args = build_parser().parse_args(argv)
-    handlers = {"predict": run_predict, "train": run_train, "evaluate": run_evaluate, "models": run_models, "info": run_info, "demo": run_demo}
+    handlers = {
+        "predict": run_predict,
+        "train": run_train,
+        "evaluate": run_evaluate,
+        "models": run_models,
+        "info": run_info,
+        "demo": run_demo,
+    }
     try:
         return handlers[args.command](args)
     except UnetError as error:
@@ -175,10 +290,19 @@ def run_predict(args: argparse.Namespace) -> int:
                 bar.total = progress.total
                 bar.set_postfix_str(progress.stage)
                 bar.update(progress.done - bar.n)
-        write_labels(target, result.labels, axes=result.axes, scale=stack.scale, units=stack.units, overwrite=args.overwrite)
+        write_labels(
+            target,
+            result.labels,
+            axes=result.axes,
+            scale=stack.scale,
+            units=stack.units,
+            overwrite=args.overwrite,
+        )
         count = int(result.labels.max()) if result.mode == "instances" else len(result.class_names)
         what = "objects" if result.mode == "instances" else "classes"
-        print(f"{path} -> {target} ({result.axes} {tuple(result.labels.shape)}, {count} {what}, {result.compute})")
+        print(
+            f"{path} -> {target} ({result.axes} {tuple(result.labels.shape)}, {count} {what}, {result.compute})"
+        )
     return 0
 
 
@@ -198,7 +322,9 @@ def collect_samples(args: argparse.Namespace) -> list[Any]:
     if args.dataset:
         return TrainingSet.open(args.dataset).samples()
     if not pairs:
-        raise InputError("nothing to train on: give --image A.tif --labels A_labels.tif (or --dataset DIR)")
+        raise InputError(
+            "nothing to train on: give --image A.tif --labels A_labels.tif (or --dataset DIR)"
+        )
     samples = []
     for pair in pairs:
         if "labels" not in pair:
@@ -207,16 +333,28 @@ def collect_samples(args: argparse.Namespace) -> list[Any]:
         label_axes = labels_axes_of(stack.axes)
         labels = read_image(pair["labels"]).data
         mask = read_image(pair["mask"]).data if "mask" in pair else None
-        expected = tuple(n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a in label_axes)
+        expected = tuple(
+            n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a in label_axes
+        )
         labels = _fit_shape(labels, expected, pair["labels"], label_axes)
         mask = None if mask is None else _fit_shape(mask, expected, pair["mask"], label_axes)
         label_planes = iter_planes(labels, label_axes)
         mask_planes = iter_planes(mask, label_axes) if mask is not None else None
-        for (index, pixels, plane_axes), (_, plane_labels, _) in zip(iter_planes(stack.data, stack.axes), label_planes, strict=True):
+        for (index, pixels, plane_axes), (_, plane_labels, _) in zip(
+            iter_planes(stack.data, stack.axes), label_planes, strict=True
+        ):
             known = next(mask_planes)[1] if mask_planes is not None else None
             if known is not None and not known.any():
                 continue
-            samples.append(TrainingSample(np.asarray(pixels), np.asarray(plane_labels), known, plane_axes, f"{pair['image']}{list(index)}"))
+            samples.append(
+                TrainingSample(
+                    np.asarray(pixels),
+                    np.asarray(plane_labels),
+                    known,
+                    plane_axes,
+                    f"{pair['image']}{list(index)}",
+                )
+            )
     return samples
 
 
@@ -227,7 +365,9 @@ def _fit_shape(array: Any, expected: tuple[int, ...], name: str, axes: str) -> A
     from napari_unet.core.errors import InputError
 
     if tuple(n for n in array.shape if n != 1) != tuple(n for n in expected if n != 1):
-        raise InputError(f"{name}: shape {tuple(array.shape)} does not match the image's {expected} ({axes})")
+        raise InputError(
+            f"{name}: shape {tuple(array.shape)} does not match the image's {expected} ({axes})"
+        )
     return np.asarray(array).reshape(expected)
 
 
@@ -252,14 +392,18 @@ def run_train(args: argparse.Namespace) -> int:
             architecture={"depth": args.depth, "base_channels": args.base_channels},
             mode=mode,
             class_names=class_names,
-            object_diameter=median_diameter([s.labels for s in samples]) if mode == "instances" else None,
+            object_diameter=median_diameter([s.labels for s in samples])
+            if mode == "instances"
+            else None,
         )
         base = bundle_from_config(config)
         learning_rate = args.learning_rate or 2e-3
     else:
         base = load_bundle(args.init or DEFAULT_MODEL)
         if args.mode and args.mode != base.mode:
-            raise InputError(f"model {base.name!r} is a {base.mode} model; it cannot be trained for {args.mode}")
+            raise InputError(
+                f"model {base.name!r} is a {base.mode} model; it cannot be trained for {args.mode}"
+            )
         learning_rate = args.learning_rate or 5e-4
     defaults = TrainSettings()
     settings = TrainSettings(
@@ -290,7 +434,9 @@ def run_train(args: argparse.Namespace) -> int:
     save_bundle(result.bundle, output, overwrite=args.overwrite, half=args.half)
     before = "n/a" if result.initial_score is None else f"{result.initial_score:.3f}"
     after = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
-    print(f"saved {output}: {len(samples)} planes, {len(result.history)} steps, validation score {before} -> {after} ({result.reason})")
+    print(
+        f"saved {output}: {len(samples)} planes, {len(result.history)} steps, validation score {before} -> {after} ({result.reason})"
+    )
     return 0
 
 
@@ -305,7 +451,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     prediction = np.squeeze(read_image(args.prediction).data)
     truth = np.squeeze(read_image(args.truth).data)
     if prediction.shape != truth.shape:
-        raise InputError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
+        raise InputError(
+            f"prediction shape {prediction.shape} differs from truth shape {truth.shape}"
+        )
     if args.mode == "instances":
         scores = instance_scores(prediction, truth)
         report = {
@@ -320,7 +468,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         n = int(max(prediction.max(), truth.max())) + 1
         iou = class_iou(prediction, truth, n)
-        report = {"pixel_error": pixel_error(prediction, truth), **{f"iou_class_{k}": float(v) for k, v in enumerate(iou)}}
+        report = {
+            "pixel_error": pixel_error(prediction, truth),
+            **{f"iou_class_{k}": float(v) for k, v in enumerate(iou)},
+        }
     if args.json:
         print(json.dumps(report))
     else:
@@ -335,7 +486,21 @@ def run_models(args: argparse.Namespace) -> int:
 
     entries = list_models()
     if args.json:
-        print(json.dumps([{"name": e.name, "version": e.version, "mode": e.mode, "class_names": list(e.class_names), "bundled": e.bundled, "path": str(e.path)} for e in entries]))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": e.name,
+                        "version": e.version,
+                        "mode": e.mode,
+                        "class_names": list(e.class_names),
+                        "bundled": e.bundled,
+                        "path": str(e.path),
+                    }
+                    for e in entries
+                ]
+            )
+        )
         return 0
     if not entries:
         print("no models found")
@@ -355,7 +520,10 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"shape  {tuple(stack.data.shape)}")
     print(f"dtype  {stack.data.dtype}")
     print(f"axes   {stack.axes}")
-    scale = ", ".join(f"{a}={v:g} {stack.units.get(a, '')}".rstrip() for a, v in stack.scale.items()) or "unknown"
+    scale = (
+        ", ".join(f"{a}={v:g} {stack.units.get(a, '')}".rstrip() for a, v in stack.scale.items())
+        or "unknown"
+    )
     print(f"scale  {scale}")
     return 0
 

@@ -9,7 +9,14 @@ from napari_unet.core.bundle import Bundle, bundle_from_config, new_config
 torch.set_num_threads(2)
 
 
-def tiny_bundle(mode: str = "instances", *, padding: str = "same", channels: int = 1, seed: int = 0, class_names: list[str] | None = None) -> Bundle:
+def tiny_bundle(
+    mode: str = "instances",
+    *,
+    padding: str = "same",
+    channels: int = 1,
+    seed: int = 0,
+    class_names: list[str] | None = None,
+) -> Bundle:
     """A small untrained U-Net (depth 2, 8 channels) with a complete config."""
     torch.manual_seed(seed)
     config = new_config(

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def disks(shape: tuple[int, int] = (128, 128), n: int = 12, radius: tuple[int, int] = (5, 9), seed: int = 0, touching: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def disks(
+    shape: tuple[int, int] = (128, 128),
+    n: int = 12,
+    radius: tuple[int, int] = (5, 9),
+    seed: int = 0,
+    touching: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """A noisy fluorescence-like image of bright disks and its instance labels."""
     rng = np.random.default_rng(seed)
     labels = np.zeros(shape, dtype=np.uint16)
@@ -36,7 +42,11 @@ def balls(shape: tuple[int, int, int] = (6, 64, 64), n: int = 5, seed: int = 0) 
         if placed == n:
             break
         r = 8
-        c = [int(rng.integers(2, shape[0] - 2)), int(rng.integers(r, shape[1] - r)), int(rng.integers(r, shape[2] - r))]
+        c = [
+            int(rng.integers(2, shape[0] - 2)),
+            int(rng.integers(r, shape[1] - r)),
+            int(rng.integers(r, shape[2] - r)),
+        ]
         ball = ((zz - c[0]) * 4) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r
         if labels[ball].any() or labels[np.roll(ball, 2, 1)].any():
             continue

@@ -24,14 +24,41 @@ def model(tmp_path):
 def test_predict_writes_labels_with_scale(tmp_path, model, capsys):
     image, _ = disks((80, 90))
     stack = np.stack([image, image])
-    tifffile.imwrite(tmp_path / "cells.tif", stack, imagej=True, resolution=(4.0, 4.0), metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"})
-    assert main(["predict", str(tmp_path / "cells.tif"), "--output", str(tmp_path / "out"), "--model", model, "--tile-size", "64", "--device", "cpu"]) == 0
+    tifffile.imwrite(
+        tmp_path / "cells.tif",
+        stack,
+        imagej=True,
+        resolution=(4.0, 4.0),
+        metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"},
+    )
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "cells.tif"),
+                "--output",
+                str(tmp_path / "out"),
+                "--model",
+                model,
+                "--tile-size",
+                "64",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     written = read_image(tmp_path / "out" / "cells_labels.tif")
     assert written.data.shape == (2, 80, 90) and written.axes == "ZYX"
     assert written.scale["Z"] == pytest.approx(2.0) and written.scale["X"] == pytest.approx(0.25)
     assert "cells_labels.tif" in capsys.readouterr().out
     # existing output without --overwrite: an error before any work
-    assert main(["predict", str(tmp_path / "cells.tif"), "-o", str(tmp_path / "out"), "--model", model]) == 1
+    assert (
+        main(
+            ["predict", str(tmp_path / "cells.tif"), "-o", str(tmp_path / "out"), "--model", model]
+        )
+        == 1
+    )
     assert "--overwrite" in capsys.readouterr().err
 
 
@@ -39,7 +66,17 @@ def test_predict_refuses_duplicate_names(tmp_path, model, capsys):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         tifffile.imwrite(tmp_path / folder / "x.tif", np.zeros((16, 16), np.uint8))
-    code = main(["predict", str(tmp_path / "a" / "x.tif"), str(tmp_path / "b" / "x.tif"), "-o", str(tmp_path / "o"), "--model", model])
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "a" / "x.tif"),
+            str(tmp_path / "b" / "x.tif"),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            model,
+        ]
+    )
     assert code == 1 and "two inputs" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -50,17 +87,68 @@ def test_train_evaluate_models_info(tmp_path, models_dir, capsys):
         image, labels = disks((96, 96), seed=i)
         tifffile.imwrite(tmp_path / f"im{i}.tif", image)
         tifffile.imwrite(tmp_path / f"lab{i}.tif", labels)
-        paths += ["--image", str(tmp_path / f"im{i}.tif"), "--labels", str(tmp_path / f"lab{i}.tif")]
+        paths += [
+            "--image",
+            str(tmp_path / f"im{i}.tif"),
+            "--labels",
+            str(tmp_path / f"lab{i}.tif"),
+        ]
     out = models_dir / "disks.safetensors"
-    args = ["train", *paths, "--from-scratch", "--depth", "2", "--base-channels", "8", "--steps", "30", "--patch-size", "64", "--device", "cpu", "--output", str(out)]
+    args = [
+        "train",
+        *paths,
+        "--from-scratch",
+        "--depth",
+        "2",
+        "--base-channels",
+        "8",
+        "--steps",
+        "30",
+        "--patch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+    ]
     assert main(args) == 0
     assert "validation score" in capsys.readouterr().out
     assert main(args) == 1  # exists
     assert main(["models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert any(m["name"] == "disks" and m["mode"] == "instances" for m in listed)
-    assert main(["train", *paths[:4], "--init", "disks", "--steps", "3", "--patch-size", "64", "--device", "cpu", "-o", str(models_dir / "disks-ft1.safetensors")]) == 0
-    assert main(["evaluate", "--prediction", str(tmp_path / "lab0.tif"), "--truth", str(tmp_path / "lab0.tif"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *paths[:4],
+                "--init",
+                "disks",
+                "--steps",
+                "3",
+                "--patch-size",
+                "64",
+                "--device",
+                "cpu",
+                "-o",
+                str(models_dir / "disks-ft1.safetensors"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--prediction",
+                str(tmp_path / "lab0.tif"),
+                "--truth",
+                str(tmp_path / "lab0.tif"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["ap@0.5"] == 1.0
     assert main(["info", str(tmp_path / "im0.tif")]) == 0
@@ -72,7 +160,21 @@ def test_train_argument_errors(tmp_path, capsys):
     assert "nothing to train on" in capsys.readouterr().err
     tifffile.imwrite(tmp_path / "im.tif", np.zeros((32, 32), np.uint8))
     tifffile.imwrite(tmp_path / "lab.tif", np.zeros((16, 16), np.uint8))
-    assert main(["train", "--image", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif"), "--from-scratch", "-o", str(tmp_path / "m.safetensors")]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--image",
+                str(tmp_path / "im.tif"),
+                "--labels",
+                str(tmp_path / "lab.tif"),
+                "--from-scratch",
+                "-o",
+                str(tmp_path / "m.safetensors"),
+            ]
+        )
+        == 1
+    )
     assert "does not match" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--labels", "x.tif", "-o", "m.safetensors"])
@@ -81,11 +183,27 @@ def test_train_argument_errors(tmp_path, capsys):
 def test_errors_are_one_line_and_nonzero(tmp_path):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"not a tiff at all" * 10)
-    run = subprocess.run([sys.executable, "-m", "napari_unet.cli", "info", str(bad)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "napari_unet.cli", "info", str(bad)], capture_output=True, text=True
+    )
     assert run.returncode == 1
     assert "Traceback" not in run.stderr and run.stderr.count("\n") == 1
     assert "not a readable TIFF" in run.stderr
-    run = subprocess.run([sys.executable, "-m", "napari_unet.cli", "predict", str(bad), "-o", str(tmp_path), "--model", "no-such-model"], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_unet.cli",
+            "predict",
+            str(bad),
+            "-o",
+            str(tmp_path),
+            "--model",
+            "no-such-model",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1 and "no model named" in run.stderr
 
 
@@ -96,16 +214,41 @@ def test_dsb_round_trip_from_scratch(tmp_path):
     import csv
 
     with open(DATA / "dsb2018_train" / "image_index.tsv") as handle:
-        rows = [r for r in csv.DictReader(handle, delimiter="\t") if r["gray_or_color"] == "gray" and r["height"] == "256" and r["width"] == "256"]
+        rows = [
+            r
+            for r in csv.DictReader(handle, delimiter="\t")
+            if r["gray_or_color"] == "gray" and r["height"] == "256" and r["width"] == "256"
+        ]
     rows = sorted(rows, key=lambda r: r["id"])
     train, test = rows[:10], rows[10:16]
     args = ["train"]
     for r in train:
         grey = read_image(DATA / "dsb2018_train" / "images" / f"{r['id']}.png").data[..., 0]
         tifffile.imwrite(tmp_path / f"{r['id']}.tif", grey)
-        args += ["--image", str(tmp_path / f"{r['id']}.tif"), "--labels", str(DATA / "dsb2018_train" / "labels" / f"{r['id']}.tif")]
+        args += [
+            "--image",
+            str(tmp_path / f"{r['id']}.tif"),
+            "--labels",
+            str(DATA / "dsb2018_train" / "labels" / f"{r['id']}.tif"),
+        ]
     model = tmp_path / "dsb.safetensors"
-    args += ["--from-scratch", "--depth", "3", "--base-channels", "8", "--steps", "200", "--learning-rate", "5e-3", "--patch-size", "128", "--device", "cpu", "-o", str(model)]
+    args += [
+        "--from-scratch",
+        "--depth",
+        "3",
+        "--base-channels",
+        "8",
+        "--steps",
+        "200",
+        "--learning-rate",
+        "5e-3",
+        "--patch-size",
+        "128",
+        "--device",
+        "cpu",
+        "-o",
+        str(model),
+    ]
     assert main(args) == 0
     from napari_unet.core.bundle import load_bundle
     from napari_unet.core.inference import PredictOptions, predict
@@ -116,6 +259,10 @@ def test_dsb_round_trip_from_scratch(tmp_path):
     for r in test:
         grey = read_image(DATA / "dsb2018_train" / "images" / f"{r['id']}.png").data[..., 0]
         truth = read_image(DATA / "dsb2018_train" / "labels" / f"{r['id']}.tif").data
-        aps.append(instance_scores(predict(grey, bundle, PredictOptions(device="cpu")).labels, truth).at(0.5))
+        aps.append(
+            instance_scores(predict(grey, bundle, PredictOptions(device="cpu")).labels, truth).at(
+                0.5
+            )
+        )
     print(f"AP@0.5 on {len(aps)} held-out DSB images after 200 steps: {np.mean(aps):.3f}")
     assert np.mean(aps) >= 0.4

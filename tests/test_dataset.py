@@ -12,7 +12,9 @@ def test_round_trip_and_manifest(tmp_path):
     image, labels = disks((64, 64))
     stack = np.stack([image, image])
     key = image_fingerprint(stack)
-    training_set = TrainingSet(tmp_path / "set", "instances", ["background", "interior", "boundary"])
+    training_set = TrainingSet(
+        tmp_path / "set", "instances", ["background", "interior", "boundary"]
+    )
     training_set.add_image(key, source="a.tif", shape=stack.shape, axes="ZYX")
     known = np.zeros(labels.shape, bool)
     known[:20] = True

@@ -66,7 +66,13 @@ def test_npe2_validates():
 
 def test_reader_writer_round_trip(make_napari_viewer, tmp_path):
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.zeros((3, 2, 32, 40), np.uint16), imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZCYX", "spacing": 3.0, "unit": "um"})
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 2, 32, 40), np.uint16),
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"axes": "ZCYX", "spacing": 3.0, "unit": "um"},
+    )
     viewer = make_napari_viewer()
     layers = viewer.open(str(path), plugin="napari-unet")
     assert len(layers) == 2  # channels split
@@ -77,7 +83,9 @@ def test_reader_writer_round_trip(make_napari_viewer, tmp_path):
     assert get_reader(str(tmp_path / "nope.png")) is None
     (tmp_path / "junk.tif").write_bytes(b"junk")
     assert get_reader(str(tmp_path / "junk.tif")) is None
-    labels = viewer.add_labels(np.arange(3 * 32 * 40, dtype=np.uint32).reshape(3, 32, 40) % 7, scale=(3.0, 0.5, 0.5))
+    labels = viewer.add_labels(
+        np.arange(3 * 32 * 40, dtype=np.uint32).reshape(3, 32, 40) % 7, scale=(3.0, 0.5, 0.5)
+    )
     out = tmp_path / "labels.tif"
     labels.save(str(out), plugin="napari-unet")
     from napari_unet.core.io import read_image
@@ -92,7 +100,9 @@ def test_sample_data_opens(make_napari_viewer):
     viewer.open_sample("napari-unet", "nuclei_2d")
     viewer.open_sample("napari-unet", "em_sections")
     assert viewer.layers[0].data.shape == (520, 696)
-    assert viewer.layers[1].data.shape == (5, 512, 512) and viewer.layers[1].scale[0] == pytest.approx(0.05)
+    assert viewer.layers[1].data.shape == (5, 512, 512) and viewer.layers[1].scale[
+        0
+    ] == pytest.approx(0.05)
 
 
 def test_widget_follows_layers_and_asks_for_axes(dock):
@@ -100,14 +110,21 @@ def test_widget_follows_layers_and_asks_for_axes(dock):
     assert widget.segment.image_combo.count() == 0
     viewer.add_image(np.zeros((4, 32, 32)), name="unknown")
     assert widget.segment.image_combo.currentText() == "unknown"
-    assert widget.segment.axes_edit.text() == "" and "no axis information" in widget.segment.axes_hint.text()
+    assert (
+        widget.segment.axes_edit.text() == ""
+        and "no axis information" in widget.segment.axes_hint.text()
+    )
     assert widget.segment.run() is None  # refuses to guess
     viewer.add_image(np.zeros((32, 32)), name="flat")
     widget.segment.image_combo.setCurrentText("flat")
     assert widget.segment.axes_edit.text() == "YX"
     viewer.layers.remove("unknown")
-    assert [widget.segment.image_combo.itemText(i) for i in range(widget.segment.image_combo.count())] == ["flat"]
-    assert "tiny" in [widget.segment.model_combo.itemText(i) for i in range(widget.segment.model_combo.count())]
+    assert [
+        widget.segment.image_combo.itemText(i) for i in range(widget.segment.image_combo.count())
+    ] == ["flat"]
+    assert "tiny" in [
+        widget.segment.model_combo.itemText(i) for i in range(widget.segment.model_combo.count())
+    ]
 
 
 def _segment(qtbot, viewer, widget, image, axes):
@@ -133,7 +150,9 @@ def test_segment_paint_track_and_save(qtbot, dock):
     from napari_unet.core.dataset import TrainingSet
     from napari_unet.gui.session import training_root
 
-    qtbot.waitUntil(lambda: (training_root() / "instances" / "manifest.json").is_file(), timeout=10_000)  # debounced save
+    qtbot.waitUntil(
+        lambda: (training_root() / "instances" / "manifest.json").is_file(), timeout=10_000
+    )  # debounced save
 
     saved = TrainingSet.open(training_root() / "instances")
     assert [r.index for r in saved.planes.values()] == [(1,)]
@@ -157,13 +176,17 @@ def test_finetune_creates_version_and_stop_keeps_a_model(qtbot, dock, plugin_dir
     assert finetune.start() is not None
     wait_idle(qtbot, finetune)
     assert (plugin_dirs / "tiny-ft1.safetensors").is_file()
-    assert "tiny-ft1" in [widget.segment.model_combo.itemText(i) for i in range(widget.segment.model_combo.count())]
+    assert "tiny-ft1" in [
+        widget.segment.model_combo.itemText(i) for i in range(widget.segment.model_combo.count())
+    ]
     assert "tiny 0" in finetune.result.text() or "->" in finetune.result.text()
     assert len(finetune.plot.steps) == 6 and finetune.plot.draws >= 1
     finetune.steps_spin.setValue(500)
     steps = []
     worker = finetune.start()
-    worker.yielded.connect(lambda step: steps.append(step) or (finetune.stop() if len(steps) == 3 else None))
+    worker.yielded.connect(
+        lambda step: steps.append(step) or (finetune.stop() if len(steps) == 3 else None)
+    )
     wait_idle(qtbot, finetune)
     assert 3 <= len(steps) < 500
     version = load_bundle(plugin_dirs / "tiny-ft2.safetensors")
@@ -205,3 +228,56 @@ def test_worker_errors_become_notifications(qtbot, dock):
     patch.undo()
     assert any("mat1 and mat2" in message for message in seen)
     assert widget.finetune.train_button.isEnabled()
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "ctc_hela").is_dir(), reason="needs ../shared/data")
+def test_end_to_end_on_real_data(qtbot, dock, tmp_path, plugin_dirs):
+    """Open, segment, correct two planes, fine-tune, re-segment: a held-out plane improves."""
+    from napari_unet.core.io import read_image
+    from napari_unet.core.metrics import instance_scores
+
+    frames = ["t13", "t52", "t75"]
+    crop = (slice(200, 456), slice(300, 556))
+    image = np.stack(
+        [read_image(DATA / "ctc_hela" / "images" / f"{f}.tif").data[crop] for f in frames]
+    )
+    truth = np.stack(
+        [read_image(DATA / "ctc_hela" / "labels" / f"{f}.tif").data[crop] for f in frames]
+    )
+    tifffile.imwrite(tmp_path / "hela.tif", image)
+    viewer, widget = dock
+    (layer,) = viewer.open(str(tmp_path / "hela.tif"), plugin="napari-unet")
+    assert layer.metadata["napari_unet"]["axes"] == "IYX"  # unrelated frames: independent planes
+    widget.segment.image_combo.setCurrentText(layer.name)
+    widget.segment.run()
+    wait_idle(qtbot, widget.segment)
+    labels = viewer.layers[f"{layer.name} labels"]
+    before = instance_scores(np.asarray(labels.data[2]), truth[2]).at(0.5)
+    corrected = np.array(labels.data)
+    corrected[:2] = truth[:2]  # the user fixes planes 0 and 1 completely
+    labels.data = corrected
+    finetune = widget.finetune
+    for row in range(finetune.planes.topLevelItemCount()):
+        item = finetune.planes.topLevelItem(row)
+        if tuple(item.data(0, 0x0100)) in [(0,), (1,)]:
+            item.setCheckState(2, 2)  # fully checked
+    assert widget.session.find(labels).tracker.selected_planes() == [(0,), (1,)]
+    finetune.steps_spin.setValue(120)
+    finetune.lr_spin.setValue(5e-3)
+    finetune.patch_spin.setValue(128)
+    finetune.start()
+    wait_idle(qtbot, finetune, timeout=300_000)
+    assert finetune.new_model == "tiny-ft1"
+    finetune.resegment_button.click()
+    qtbot.waitUntil(lambda: f"{layer.name} labels (tiny-ft1)" in viewer.layers, timeout=120_000)
+    wait_idle(qtbot, widget.segment)
+    after = instance_scores(
+        np.asarray(viewer.layers[f"{layer.name} labels (tiny-ft1)"].data[2]), truth[2]
+    ).at(0.5)
+    print(f"held-out plane AP@0.5: {before:.3f} -> {after:.3f}")
+    assert after >= before + 0.2
+    np.testing.assert_array_equal(labels.data[:2], truth[:2])  # corrections untouched

@@ -47,7 +47,9 @@ def test_semantic_model_cannot_give_instances(semantic_bundle):
     assert result.mode == "semantic" and result.labels.max() <= 1
 
 
-@pytest.mark.parametrize("data", [np.zeros((20, 20)), np.full((9, 9), np.nan), np.ones((1, 1)), np.ones((1, 40))])
+@pytest.mark.parametrize(
+    "data", [np.zeros((20, 20)), np.full((9, 9), np.nan), np.ones((1, 1)), np.ones((1, 40))]
+)
 def test_degenerate_images(instance_bundle, data):
     result = predict(data, instance_bundle, FAST)
     assert result.labels.shape == data.shape
@@ -74,7 +76,12 @@ def _oracle_predictor(truth_planes):
 
     def predictor(batch):
         # the tiles are mirrored-padded copies of the normalised image, which equals the classes / 2
-        return np.stack([np.stack([(np.rint(t[0] * 2) == k).astype(np.float32) for k in range(3)]) for t in batch])
+        return np.stack(
+            [
+                np.stack([(np.rint(t[0] * 2) == k).astype(np.float32) for k in range(3)])
+                for t in batch
+            ]
+        )
 
     return predictor, classes, state
 
@@ -93,13 +100,23 @@ def test_instances_and_z_linking_with_oracle(instance_bundle):
     result = predict_with(image, bundle, options, predictor)
     from napari_unet.core.postprocess import remove_small
 
-    for z in range(truth.shape[0]):  # slivers at the poles of the balls are too thin to have an interior
-        assert instance_scores(remove_small(result.labels[z], 20), remove_small(truth[z], 20)).at(0.5) == 1.0
+    for z in range(
+        truth.shape[0]
+    ):  # slivers at the poles of the balls are too thin to have an interior
+        assert (
+            instance_scores(remove_small(result.labels[z], 20), remove_small(truth[z], 20)).at(0.5)
+            == 1.0
+        )
     for ball in range(1, truth.max() + 1):
         ids = np.unique(result.labels[truth == ball])
         ids = ids[ids > 0]
         assert len(ids) == 1, f"ball {ball} got ids {ids} through Z"
-    unlinked = predict_with(image, bundle, PredictOptions(tile_size=64, overlap=0.25, min_size=3, blending="none"), predictor)
+    unlinked = predict_with(
+        image,
+        bundle,
+        PredictOptions(tile_size=64, overlap=0.25, min_size=3, blending="none"),
+        predictor,
+    )
     assert len(np.unique(unlinked.labels)) > len(np.unique(result.labels))
 
 
@@ -134,7 +151,9 @@ def test_link_to_previous_keeps_ids():
 
 def test_diameter_rescales_and_maps_back(instance_bundle):
     image = np.random.default_rng(0).random((60, 70)).astype(np.float32)
-    result = predict(image, instance_bundle, PredictOptions(diameter=28.0, tile_size=64, device="cpu"))
+    result = predict(
+        image, instance_bundle, PredictOptions(diameter=28.0, tile_size=64, device="cpu")
+    )
     assert result.labels.shape == (60, 70)
     assert result.stats["scale_factor"] == pytest.approx(0.5)
     with pytest.raises(InputError, match="positive"):
@@ -143,5 +162,9 @@ def test_diameter_rescales_and_maps_back(instance_bundle):
 
 def test_valid_padding_model_predicts_full_size():
     bundle = tiny_bundle(padding="valid")
-    result = predict(np.random.default_rng(0).random((50, 61)), bundle, PredictOptions(tile_size=96, device="cpu"))
+    result = predict(
+        np.random.default_rng(0).random((50, 61)),
+        bundle,
+        PredictOptions(tile_size=96, device="cpu"),
+    )
     assert result.labels.shape == (50, 61)

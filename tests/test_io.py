@@ -9,7 +9,12 @@ from napari_unet.core.io import read_image, strip_image_suffix, write_labels
 def test_plain_stack_axes_are_independent(tmp_path):
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((5, 16, 16), np.uint16))
     assert read_image(tmp_path / "a.tif").axes == "IYX"
-    tifffile.imwrite(tmp_path / "b.tif", np.zeros((3, 16, 16), np.uint16), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(
+        tmp_path / "b.tif",
+        np.zeros((3, 16, 16), np.uint16),
+        photometric="rgb",
+        planarconfig="separate",
+    )
     assert read_image(tmp_path / "b.tif").axes == "IYX"
     tifffile.imwrite(tmp_path / "c.tif", np.zeros((5, 16, 16), np.uint16), imagej=True)
     assert read_image(tmp_path / "c.tif").axes == "IYX"
@@ -19,7 +24,13 @@ def test_plain_stack_axes_are_independent(tmp_path):
 def test_imagej_hyperstack_scale(tmp_path):
     path = tmp_path / "h.tif"
     data = np.zeros((4, 2, 16, 16), np.uint16)
-    tifffile.imwrite(path, data, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "um"})
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "um"},
+    )
     stack = read_image(path)
     assert stack.axes == "ZCYX"
     assert stack.scale == pytest.approx({"Z": 1.5, "Y": 0.5, "X": 0.5})
@@ -28,7 +39,12 @@ def test_imagej_hyperstack_scale(tmp_path):
 
 def test_ome_scale(tmp_path):
     path = tmp_path / "o.ome.tif"
-    tifffile.imwrite(path, np.zeros((2, 3, 16, 16), np.uint8), ome=True, metadata={"axes": "TZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 2.0})
+    tifffile.imwrite(
+        path,
+        np.zeros((2, 3, 16, 16), np.uint8),
+        ome=True,
+        metadata={"axes": "TZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 2.0},
+    )
     stack = read_image(path)
     assert stack.axes == "TZYX"
     assert stack.scale == pytest.approx({"X": 0.2, "Y": 0.2, "Z": 2.0})
@@ -85,7 +101,13 @@ def test_wrong_axes_override(tmp_path):
 
 def test_labels_uint16_imagej_round_trip(tmp_path):
     labels = np.arange(2 * 3 * 8 * 8, dtype=np.uint32).reshape(2, 3, 8, 8) % 500
-    path = write_labels(tmp_path / "l.tif", labels, axes="TZYX", scale={"X": 0.5, "Y": 0.5, "Z": 2.0}, units={"X": "µm"})
+    path = write_labels(
+        tmp_path / "l.tif",
+        labels,
+        axes="TZYX",
+        scale={"X": 0.5, "Y": 0.5, "Z": 2.0},
+        units={"X": "µm"},
+    )
     back = read_image(path)
     assert back.data.dtype == np.uint16 and back.axes == "TZYX"
     np.testing.assert_array_equal(back.data, labels)
@@ -96,7 +118,7 @@ def test_labels_uint16_imagej_round_trip(tmp_path):
 
 def test_labels_uint32_ome_round_trip(tmp_path):
     labels = np.zeros((3, 300, 300), np.uint32)
-    labels.reshape(-1)[: 70000] = np.arange(1, 70001)
+    labels.reshape(-1)[:70000] = np.arange(1, 70001)
     path = write_labels(tmp_path / "big.tif", labels, axes="IYX", scale={"X": 0.3, "Y": 0.3})
     back = read_image(path)
     assert back.data.dtype == np.uint32 and back.axes == "IYX"

@@ -8,7 +8,15 @@ from napari_unet.core.model import UNet, build_unet
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
 @pytest.mark.parametrize("upsampling", ["transposed", "bilinear"])
 def test_same_padding_keeps_size(norm, upsampling):
-    net = UNet(in_channels=2, n_classes=3, depth=2, base_channels=8, norm=norm, upsampling=upsampling, dropout=0.2).eval()
+    net = UNet(
+        in_channels=2,
+        n_classes=3,
+        depth=2,
+        base_channels=8,
+        norm=norm,
+        upsampling=upsampling,
+        dropout=0.2,
+    ).eval()
     out = net(torch.zeros(1, 2, 64, 48))
     assert out.shape == (1, 3, 64, 48)
 

@@ -37,7 +37,11 @@ def test_plus_one_is_exact(shape, tile, blending):
     plane = rng.random((2, *shape), dtype=np.float32)
     margin = tile // 8
     rows, cols = plan_axis(shape[0], tile, margin), plan_axis(shape[1], tile, margin)
-    out = run(iter_predict_plane(plane, plus_one, rows, cols, n_classes=2, batch_size=3, blending=blending))
+    out = run(
+        iter_predict_plane(
+            plane, plus_one, rows, cols, n_classes=2, batch_size=3, blending=blending
+        )
+    )
     assert out.shape == plane.shape
     if blending == "none":
         np.testing.assert_array_equal(out, plane + 1)
@@ -52,7 +56,9 @@ def test_cropping_predictor(shape):
     rows = plan_axis(shape[0], 32, 4, crop=crop)
     cols = plan_axis(shape[1], 32, 4, crop=crop)
     assert rows.margin >= crop
-    out = run(iter_predict_plane(plane, cropping_plus_one(crop), rows, cols, n_classes=1, blending="none"))
+    out = run(
+        iter_predict_plane(plane, cropping_plus_one(crop), rows, cols, n_classes=1, blending="none")
+    )
     np.testing.assert_array_equal(out, plane + 1)
 
 
@@ -77,7 +83,11 @@ def test_mirror_pad_mirrors():
 def test_predictor_shape_is_checked():
     rows = cols = plan_axis(20, 32, 4)
     with pytest.raises(InputError, match="predictor returned"):
-        run(iter_predict_plane(np.zeros((1, 20, 20), np.float32), lambda b: b[:, :, :-1], rows, cols, n_classes=1))
+        run(
+            iter_predict_plane(
+                np.zeros((1, 20, 20), np.float32), lambda b: b[:, :, :-1], rows, cols, n_classes=1
+            )
+        )
 
 
 def _network_predictor(network):

@@ -12,7 +12,9 @@ from napari_unet.core.training import TrainingSample, TrainSettings, iter_finetu
 from tests.conftest import tiny_bundle
 from tests.synthetic import disks
 
-QUICK = TrainSettings(steps=12, patch_size=64, batch_size=2, val_every=4, learning_rate=3e-3, device="cpu")
+QUICK = TrainSettings(
+    steps=12, patch_size=64, batch_size=2, val_every=4, learning_rate=3e-3, device="cpu"
+)
 
 
 def run(generator, send_at=None):
@@ -32,7 +34,9 @@ def samples(n=3, seed=0):
 
 
 def test_training_learns_disks(tmp_path):
-    settings = TrainSettings(steps=60, patch_size=64, batch_size=4, val_every=20, learning_rate=5e-3, device="cpu")
+    settings = TrainSettings(
+        steps=60, patch_size=64, batch_size=4, val_every=20, learning_rate=5e-3, device="cpu"
+    )
     steps, result = run(iter_finetune(tiny_bundle(), samples(4), settings))
     assert [s.step for s in steps] == list(range(1, 61))
     assert not result.stopped and result.reason == "finished"
@@ -70,7 +74,9 @@ def test_stop_returns_complete_model(tmp_path, stop_at):
             event.set()
     assert len(steps) == stop_at and result.stopped and "user" in result.reason
     path = save_bundle(result.bundle, tmp_path / "s.safetensors")
-    assert predict(np.zeros((40, 40)), load_bundle(path), PredictOptions(device="cpu")).labels.shape == (40, 40)
+    assert predict(
+        np.zeros((40, 40)), load_bundle(path), PredictOptions(device="cpu")
+    ).labels.shape == (40, 40)
 
 
 def test_stop_by_send():
@@ -91,7 +97,11 @@ def test_non_finite_losses_stop_with_good_weights(monkeypatch):
     steps, result = run(iter_finetune(tiny_bundle(), samples(3), QUICK))
     assert result.stopped and "non-finite" in result.reason
     assert sum(s.skipped for s in steps) == training.MAX_BAD_STEPS
-    assert all(np.isfinite(v).all() for v in result.bundle.network.state_dict().values() if v.is_floating_point())
+    assert all(
+        np.isfinite(v).all()
+        for v in result.bundle.network.state_dict().values()
+        if v.is_floating_point()
+    )
 
 
 def test_unknown_pixels_are_ignored():
@@ -107,20 +117,38 @@ def test_bad_training_data():
     with pytest.raises(TrainingDataError, match="empty"):
         run(iter_finetune(tiny_bundle(), [], QUICK))
     with pytest.raises(TrainingDataError, match="class indices 0..1"):
-        run(iter_finetune(tiny_bundle("semantic"), [TrainingSample(image, (labels > 0).astype(np.uint8) * 255)], QUICK))
+        run(
+            iter_finetune(
+                tiny_bundle("semantic"),
+                [TrainingSample(image, (labels > 0).astype(np.uint8) * 255)],
+                QUICK,
+            )
+        )
     with pytest.raises(TrainingDataError, match="do not match"):
         run(iter_finetune(tiny_bundle(), [TrainingSample(image, labels[:10])], QUICK))
     with pytest.raises(TrainingDataError, match="no labelled pixels"):
-        run(iter_finetune(tiny_bundle(), [TrainingSample(image, labels, np.zeros_like(labels))], QUICK))
+        run(
+            iter_finetune(
+                tiny_bundle(), [TrainingSample(image, labels, np.zeros_like(labels))], QUICK
+            )
+        )
     with pytest.raises(TrainingDataError, match="negative"):
-        run(iter_finetune(tiny_bundle(), [TrainingSample(image, labels.astype(np.int32) - 1)], QUICK))
+        run(
+            iter_finetune(
+                tiny_bundle(), [TrainingSample(image, labels.astype(np.int32) - 1)], QUICK
+            )
+        )
     with pytest.raises(TrainingDataError, match="whole numbers"):
         run(iter_finetune(tiny_bundle(), [TrainingSample(image, labels + 0.5)], QUICK))
 
 
 @pytest.mark.parametrize(
     "labels",
-    [np.zeros((64, 64), np.uint16), np.ones((64, 64), np.uint16), np.pad(np.ones((1, 1), np.uint16), ((30, 33), (30, 33)))],
+    [
+        np.zeros((64, 64), np.uint16),
+        np.ones((64, 64), np.uint16),
+        np.pad(np.ones((1, 1), np.uint16), ((30, 33), (30, 33))),
+    ],
     ids=["no-objects", "all-foreground", "single-pixel"],
 )
 def test_degenerate_labels_train(labels):
@@ -132,7 +160,9 @@ def test_degenerate_labels_train(labels):
 def test_semantic_training_and_valid_padding():
     image, labels = disks((96, 96))
     bundle = tiny_bundle("semantic", padding="valid")
-    steps, result = run(iter_finetune(bundle, [TrainingSample(image, (labels > 0).astype(np.uint8))], QUICK))
+    steps, result = run(
+        iter_finetune(bundle, [TrainingSample(image, (labels > 0).astype(np.uint8))], QUICK)
+    )
     assert result.best_score is not None and len(steps) == QUICK.steps
 
 

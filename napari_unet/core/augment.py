@@ -51,7 +51,9 @@ def flip_rotate(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.n
     return out
 
 
-def elastic_fields(shape: tuple[int, int], rng: np.random.Generator, grid: int, sigma: float) -> np.ndarray:
+def elastic_fields(
+    shape: tuple[int, int], rng: np.random.Generator, grid: int, sigma: float
+) -> np.ndarray:
     """Coordinates (2, Y, X) displaced by a smooth random field from a coarse grid."""
     from scipy import ndimage as ndi
 
@@ -64,7 +66,13 @@ def elastic_fields(shape: tuple[int, int], rng: np.random.Generator, grid: int, 
 
 
 def elastic_deform(
-    image: np.ndarray, target: np.ndarray, weights: np.ndarray | None, rng: np.random.Generator, *, grid: int = 3, sigma: float = 10.0
+    image: np.ndarray,
+    target: np.ndarray,
+    weights: np.ndarray | None,
+    rng: np.random.Generator,
+    *,
+    grid: int = 3,
+    sigma: float = 10.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Warp image (linear), target (nearest) and weights (linear) with one random field."""
     from scipy import ndimage as ndi
@@ -72,7 +80,9 @@ def elastic_deform(
     coords = elastic_fields(image.shape[-2:], rng, grid, sigma)
     warped = np.stack([ndi.map_coordinates(c, coords, order=1, mode="mirror") for c in image])
     warped_target = ndi.map_coordinates(target, coords, order=0, mode="mirror")
-    warped_weights = None if weights is None else ndi.map_coordinates(weights, coords, order=1, mode="mirror")
+    warped_weights = (
+        None if weights is None else ndi.map_coordinates(weights, coords, order=1, mode="mirror")
+    )
     return warped.astype(np.float32), warped_target, warped_weights
 
 
@@ -89,7 +99,11 @@ def intensity_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def augment(
-    image: np.ndarray, target: np.ndarray, weights: np.ndarray | None, rng: np.random.Generator, settings: AugmentSettings
+    image: np.ndarray,
+    target: np.ndarray,
+    weights: np.ndarray | None,
+    rng: np.random.Generator,
+    settings: AugmentSettings,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Apply the configured augmentations to one patch."""
     if settings.elastic and rng.random() < 0.5:

@@ -114,7 +114,9 @@ class TrainingSet:
         return training_set
 
     @classmethod
-    def open_or_create(cls, folder: str | os.PathLike[str], mode: str, class_names: list[str]) -> TrainingSet:
+    def open_or_create(
+        cls, folder: str | os.PathLike[str], mode: str, class_names: list[str]
+    ) -> TrainingSet:
         """Open the set in ``folder`` if there is one (checking it matches), else a new one."""
         if (Path(folder) / MANIFEST).is_file():
             existing = cls.open(folder)
@@ -159,13 +161,19 @@ class TrainingSet:
             raise TrainingDataError(f"unknown image {image!r}; add it first")
         labels = np.asarray(labels)
         if labels.ndim != 2 or labels.shape != pixels.shape[:2]:
-            raise TrainingDataError(f"labels {labels.shape} do not match the plane {pixels.shape[:2]}")
+            raise TrainingDataError(
+                f"labels {labels.shape} do not match the plane {pixels.shape[:2]}"
+            )
         check_labels(labels, self.mode, len(self.class_names))
         if known is None or fully_checked:
             known = np.ones(labels.shape, dtype=bool)
         buffer = io.BytesIO()
         np.savez_compressed(
-            buffer, image=np.asarray(pixels), labels=labels, known=np.asarray(known, dtype=bool), plane_axes=np.array(plane_axes)
+            buffer,
+            image=np.asarray(pixels),
+            labels=labels,
+            known=np.asarray(known, dtype=bool),
+            plane_axes=np.array(plane_axes),
         )
         key = plane_key(image, index)
         relative = f"planes/{key}.npz"

@@ -63,9 +63,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     if kind not in DEVICES:
         raise InputError(f"device {device!r} is not valid; choose one of {', '.join(DEVICES)}")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for but no CUDA GPU is available; use auto or cpu")
+        raise InputError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use auto or cpu"
+        )
     if kind == "mps" and not mps_available():
-        raise InputError("device 'mps' was asked for but Apple MPS is not available; use auto or cpu")
+        raise InputError(
+            "device 'mps' was asked for but Apple MPS is not available; use auto or cpu"
+        )
     return torch.device(name)
 
 

@@ -19,8 +19,19 @@ from napari_unet.core.bundle import Bundle
 from napari_unet.core.devices import Compute, resolve_compute
 from napari_unet.core.errors import EngineError, InputError
 from napari_unet.core.io import Stack
-from napari_unet.core.postprocess import default_min_size, instance_labels, link_to_previous, semantic_labels
-from napari_unet.core.preprocess import check_channels, iter_planes, labels_axes_of, plane_count, prepare_plane
+from napari_unet.core.postprocess import (
+    default_min_size,
+    instance_labels,
+    link_to_previous,
+    semantic_labels,
+)
+from napari_unet.core.preprocess import (
+    check_channels,
+    iter_planes,
+    labels_axes_of,
+    plane_count,
+    prepare_plane,
+)
 from napari_unet.core.tiling import Predictor, count_tiles, iter_predict_plane, plan_axis
 
 
@@ -139,7 +150,11 @@ def _resolve_mode(bundle: Bundle, mode: str | None) -> str:
 
 def _as_stack(image: Stack | np.ndarray, axes: str | None) -> Stack:
     if isinstance(image, Stack):
-        return image if axes is None else Stack(image.data, axes.upper(), image.scale, image.units, image.path)
+        return (
+            image
+            if axes is None
+            else Stack(image.data, axes.upper(), image.scale, image.units, image.path)
+        )
     data = np.asarray(image) if not hasattr(image, "shape") else image
     if axes is None:
         if data.ndim != 2:
@@ -201,7 +216,9 @@ def iter_predict(
         min_size = default_min_size(options.diameter or config.get("object_diameter"))
 
     labels_axes = labels_axes_of(stack.axes)
-    labels_shape = tuple(n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a in labels_axes)
+    labels_shape = tuple(
+        n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a in labels_axes
+    )
     labels = np.zeros(labels_shape, dtype=np.uint32)
     n_planes = plane_count(stack.data.shape, stack.axes)
     plane_shape = (labels_shape[labels_axes.index("Y")], labels_shape[labels_axes.index("X")])
@@ -239,8 +256,12 @@ def iter_predict(
         if mode == "semantic":
             plane_labels = semantic_labels(probabilities)
         else:
-            plane_labels = instance_labels(probabilities, threshold=options.threshold, min_size=min_size)
-            plane_labels = np.where(plane_labels > 0, plane_labels + np.uint32(next_id - 1), 0).astype(np.uint32)
+            plane_labels = instance_labels(
+                probabilities, threshold=options.threshold, min_size=min_size
+            )
+            plane_labels = np.where(
+                plane_labels > 0, plane_labels + np.uint32(next_id - 1), 0
+            ).astype(np.uint32)
             next_id = max(next_id, int(plane_labels.max()) + 1)
         labels[_label_index(index, stack.axes, labels_axes)] = plane_labels
         yield Progress(done, total, "post-processing")
@@ -317,6 +338,8 @@ def _link_along_z(labels: np.ndarray, labels_axes: str) -> Generator[Progress, N
         relabelled, next_id = link_to_previous(np.zeros_like(first), first, next_id)
         moved[(0, *rest)] = relabelled
         for z in range(1, n_z):
-            moved[(z, *rest)], next_id = link_to_previous(moved[(z - 1, *rest)], moved[(z, *rest)], next_id)
+            moved[(z, *rest)], next_id = link_to_previous(
+                moved[(z - 1, *rest)], moved[(z, *rest)], next_id
+            )
             done += 1
             yield Progress(done, total, "linking")

@@ -76,7 +76,9 @@ def check_axes(axes: str, shape: tuple[int, ...]) -> None:
         )
     bad = sorted(set(axes) - set(AXIS_LETTERS))
     if bad:
-        raise InputError(f"unknown axis letter(s) {bad} in {axes!r}; use letters from {AXIS_LETTERS}")
+        raise InputError(
+            f"unknown axis letter(s) {bad} in {axes!r}; use letters from {AXIS_LETTERS}"
+        )
     repeated = sorted({a for a in axes if axes.count(a) > 1 and a != "I"})
     if repeated:
         raise InputError(f"axis letter(s) {repeated} appear more than once in {axes!r}")
@@ -171,13 +173,17 @@ def _read_tiff(path: Path) -> Stack:
     except ImageReadError:
         raise
     except Exception as error:  # tifffile raises TiffFileError, ValueError, OSError...
-        raise ImageReadError(f"{path}: not a readable TIFF ({type(error).__name__}: {error})") from error
+        raise ImageReadError(
+            f"{path}: not a readable TIFF ({type(error).__name__}: {error})"
+        ) from error
     if data.shape != shape:
         raise ImageReadError(f"{path}: the TIFF's pages do not match its metadata (truncated?)")
     return Stack(data, axes, scale, units, path)
 
 
-def _tiff_pixels(tif: Any, series: Any, shape: tuple[int, ...], dtype: np.dtype, path: Path) -> np.ndarray:
+def _tiff_pixels(
+    tif: Any, series: Any, shape: tuple[int, ...], dtype: np.dtype, path: Path
+) -> np.ndarray:
     """Load the pixels, memory-mapping uncompressed files larger than a quarter of the RAM."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     available = _available_memory()
@@ -265,7 +271,9 @@ def _tiff_scale(tif: Any, series: Any, axes: str) -> tuple[dict[str, float], dic
         for axis in "XYZ":
             if axis in scale:
                 units[axis] = unit
-    return {k: v for k, v in scale.items() if k in axes}, {k: v for k, v in units.items() if k in axes}
+    return {k: v for k, v in scale.items() if k in axes}, {
+        k: v for k, v in units.items() if k in axes
+    }
 
 
 def write_labels(

@@ -112,15 +112,27 @@ def instance_scores(
         fns.append(fn)
         denominator = tp + fp + fn
         aps.append(1.0 if denominator == 0 else tp / denominator)
-    return InstanceScores(tuple(float(t) for t in thresholds), tuple(aps), tuple(tps), tuple(fps), tuple(fns), n_true, n_pred)
+    return InstanceScores(
+        tuple(float(t) for t in thresholds),
+        tuple(aps),
+        tuple(tps),
+        tuple(fps),
+        tuple(fns),
+        n_true,
+        n_pred,
+    )
 
 
-def class_iou(prediction: np.ndarray, truth: np.ndarray, n_classes: int, ignore: np.ndarray | None = None) -> np.ndarray:
+def class_iou(
+    prediction: np.ndarray, truth: np.ndarray, n_classes: int, ignore: np.ndarray | None = None
+) -> np.ndarray:
     """IoU per class (NaN for a class absent from both); ``ignore`` marks pixels to skip."""
     keep = np.ones(truth.shape, bool) if ignore is None else ~ignore
     p = prediction[keep].astype(np.int64)
     t = truth[keep].astype(np.int64)
-    confusion = np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    confusion = np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
     intersection = np.diag(confusion).astype(np.float64)
     union = confusion.sum(0) + confusion.sum(1) - intersection
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -20,7 +20,9 @@ def default_min_size(object_diameter: float | None) -> int:
     return max(4, int(0.05 * np.pi * (object_diameter / 2) ** 2))
 
 
-def instance_labels(probabilities: np.ndarray, *, threshold: float = 0.5, min_size: int = 10) -> np.ndarray:
+def instance_labels(
+    probabilities: np.ndarray, *, threshold: float = 0.5, min_size: int = 10
+) -> np.ndarray:
     """Separate objects from background / interior / boundary probabilities.
 
     Interior pixels above ``threshold`` form one seed per object; seeds grow by watershed
@@ -59,7 +61,9 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return new_ids[labels]
 
 
-def link_to_previous(previous: np.ndarray, current: np.ndarray, next_id: int, min_iou: float = 0.25) -> tuple[np.ndarray, int]:
+def link_to_previous(
+    previous: np.ndarray, current: np.ndarray, next_id: int, min_iou: float = 0.25
+) -> tuple[np.ndarray, int]:
     """Give objects of ``current`` the id of the object they overlap best in ``previous``.
 
     Parameters

@@ -103,7 +103,9 @@ def to_model_channels(
         n = x.shape[axes.index("C")]
         if channel is not None:
             if not 0 <= channel < n:
-                raise InputError(f"channel {channel} does not exist; the image has channels 0..{n - 1}")
+                raise InputError(
+                    f"channel {channel} does not exist; the image has channels 0..{n - 1}"
+                )
             x = np.take(x, channel, axis=axes.index("C"))
             axes = axes.replace("C", "")
         elif n != wanted and not (n == 1 and wanted == 1):
@@ -123,7 +125,9 @@ def to_model_channels(
         if wanted == 1:
             if channel is not None and "C" not in plane_axes:
                 if not 0 <= channel < samples.shape[-1]:
-                    raise InputError(f"channel {channel} does not exist; the image has colour samples 0..{samples.shape[-1] - 1}")
+                    raise InputError(
+                        f"channel {channel} does not exist; the image has colour samples 0..{samples.shape[-1] - 1}"
+                    )
                 x = samples[..., channel]
             else:
                 x = _rgb_to_grey(colour, str(input_spec.get("rgb", "luminance")))
@@ -131,7 +135,9 @@ def to_model_channels(
         elif colour.shape[-1] == wanted:
             x = np.moveaxis(colour, -1, axes.index("S"))
         else:
-            raise InputError(f"the model takes {wanted} channels but the image has {colour.shape[-1]} colours")
+            raise InputError(
+                f"the model takes {wanted} channels but the image has {colour.shape[-1]} colours"
+            )
     if "C" in axes:
         x = np.moveaxis(x, axes.index("C"), 0)
     elif "S" in axes:
@@ -139,7 +145,9 @@ def to_model_channels(
     else:
         x = x[np.newaxis]
     if x.shape[0] != wanted:
-        raise InputError(f"the model takes {wanted} input channels but the image gives {x.shape[0]}")
+        raise InputError(
+            f"the model takes {wanted} input channels but the image gives {x.shape[0]}"
+        )
     return np.ascontiguousarray(x)
 
 
@@ -187,4 +195,6 @@ def prepare_plane(
     plane: np.ndarray, plane_axes: str, config: dict[str, Any], channel: int | None = None
 ) -> np.ndarray:
     """Map a raw plane to normalised network input of shape (channels, Y, X), float32."""
-    return normalize(to_model_channels(plane, plane_axes, config["input"], channel), config["normalization"])
+    return normalize(
+        to_model_channels(plane, plane_axes, config["input"], channel), config["normalization"]
+    )

@@ -15,7 +15,11 @@ def check_labels(labels: np.ndarray, mode: str, n_classes: int) -> None:
     Labels must be integers >= 0; semantic labels must be class indices 0..n_classes-1.
     """
     if labels.dtype.kind not in "biu":
-        if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+        if (
+            labels.dtype.kind == "f"
+            and np.all(np.isfinite(labels))
+            and np.all(labels == np.round(labels))
+        ):
             return check_labels(labels.astype(np.int64), mode, n_classes)
         raise TrainingDataError(f"labels must be whole numbers, got {labels.dtype} values")
     if labels.size and int(labels.min()) < 0:
@@ -102,6 +106,8 @@ def training_target(labels: np.ndarray, known: np.ndarray | None, mode: str) -> 
     target = target.astype(np.int64)
     if known is not None:
         if known.shape != labels.shape:
-            raise TrainingDataError(f"the known-mask shape {known.shape} differs from the labels' {labels.shape}")
+            raise TrainingDataError(
+                f"the known-mask shape {known.shape} differs from the labels' {labels.shape}"
+            )
         target[known == 0] = IGNORE
     return target

@@ -153,7 +153,9 @@ def iter_predict_plane(
         The blended predictor output for the plane.
     """
     if blending not in BLENDINGS:
-        raise InputError(f"blending {blending!r} is not valid; choose one of {', '.join(BLENDINGS)}")
+        raise InputError(
+            f"blending {blending!r} is not valid; choose one of {', '.join(BLENDINGS)}"
+        )
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     padded = mirror_pad(plane, rows, cols)
@@ -170,11 +172,17 @@ def iter_predict_plane(
         if result.shape != expected:
             raise InputError(f"the predictor returned shape {result.shape}, expected {expected}")
         for (y, x), output in zip(chunk, result, strict=True):
-            region = (slice(y + rows.crop, y + rows.crop + out_y), slice(x + cols.crop, x + cols.crop + out_x))
+            region = (
+                slice(y + rows.crop, y + rows.crop + out_y),
+                slice(x + cols.crop, x + cols.crop + out_x),
+            )
             accumulator[(slice(None), *region)] += output * window
             weight_sum[region] += window
         yield len(chunk)
-    core = (slice(rows.margin, rows.margin + rows.length), slice(cols.margin, cols.margin + cols.length))
+    core = (
+        slice(rows.margin, rows.margin + rows.length),
+        slice(cols.margin, cols.margin + cols.length),
+    )
     result_plane = accumulator[(slice(None), *core)]
     result_plane /= weight_sum[core]
     return result_plane

@@ -131,17 +131,23 @@ class _Prepared:
     known_index: np.ndarray  # flat indices of trainable pixels
 
 
-def prepare_samples(samples: Sequence[TrainingSample], config: dict[str, Any], settings: TrainSettings) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+def prepare_samples(
+    samples: Sequence[TrainingSample], config: dict[str, Any], settings: TrainSettings
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Normalise images and build targets for a list of samples (checked)."""
     if not samples:
-        raise TrainingDataError("the training set is empty: label or correct at least one plane first")
+        raise TrainingDataError(
+            "the training set is empty: label or correct at least one plane first"
+        )
     mode = config["mode"]
     n_classes = len(config["class_names"])
     prepared = []
     for sample in samples:
         labels = np.asarray(sample.labels)
         if labels.ndim != 2:
-            raise TrainingDataError(f"labels must be one plane (Y, X), got shape {labels.shape} ({sample.source})")
+            raise TrainingDataError(
+                f"labels must be one plane (Y, X), got shape {labels.shape} ({sample.source})"
+            )
         check_labels(labels, mode, n_classes)
         labels = labels.astype(np.int64)
         x = prepare_plane(sample.image, sample.plane_axes, config, settings.channel)
@@ -150,7 +156,9 @@ def prepare_samples(samples: Sequence[TrainingSample], config: dict[str, Any], s
                 f"labels of shape {labels.shape} do not match the image plane {x.shape[1:]} ({sample.source})"
             )
         target = training_target(labels, sample.known, mode)
-        weights = border_weights(labels) if settings.border_weights and mode == "instances" else None
+        weights = (
+            border_weights(labels) if settings.border_weights and mode == "instances" else None
+        )
         prepared.append((x, target, weights))
     if all((t == IGNORE).all() for _, t, _ in prepared):
         raise TrainingDataError("no labelled pixels: every known-mask is empty")
@@ -158,8 +166,12 @@ def prepare_samples(samples: Sequence[TrainingSample], config: dict[str, Any], s
 
 
 def split_validation(
-    prepared: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], fraction: float, rng: np.random.Generator
-) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], list[tuple[np.ndarray, np.ndarray]]]:
+    prepared: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    fraction: float,
+    rng: np.random.Generator,
+) -> tuple[
+    list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], list[tuple[np.ndarray, np.ndarray]]
+]:
     """Hold out whole planes (3 or more planes) or a strip of each plane's known region.
 
     Returns the training items (with held-out pixels ignored) and the validation items as
@@ -212,11 +224,17 @@ def _to_prepared(items: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) 
     return [_Prepared(x, t, w, np.flatnonzero(t != IGNORE)) for x, t, w in items]
 
 
-def _extract(p: _Prepared, top: int, left: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _extract(
+    p: _Prepared, top: int, left: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Patch at (top, left) in coordinates of the plane padded by ``size`` on every side."""
     x = _padded(p.x, size, "symmetric")[:, top : top + size, left : left + size]
     t = _padded(p.target, size, IGNORE)[top : top + size, left : left + size]
-    w = None if p.weights is None else _padded(p.weights, size, 0.0)[top : top + size, left : left + size]
+    w = (
+        None
+        if p.weights is None
+        else _padded(p.weights, size, 0.0)[top : top + size, left : left + size]
+    )
     return x, t, w
 
 
@@ -263,7 +281,9 @@ def iter_patches(
 class _Prefetcher:
     """Builds batches in a background thread so the optimiser never waits on augmentation."""
 
-    def __init__(self, batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], depth: int = 3) -> None:
+    def __init__(
+        self, batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], depth: int = 3
+    ) -> None:
         self._batches = batches
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._closed = threading.Event()
@@ -295,7 +315,12 @@ class _Prefetcher:
         self._thread.join(timeout=2.0)
 
 
-def validation_score(network: torch.nn.Module, compute: Compute, val: list[tuple[np.ndarray, np.ndarray]], n_classes: int) -> float | None:
+def validation_score(
+    network: torch.nn.Module,
+    compute: Compute,
+    val: list[tuple[np.ndarray, np.ndarray]],
+    n_classes: int,
+) -> float | None:
     """Mean IoU of the non-background classes over the held-out labelled pixels."""
     if not val:
         return None
@@ -322,7 +347,9 @@ def validation_score(network: torch.nn.Module, compute: Compute, val: list[tuple
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, use_dice: bool) -> torch.Tensor:
+def _loss(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, use_dice: bool
+) -> torch.Tensor:
     logits = logits.float()
     per_pixel = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
     known = (target != IGNORE).float()
@@ -342,7 +369,9 @@ def _optimizer(network: torch.nn.Module, settings: TrainSettings) -> torch.optim
         return torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     if settings.optimizer == "sgd":
         return torch.optim.SGD(network.parameters(), lr=settings.learning_rate, momentum=0.99)
-    raise TrainingDataError(f"optimizer {settings.optimizer!r} is not valid; choose one of {', '.join(OPTIMIZERS)}")
+    raise TrainingDataError(
+        f"optimizer {settings.optimizer!r} is not valid; choose one of {', '.join(OPTIMIZERS)}"
+    )
 
 
 def _learning_rate_factor(step: int, total: int) -> float:
@@ -390,7 +419,9 @@ def iter_finetune(
     if settings.steps < 1:
         raise TrainingDataError(f"steps must be at least 1, got {settings.steps}")
     if not 0.0 <= settings.val_fraction < 1.0:
-        raise TrainingDataError(f"validation fraction must be in [0, 1), got {settings.val_fraction}")
+        raise TrainingDataError(
+            f"validation fraction must be in [0, 1), got {settings.val_fraction}"
+        )
     bundle = clone_bundle(base)
     config = bundle.config
     n_classes = len(config["class_names"])
@@ -421,7 +452,9 @@ def iter_finetune(
     try:
         for step in range(1, settings.steps + 1):
             for group in optimizer.param_groups:
-                group["lr"] = settings.learning_rate * _learning_rate_factor(step - 1, settings.steps)
+                group["lr"] = settings.learning_rate * _learning_rate_factor(
+                    step - 1, settings.steps
+                )
             xb, tb, wb = prefetcher.next()
             x = torch.from_numpy(xb).to(compute.device, non_blocking=True)
             if compute.channels_last:
@@ -445,7 +478,10 @@ def iter_finetune(
                 bad_in_row += 1
                 if bad_in_row >= MAX_BAD_STEPS:
                     network.load_state_dict(good_state)
-                    reason, stopped = f"stopped after {bad_in_row} non-finite losses in a row; kept the last good weights", True
+                    reason, stopped = (
+                        f"stopped after {bad_in_row} non-finite losses in a row; kept the last good weights",
+                        True,
+                    )
             else:
                 bad_in_row = 0
                 if step % settings.val_every == 0 or step == settings.steps:
@@ -481,7 +517,18 @@ def iter_finetune(
     network.load_state_dict(best_state)
     network = network.to("cpu", memory_format=torch.contiguous_format).eval()
     bundle.network = network
-    _record(bundle, base, samples, settings, history, initial_score, best_score, best_step, reason, time.perf_counter() - start)
+    _record(
+        bundle,
+        base,
+        samples,
+        settings,
+        history,
+        initial_score,
+        best_score,
+        best_step,
+        reason,
+        time.perf_counter() - start,
+    )
     return TrainResult(bundle, history, stopped, reason, initial_score, best_score, best_step)
 
 

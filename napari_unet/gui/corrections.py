@@ -28,7 +28,10 @@ def edited_regions(difference: np.ndarray, margin: int) -> np.ndarray:
     for box in ndi.find_objects(components):
         if box is None:
             continue
-        grown = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, difference.shape, strict=True))
+        grown = tuple(
+            slice(max(s.start - margin, 0), min(s.stop + margin, n))
+            for s, n in zip(box, difference.shape, strict=True)
+        )
         known[grown] = True
     return known
 
@@ -82,7 +85,9 @@ class CorrectionTracker:
         except (TypeError, IndexError, ValueError):
             return None
 
-    def update(self, data: np.ndarray, planes: Iterable[PlaneIndex] | None = None) -> set[PlaneIndex]:
+    def update(
+        self, data: np.ndarray, planes: Iterable[PlaneIndex] | None = None
+    ) -> set[PlaneIndex]:
         """Recompute the edits of ``planes`` (all when None); returns the planes that changed."""
         if data.shape != self.reference.shape:
             self.edits.clear()
@@ -97,7 +102,9 @@ class CorrectionTracker:
             else:
                 self.edits.pop(index, None)
             after = self.edits.get(index)
-            if (before is None) != (after is None) or (after is not None and not np.array_equal(before, after)):
+            if (before is None) != (after is None) or (
+                after is not None and not np.array_equal(before, after)
+            ):
                 changed.add(index)
         return changed
 

@@ -216,20 +216,32 @@ class FinetunePanel(QWidget):
         self.planes.clear()
         if segmentation is None:
             self.planes.blockSignals(False)
-            self.summary.setText("Segment an image first; then correct it with the brush, eraser and fill.")
+            self.summary.setText(
+                "Segment an image first; then correct it with the brush, eraser and fill."
+            )
             return
         tracker = segmentation.tracker
         stack_axes = tracker.stack_axes
         current = self._current_plane(tracker)
-        planes = sorted(set(tracker.corrected_planes()) | ({current} if current is not None else set()))
+        planes = sorted(
+            set(tracker.corrected_planes()) | ({current} if current is not None else set())
+        )
         for index in planes:
-            label = ", ".join(f"{a.lower()}={i}" for a, i in zip(stack_axes, index, strict=True)) or "image"
+            label = (
+                ", ".join(f"{a.lower()}={i}" for a, i in zip(stack_axes, index, strict=True))
+                or "image"
+            )
             if index not in tracker.corrected_planes():
                 label += " (shown)"
             item = QTreeWidgetItem([label, "", ""])
             item.setData(0, Qt.UserRole, index)
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(1, Qt.Unchecked if index in tracker.excluded or index not in tracker.corrected_planes() else Qt.Checked)
+            item.setCheckState(
+                1,
+                Qt.Unchecked
+                if index in tracker.excluded or index not in tracker.corrected_planes()
+                else Qt.Checked,
+            )
             item.setCheckState(2, Qt.Checked if index in tracker.fully_checked else Qt.Unchecked)
             self.planes.addTopLevelItem(item)
         self.planes.blockSignals(False)
@@ -260,9 +272,17 @@ class FinetunePanel(QWidget):
         index = tuple(item.data(0, Qt.UserRole))
         tracker = segmentation.tracker
         if column == 1:
-            (tracker.excluded.discard if item.checkState(1) == Qt.Checked else tracker.excluded.add)(index)
+            (
+                tracker.excluded.discard
+                if item.checkState(1) == Qt.Checked
+                else tracker.excluded.add
+            )(index)
         elif column == 2:
-            (tracker.fully_checked.add if item.checkState(2) == Qt.Checked else tracker.fully_checked.discard)(index)
+            (
+                tracker.fully_checked.add
+                if item.checkState(2) == Qt.Checked
+                else tracker.fully_checked.discard
+            )(index)
         self._dirty.add(id(layer))
         self._save_timer.start()
         QTimer.singleShot(0, self.refresh_planes)
@@ -292,7 +312,10 @@ class FinetunePanel(QWidget):
             for job in jobs:
                 save_planes(*job)
 
-        worker = create_worker(write, _connect={"errored": lambda error: show_error(f"Could not save corrections: {error}")})
+        worker = create_worker(
+            write,
+            _connect={"errored": lambda error: show_error(f"Could not save corrections: {error}")},
+        )
         self.saver = worker
         return worker
 
@@ -319,7 +342,9 @@ class FinetunePanel(QWidget):
         if restored:
             layer.data = data
             segmentation.tracker.update(data)
-            show_info(f"Restored your saved corrections of {restored} plane(s) of this image (undo with Ctrl+Z).")
+            show_info(
+                f"Restored your saved corrections of {restored} plane(s) of this image (undo with Ctrl+Z)."
+            )
             self.refresh_planes()
 
     # ----- training -------------------------------------------------------------------------
@@ -339,7 +364,9 @@ class FinetunePanel(QWidget):
         segmentation.tracker.update(np.asarray(layer.data))  # catches writes that emit no event
         planes = collect_planes(segmentation, layer.data)
         if not planes:
-            show_error("No corrected planes: paint corrections (or tick 'fully checked' on a plane) first.")
+            show_error(
+                "No corrected planes: paint corrections (or tick 'fully checked' on a plane) first."
+            )
             return None
         self.refresh_planes()
         base_name = self.base_combo.currentText()
@@ -358,7 +385,9 @@ class FinetunePanel(QWidget):
 
             save_planes(training_set, segmentation, planes, stale)
             others = [r for r in training_set.planes.values() if r.image != segmentation.image_key]
-            samples = samples_from_planes(planes, source) + [training_set.load_plane(r) for r in others]
+            samples = samples_from_planes(planes, source) + [
+                training_set.load_plane(r) for r in others
+            ]
             base = load_bundle(base_name)
             result = yield from iter_finetune(base, samples, settings, stop=stop)
             path = next_version_path(base.name)
@@ -370,7 +399,13 @@ class FinetunePanel(QWidget):
         self.result.setText("")
         self._started = time.perf_counter()
         self._set_running(True)
-        self.worker = start_worker(job, on_yield=self._on_step, on_return=self._on_result, on_error=self._on_error, on_finish=self._on_finish)
+        self.worker = start_worker(
+            job,
+            on_yield=self._on_step,
+            on_return=self._on_result,
+            on_error=self._on_error,
+            on_finish=self._on_finish,
+        )
         return self.worker
 
     def stop(self) -> None:
@@ -388,7 +423,9 @@ class FinetunePanel(QWidget):
         self.plot.add(step.step, step.loss, step.val_score)
         if not self.stop_event.is_set():
             remaining = step.elapsed / step.step * (step.total - step.step)
-            self.eta.setText(f"step {step.step}/{step.total}, loss {step.loss:.3f}, about {remaining:.0f} s left")
+            self.eta.setText(
+                f"step {step.step}/{step.total}, loss {step.loss:.3f}, about {remaining:.0f} s left"
+            )
 
     def _on_result(self, outcome: Any) -> None:
         result, path = outcome
@@ -426,7 +463,9 @@ class FinetunePanel(QWidget):
 
         if self.previous_model:
             self.refresh_models(select=self.previous_model)
-            show_info(f"Keeping {self.previous_model}; {self.new_model} stays on disk for later comparison.")
+            show_info(
+                f"Keeping {self.previous_model}; {self.new_model} stays on disk for later comparison."
+            )
             self.trained.emit(self.previous_model, self.previous_model)
         for button in (self.resegment_button, self.keep_button):
             button.setEnabled(False)

@@ -11,7 +11,9 @@ from napari_unet.core.io import Stack
 METADATA_KEY = "napari_unet"
 
 
-def image_layer_data(stack: Stack, name: str | None = None) -> list[tuple[Any, dict[str, Any], str]]:
+def image_layer_data(
+    stack: Stack, name: str | None = None
+) -> list[tuple[Any, dict[str, Any], str]]:
     """Layer data tuple(s) for an image: channels split with ``channel_axis``, RGB kept last.
 
     The non-channel axes, file path and units are stored in the layer's metadata so the
@@ -26,7 +28,9 @@ def image_layer_data(stack: Stack, name: str | None = None) -> list[tuple[Any, d
         "name": name or stack.name,
         "scale": [stack.scale.get(a, 1.0) for a in spatial],
         "axis_labels": [_axis_label(a) for a in spatial],
-        "metadata": {METADATA_KEY: {"axes": spatial, "path": str(stack.path) if stack.path else None}},
+        "metadata": {
+            METADATA_KEY: {"axes": spatial, "path": str(stack.path) if stack.path else None}
+        },
     }
     units = [stack.units.get(a, "pixel") for a in spatial]
     if any(u != "pixel" for u in units):
@@ -44,7 +48,15 @@ def _axis_label(axis: str) -> str:
 
 
 def _napari_unit(unit: str) -> str:
-    return {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm": "nanometer", "s": "second", "inch": "inch", "cm": "centimeter"}.get(unit, "pixel")
+    return {
+        "µm": "micrometer",
+        "um": "micrometer",
+        "micron": "micrometer",
+        "nm": "nanometer",
+        "s": "second",
+        "inch": "inch",
+        "cm": "centimeter",
+    }.get(unit, "pixel")
 
 
 def layer_axes(layer: Any) -> str | None:

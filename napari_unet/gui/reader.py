@@ -12,7 +12,9 @@ from napari_unet.core.io import TIFF_SUFFIXES
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[tuple[Any, ...]]] | None:
     """Return a reader for TIFF files this plugin can open, else None (never raises)."""
     paths = [path] if isinstance(path, str) else list(path)
-    if not paths or not all(isinstance(p, str) and p.lower().endswith(TIFF_SUFFIXES) for p in paths):
+    if not paths or not all(
+        isinstance(p, str) and p.lower().endswith(TIFF_SUFFIXES) for p in paths
+    ):
         return None
     try:
         import tifffile

@@ -29,7 +29,16 @@ from napari_unet.gui.session import Segmentation, Session
 from napari_unet.gui.workers import start_worker
 
 BROWSE = "Browse..."
-SEMANTIC_COLOURS = ["#00000000", "#ff3b30", "#34c759", "#0a84ff", "#ffd60a", "#bf5af2", "#64d2ff", "#ff9f0a"]
+SEMANTIC_COLOURS = [
+    "#00000000",
+    "#ff3b30",
+    "#34c759",
+    "#0a84ff",
+    "#ffd60a",
+    "#bf5af2",
+    "#64d2ff",
+    "#ff9f0a",
+]
 
 
 def model_names() -> list[str]:
@@ -63,7 +72,9 @@ class SegmentPanel(QWidget):
         self.image_combo = QComboBox()
         self.axes_edit = QLineEdit()
         self.axes_edit.setPlaceholderText("axes, e.g. ZYX, TYX, TZYX")
-        self.axes_edit.setToolTip("Which axis is which: T time, Z depth, C channel, I independent planes, Y X")
+        self.axes_edit.setToolTip(
+            "Which axis is which: T time, Z depth, C channel, I independent planes, Y X"
+        )
         self.axes_hint = QLabel("")
         self.axes_hint.setWordWrap(True)
         self.model_combo = QComboBox()
@@ -133,7 +144,11 @@ class SegmentPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.model_combo.activated.connect(self._model_activated)
         self.image_combo.currentIndexChanged.connect(self._image_changed)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+        for event in (
+            viewer.layers.events.inserted,
+            viewer.layers.events.removed,
+            viewer.layers.events.moved,
+        ):
             event.connect(self.refresh_images)
 
     # ----- pickers -------------------------------------------------------------------------
@@ -151,7 +166,11 @@ class SegmentPanel(QWidget):
 
     def refresh_models(self, select: str | None = None) -> None:
         """Re-list the models (bundled, the user's versions) and keep or set the selection."""
-        current = select or self.model_combo.currentData() or self.settings.value("segment/model", "nuclei")
+        current = (
+            select
+            or self.model_combo.currentData()
+            or self.settings.value("segment/model", "nuclei")
+        )
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         for name in model_names():
@@ -166,7 +185,9 @@ class SegmentPanel(QWidget):
     def _model_activated(self, index: int) -> None:
         if self.model_combo.itemData(index) != BROWSE:
             return
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a model bundle", "", "Model bundles (*.safetensors)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a model bundle", "", "Model bundles (*.safetensors)"
+        )
         if path:
             self.refresh_models(select=path)
         else:
@@ -202,7 +223,9 @@ class SegmentPanel(QWidget):
         layer = self.selected_image()
         if layer is None:
             self.axes_edit.setText("")
-            self.axes_hint.setText("Open an image (File > Open, or File > Open Sample > napari-unet).")
+            self.axes_hint.setText(
+                "Open an image (File > Open, or File > Open Sample > napari-unet)."
+            )
             return
         axes = layer_axes(layer)
         if axes is not None:
@@ -267,7 +290,9 @@ class SegmentPanel(QWidget):
             return None
         axes = self.axes_edit.text().strip().upper()
         try:
-            stack = Stack(np.asarray(layer.data).copy(), axes)  # a copy: the worker never sees the layer
+            stack = Stack(
+                np.asarray(layer.data).copy(), axes
+            )  # a copy: the worker never sees the layer
         except InputError as error:
             show_error(f"Axes: {error}. Set the Axes field (e.g. ZYX).")
             return None
@@ -275,7 +300,13 @@ class SegmentPanel(QWidget):
         model = model or self.model
         options = self.options()
         self._save_settings()
-        self._job = {"layer": layer, "stack": stack, "model": model, "options": options, "new_layer": new_layer}
+        self._job = {
+            "layer": layer,
+            "stack": stack,
+            "model": model,
+            "options": options,
+            "new_layer": new_layer,
+        }
 
         def job() -> Any:
             from napari_unet.core.bundle import load_bundle
@@ -291,7 +322,13 @@ class SegmentPanel(QWidget):
         self._progress = progress(total=0, desc=f"napari-unet: segmenting {layer.name}")
         self._set_running(True)
         self.status.setText(f"Segmenting {layer.name} with {model}...")
-        self.worker = start_worker(job, on_yield=self._on_progress, on_return=self._on_result, on_error=self._on_error, on_finish=self._on_finish)
+        self.worker = start_worker(
+            job,
+            on_yield=self._on_progress,
+            on_return=self._on_result,
+            on_error=self._on_error,
+            on_finish=self._on_finish,
+        )
         return self.worker
 
     def cancel(self) -> None:
@@ -336,10 +373,20 @@ class SegmentPanel(QWidget):
         existing = next((lyr for lyr in self.viewer.layers if lyr.name == name), None)
         segmentation = self.session.find(existing) if existing is not None else None
         reusable = False
-        if segmentation is not None and existing.data.shape == prediction.labels.shape and not job["new_layer"]:
-            segmentation.tracker.update(np.asarray(existing.data))  # edits through layer.data[...] emit nothing
+        if (
+            segmentation is not None
+            and existing.data.shape == prediction.labels.shape
+            and not job["new_layer"]
+        ):
+            segmentation.tracker.update(
+                np.asarray(existing.data)
+            )  # edits through layer.data[...] emit nothing
             reusable = not segmentation.tracker.edits
-        scale = [s for s, a in zip(image.scale, job["stack"].axes.replace("S", ""), strict=False) if a != "C"]
+        scale = [
+            s
+            for s, a in zip(image.scale, job["stack"].axes.replace("S", ""), strict=False)
+            if a != "C"
+        ]
         if reusable:
             labels_layer = existing
             labels_layer.data = prediction.labels
@@ -347,12 +394,21 @@ class SegmentPanel(QWidget):
             if existing is not None:
                 name = f"{name} ({job['model']})"
                 if not job["new_layer"]:
-                    show_info(f"'{existing.name}' holds your corrections or was not made here, so the result goes to a new layer '{name}'.")
-            labels_layer = self.viewer.add_labels(prediction.labels, name=name, scale=scale or None, metadata={METADATA_KEY: {"axes": prediction.axes}})
+                    show_info(
+                        f"'{existing.name}' holds your corrections or was not made here, so the result goes to a new layer '{name}'."
+                    )
+            labels_layer = self.viewer.add_labels(
+                prediction.labels,
+                name=name,
+                scale=scale or None,
+                metadata={METADATA_KEY: {"axes": prediction.axes}},
+            )
         if prediction.mode == "semantic":
             self._style_semantic(labels_layer, prediction.class_names)
         diameter = job.get("diameter") or 16
-        tracker = CorrectionTracker(prediction.labels, prediction.axes, margin=max(16, int(diameter)))
+        tracker = CorrectionTracker(
+            prediction.labels, prediction.axes, margin=max(16, int(diameter))
+        )
         self.session.register(
             labels_layer,
             Segmentation(

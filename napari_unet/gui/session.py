@@ -77,30 +77,68 @@ class Session:
 
     def training_set(self, segmentation: Segmentation) -> TrainingSet:
         """The training set for this model family (mode + class names), opened or created."""
-        slug = segmentation.mode if segmentation.mode == "instances" else "semantic-" + "-".join(segmentation.class_names)
-        return TrainingSet.open_or_create(training_root() / slug, segmentation.mode, segmentation.class_names)
+        slug = (
+            segmentation.mode
+            if segmentation.mode == "instances"
+            else "semantic-" + "-".join(segmentation.class_names)
+        )
+        return TrainingSet.open_or_create(
+            training_root() / slug, segmentation.mode, segmentation.class_names
+        )
 
 
-def collect_planes(segmentation: Segmentation, labels: np.ndarray) -> list[tuple[PlaneIndex, np.ndarray, str, np.ndarray, np.ndarray, bool]]:
+def collect_planes(
+    segmentation: Segmentation, labels: np.ndarray
+) -> list[tuple[PlaneIndex, np.ndarray, str, np.ndarray, np.ndarray, bool]]:
     """Copies of the selected corrected planes: (index, pixels, plane_axes, labels, known, fully)."""
     tracker = segmentation.tracker
     planes = []
     for index in tracker.selected_planes():
         pixels, plane_axes = segmentation.plane_pixels(index)
         plane_labels = np.array(labels[tracker.plane_slice(index)], copy=True)
-        planes.append((index, pixels.copy(), plane_axes, plane_labels, tracker.known_mask(index).copy(), index in tracker.fully_checked))
+        planes.append(
+            (
+                index,
+                pixels.copy(),
+                plane_axes,
+                plane_labels,
+                tracker.known_mask(index).copy(),
+                index in tracker.fully_checked,
+            )
+        )
     return planes
 
 
-def save_planes(training_set: TrainingSet, segmentation: Segmentation, planes: list[tuple[Any, ...]], stale: list[PlaneIndex]) -> None:
+def save_planes(
+    training_set: TrainingSet,
+    segmentation: Segmentation,
+    planes: list[tuple[Any, ...]],
+    stale: list[PlaneIndex],
+) -> None:
     """Write planes to the training set (run off the main thread) and drop stale ones."""
-    training_set.add_image(segmentation.image_key, source=segmentation.source or segmentation.image_name, shape=segmentation.image_data.shape, axes=segmentation.image_axes)
+    training_set.add_image(
+        segmentation.image_key,
+        source=segmentation.source or segmentation.image_name,
+        shape=segmentation.image_data.shape,
+        axes=segmentation.image_axes,
+    )
     for index, pixels, plane_axes, labels, known, fully in planes:
-        training_set.put_plane(segmentation.image_key, index, pixels, labels, known, plane_axes=plane_axes, fully_checked=fully)
+        training_set.put_plane(
+            segmentation.image_key,
+            index,
+            pixels,
+            labels,
+            known,
+            plane_axes=plane_axes,
+            fully_checked=fully,
+        )
     for index in stale:
         training_set.remove_plane(segmentation.image_key, index)
 
 
 def samples_from_planes(planes: list[tuple[Any, ...]], source: str) -> list[TrainingSample]:
     """Training samples from :func:`collect_planes` output."""
-    return [TrainingSample(pixels, labels, known, plane_axes, f"{source}{list(index)}") for index, pixels, plane_axes, labels, known, _ in planes]
+    return [
+        TrainingSample(pixels, labels, known, plane_axes, f"{source}{list(index)}")
+        for index, pixels, plane_axes, labels, known, _ in planes
+    ]

@@ -46,5 +46,10 @@ def start_worker(
         return (yield from guarded(factory()))
 
     # errored must be connected at creation, or superqt re-raises the error on the main thread
-    connections = {"yielded": on_yield, "returned": on_return, "errored": on_error, "finished": on_finish}
+    connections = {
+        "yielded": on_yield,
+        "returned": on_return,
+        "errored": on_error,
+        "finished": on_finish,
+    }
     return create_worker(job, _connect=connections)

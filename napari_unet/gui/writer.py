@@ -18,7 +18,9 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     axes = (meta.get("metadata") or {}).get(METADATA_KEY, {}).get("axes")
     if not axes or len(axes) != labels.ndim:
         axes = _DEFAULT_AXES.get(labels.ndim) or "I" * (labels.ndim - 2) + "YX"
-    scale = dict(zip(axes, (float(s) for s in meta.get("scale", [1.0] * labels.ndim)), strict=False))
+    scale = dict(
+        zip(axes, (float(s) for s in meta.get("scale", [1.0] * labels.ndim)), strict=False)
+    )
     scale = {a: s for a, s in scale.items() if s != 1.0 or a in "YX"}
     if labels.dtype.kind not in "iu":
         labels = labels.astype(np.uint32)

@@ -1,0 +1,284 @@
+"""Inference speed of the bundled `nuclei` network: ours vs MONAI vs a whole-image forward.
+
+    python benchmarks/inference_speed.py [--size 2048] [--repeats 3] [--device cpu|cuda]
+
+Every variant runs in its own subprocess (clean peak RSS), on the same network, tile size
+(512) and overlap (0.125), on a real image (the sample nuclei tiled to size x size), and
+is repeated; medians are printed. Needs MONAI for (b) and (b') (`pip install monai`).
+
+(a)  ours, defaults: read TIFF -> tiles -> labels -> write TIFF (end to end) and network only
+(a32) ours in fp32 (the accuracy reference)
+(b)  MONAI sliding_window_inference in fp32, as users run it by default
+(b') MONAI under the same bf16 autocast and channels-last layout as ours
+(c)  one fp32 forward pass over the whole (mirror-padded) image
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TILE, OVERLAP = 512, 0.125
+VARIANTS = ("a", "a32", "b", "b'", "c")
+
+
+def make_image(size: int, folder: Path) -> Path:
+    import tifffile
+
+    from napari_unet.gui.sample_data import nuclei_2d
+
+    data = nuclei_2d()[0][0]
+    reps = (-(-size // data.shape[0]), -(-size // data.shape[1]))
+    image = np.tile(data, reps)[:size, :size]
+    path = folder / f"nuclei_{size}.tif"
+    tifffile.imwrite(path, image)
+    return path
+
+
+def conv_peak(device: str) -> dict[str, float]:
+    """GFLOP/s of a large 128->128 3x3 convolution in fp32 and bf16 (channels last)."""
+    import torch
+
+    results = {}
+    conv = (
+        torch.nn.Conv2d(128, 128, 3, padding=1)
+        .to(device)
+        .to(memory_format=torch.channels_last)
+        .eval()
+    )
+    x = torch.rand(4, 128, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 128 * 128 * 9 * 4 * 256 * 256
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        times = []
+        with (
+            torch.inference_mode(),
+            torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
+            for _ in range(4):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                conv(x)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+        results[name] = flops / statistics.median(times[1:]) / 1e9
+    return results
+
+
+def network_flops_per_pixel(network) -> float:
+    """Multiply-adds x 2 of all convolutions per input pixel (measured with hooks at 256^2)."""
+    import torch
+
+    total = [0]
+
+    def hook(module, inputs, output):
+        kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        total[0] += 2 * kernel * output.numel() // output.shape[0]
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in network.modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    ]
+    with torch.inference_mode():
+        network(torch.zeros(1, 1, 256, 256))
+    for h in handles:
+        h.remove()
+    return total[0] / (256 * 256)
+
+
+class TimedPredictor:
+    def __init__(self, inner):
+        self.inner, self.seconds = inner, 0.0
+
+    def __call__(self, batch):
+        t0 = time.perf_counter()
+        out = self.inner(batch)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def run_variant(variant: str, image_path: Path, out: Path, device: str) -> dict[str, float]:
+    import resource
+
+    import torch
+
+    from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.devices import resolve_compute
+    from napari_unet.core.inference import NetworkPredictor, PredictOptions, iter_predict
+    from napari_unet.core.io import read_image, write_labels
+    from napari_unet.core.postprocess import instance_labels
+    from napari_unet.core.preprocess import prepare_plane
+
+    bundle = load_bundle("nuclei")
+    t0 = time.perf_counter()
+    stack = read_image(image_path)
+    net_seconds = 0.0
+    if variant in ("a", "a32"):
+        compute = resolve_compute(device, "auto" if variant == "a" else "fp32")
+        predictor = TimedPredictor(NetworkPredictor(bundle.network, compute))
+        generator = iter_predict(
+            stack,
+            bundle,
+            PredictOptions(
+                tile_size=TILE,
+                overlap=OVERLAP,
+                device=device,
+                precision="auto" if variant == "a" else "fp32",
+            ),
+            predictor=predictor,
+        )
+        while True:
+            try:
+                next(generator)
+            except StopIteration as finished:
+                prediction = finished.value
+                break
+        labels = prediction.labels
+        net_seconds = predictor.seconds
+        pixels_ratio = prediction.stats["processed_pixel_ratio"]
+    else:
+        x = torch.from_numpy(prepare_plane(stack.data, stack.axes, bundle.config)[None]).to(device)
+        network = bundle.network.to(device).eval()
+        bf16 = variant == "b'"
+        if bf16:
+            network = network.to(memory_format=torch.channels_last)
+        n0 = time.perf_counter()
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            if variant == "c":
+                pad = 64
+                padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+                size = [-(-s // 16) * 16 for s in padded.shape[-2:]]
+                padded = torch.nn.functional.pad(
+                    padded,
+                    (0, size[1] - padded.shape[-1], 0, size[0] - padded.shape[-2]),
+                    mode="reflect",
+                )
+                logits = network(padded)[..., pad : pad + x.shape[-2], pad : pad + x.shape[-1]]
+                pixels_ratio = padded.numel() / x.numel()
+            else:
+                from monai.inferers import sliding_window_inference
+
+                logits = sliding_window_inference(x, (TILE, TILE), 4, network, overlap=OVERLAP)
+                pixels_ratio = float("nan")
+            probabilities = torch.softmax(logits.float(), 1)[0].cpu().numpy()
+        net_seconds = time.perf_counter() - n0
+        labels = instance_labels(probabilities)
+    write_labels(out, labels, axes="YX", overwrite=True)
+    total = time.perf_counter() - t0
+    np.save(out.with_suffix(".npy"), labels)
+    megapixels = stack.data.size / 1e6
+    return {
+        "end_to_end_mps": megapixels / total,
+        "network_mps": megapixels / net_seconds,
+        "seconds": total,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "pixel_ratio": pixels_ratio,
+    }
+
+
+def foreground_iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a > 0) & (b > 0)).sum() / max(((a > 0) | (b > 0)).sum(), 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.image, args.out, args.device)))
+        return
+    import platform
+
+    import torch
+
+    from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.metrics import instance_scores
+
+    folder = Path(tempfile.mkdtemp(prefix="napari-unet-speed-"))
+    image = make_image(args.size, folder)
+    flops = network_flops_per_pixel(load_bundle("nuclei").network)
+    peak = conv_peak(args.device)
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {args.device}"
+    )
+    print(
+        f"image {args.size}x{args.size} (sample nuclei tiled), tile {TILE}, overlap {OVERLAP}; network {flops / 1e6:.3f} MFLOP/pixel"
+    )
+    print(f"conv peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    rows = {}
+    for variant in args.variants:
+        runs = []
+        for _ in range(args.repeats):
+            out = folder / f"labels_{variant.replace(chr(39), 'p')}.tif"
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    variant,
+                    "--image",
+                    str(image),
+                    "--out",
+                    str(out),
+                    "--device",
+                    args.device,
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode:
+                print(f"{variant}: failed: {result.stderr.strip().splitlines()[-1:]}")
+                break
+            runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        if runs:
+            rows[variant] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            rows[variant]["labels"] = np.load(out.with_suffix(".npy"))
+    reference = rows.get("a32", {}).get("labels")
+    print(
+        f"\n{'variant':<6} {'e2e MP/s':>9} {'net MP/s':>9} {'net GFLOP/s':>12} {'% bf16 peak':>11} {'peak RSS MiB':>13} {'px ratio':>9} {'fg IoU vs a32':>14} {'AP50 vs a32':>12}"
+    )
+    for variant, r in rows.items():
+        gflops = r["network_mps"] * flops / 1e3
+        iou = foreground_iou(r["labels"], reference) if reference is not None else float("nan")
+        ap = (
+            instance_scores(r["labels"], reference).at(0.5)
+            if reference is not None
+            else float("nan")
+        )
+        print(
+            f"{variant:<6} {r['end_to_end_mps']:9.2f} {r['network_mps']:9.2f} {gflops:12.0f} {100 * gflops / peak['bf16']:10.0f}% {r['peak_rss_mib']:13.0f} {r['pixel_ratio']:9.2f} {iou:14.4f} {ap:12.4f}"
+        )
+    if "a" in rows and "b" in rows:
+        print(
+            f"\n(a)/(b) end to end: {rows['a']['end_to_end_mps'] / rows['b']['end_to_end_mps']:.2f}x",
+            end="",
+        )
+    if "a" in rows and "b'" in rows:
+        print(
+            f", (a)/(b') {rows['a']['end_to_end_mps'] / rows[chr(98) + chr(39)]['end_to_end_mps']:.2f}x",
+            end="",
+        )
+    if "a" in rows:
+        print(
+            f"; (a) end to end / network only: {rows['a']['end_to_end_mps'] / rows['a']['network_mps']:.0%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
