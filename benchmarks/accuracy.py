@@ -129,40 +129,80 @@ def evaluate_em() -> dict[str, object]:
     return {"sections": rows, "mean": mean}
 
 
+def simulate_corrections(
+    prediction: np.ndarray, truth: np.ndarray, margin: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What a user fixing ``prediction`` towards ``truth`` in the GUI leaves, and its known-mask.
+
+    Predicted objects that match a true object (IoU > 0.5) are accepted as they are; predicted
+    objects overlapping a true object without matching it are erased and the true objects
+    painted instead; predictions with no true object nearby are left alone (the truth may
+    simply not annotate them). The known-mask is what the GUI computes: the edited regions'
+    bounding boxes grown by a margin.
+    """
+    from napari_unet.core.metrics import match_objects, overlap_iou
+    from napari_unet.gui.corrections import edited_regions
+
+    matches = match_objects(prediction, truth, 0.5)
+    good_pred, good_true = {a for a, _, _ in matches}, {b for _, b, _ in matches}
+    overlapping, _, _ = overlap_iou(prediction, truth)
+    wrong = [a for a in np.unique(overlapping) if a not in good_pred]
+    missed = [t for t in np.unique(truth) if t and t not in good_true]
+    corrected = prediction.copy()
+    corrected[np.isin(corrected, wrong)] = 0
+    paint = np.isin(truth, missed)
+    corrected[paint] = truth[paint].astype(corrected.dtype) + corrected.max()
+    return corrected, edited_regions(corrected != prediction, margin)
+
+
 def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
-    """Fine-tune `nuclei` on k CTC HeLa frames with the GUI's default schedule; score the rest."""
+    """Fine-tune `nuclei` on k corrected CTC HeLa frames with the GUI's default schedule.
+
+    The corrections are simulated from the ground truth the way a user would make them in
+    the GUI (see :func:`simulate_corrections`), and the model trains on the known-mask the GUI
+    would compute. AP@0.5 is reported on the other frames with objects touching the image
+    border removed from prediction and truth: this ground truth does not annotate nuclei cut
+    by the border, so counting them would call every correct border nucleus a false positive
+    (the raw AP is recorded in the JSON too).
+    """
     import torch
+    from skimage.segmentation import clear_border
 
     from napari_unet.core.bundle import bundle_from_config, load_bundle, new_config
     from napari_unet.core.inference import PredictOptions, predict
     from napari_unet.core.io import read_image
     from napari_unet.core.metrics import instance_scores
-    from napari_unet.core.training import (
-        TrainingSample,
-        TrainSettings,
-        iter_finetune,
-        median_diameter,
-    )
+    from napari_unet.core.training import TrainingSample, TrainSettings, iter_finetune
 
     frames = sorted(p.stem for p in (DATA / "ctc_hela" / "images").glob("*.tif"))
     images = {f: read_image(DATA / "ctc_hela" / "images" / f"{f}.tif").data for f in frames}
     truths = {f: read_image(DATA / "ctc_hela" / "labels" / f"{f}.tif").data for f in frames}
     base = load_bundle("nuclei")
+    margin = max(16, int(base.config["object_diameter"]))
+    base_predictions = {f: predict(images[f], base, PredictOptions()).labels for f in frames}
+    corrections = {f: simulate_corrections(base_predictions[f], truths[f], margin) for f in frames}
 
-    def ap(bundle, names):
-        return float(
-            np.mean(
-                [
-                    instance_scores(
-                        predict(images[f], bundle, PredictOptions()).labels, truths[f]
-                    ).at(0.5)
-                    for f in names
-                ]
+    def scores(labels, f):
+        return instance_scores(clear_border(labels), clear_border(truths[f])).at(
+            0.5
+        ), instance_scores(labels, truths[f]).at(0.5)
+
+    def ap(bundle, names, predictions=None):
+        pairs = [
+            scores(
+                predictions[f]
+                if predictions
+                else predict(images[f], bundle, PredictOptions()).labels,
+                f,
             )
-        )
+            for f in names
+        ]
+        return float(np.mean([p[0] for p in pairs])), float(np.mean([p[1] for p in pairs]))
 
     def train(start, names, settings):
-        samples = [TrainingSample(images[f], truths[f], None, "YX", f) for f in names]
+        samples = [
+            TrainingSample(images[f], corrections[f][0], corrections[f][1], "YX", f) for f in names
+        ]
         t0 = time.perf_counter()
         generator = iter_finetune(start, samples, settings)
         while True:
@@ -171,47 +211,53 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
             except StopIteration as finished:
                 return finished.value.bundle, time.perf_counter() - t0
 
-    base_ap = {f: ap(base, [f]) for f in frames}
     runs = []
     for k in ks:
         for subset in itertools.combinations(frames, k):
             rest = [f for f in frames if f not in subset]
-            before = float(np.mean([base_ap[f] for f in rest]))
+            before, before_raw = ap(base, rest, base_predictions)
             tuned, seconds = train(base, subset, TrainSettings())
+            after, after_raw = ap(tuned, rest)
             torch.manual_seed(0)
-            scratch_config = new_config(
-                architecture={
-                    k2: v
-                    for k2, v in base.config["architecture"].items()
-                    if k2 not in ("n_classes", "in_channels")
-                },
-                mode="instances",
-                object_diameter=median_diameter([truths[f] for f in subset]),
+            architecture = {
+                key: v
+                for key, v in base.config["architecture"].items()
+                if key not in ("n_classes", "in_channels")
+            }
+            scratch_bundle = bundle_from_config(
+                new_config(
+                    architecture=architecture,
+                    mode="instances",
+                    object_diameter=base.config["object_diameter"],
+                )
             )
             scratch, scratch_seconds = train(
-                bundle_from_config(scratch_config), subset, TrainSettings(learning_rate=2e-3)
+                scratch_bundle, subset, TrainSettings(learning_rate=2e-3)
             )
             run = {
                 "k": k,
                 "train": list(subset),
                 "test": rest,
+                "known_fraction": float(np.mean([corrections[f][1].mean() for f in subset])),
                 "before": before,
-                "after": ap(tuned, rest),
+                "after": after,
+                "scratch": ap(scratch, rest)[0],
+                "before_raw": before_raw,
+                "after_raw": after_raw,
                 "seconds": seconds,
-                "scratch": ap(scratch, rest),
                 "scratch_seconds": scratch_seconds,
             }
             runs.append(run)
             print(
-                f"k={k} train {subset} -> AP@0.5 on {rest}: base {run['before']:.3f}, fine-tuned {run['after']:.3f} ({seconds:.0f} s), from scratch {run['scratch']:.3f}",
+                f"k={k} corrected {subset} ({run['known_fraction']:.0%} of pixels known) -> AP@0.5 on {rest}: base {before:.3f}, fine-tuned {run['after']:.3f} ({seconds:.0f} s), from scratch {run['scratch']:.3f}",
                 flush=True,
             )
     summary = {}
     print(
-        f"\nfine-tuning nuclei on CTC Fluo-N2DL-HeLa frames, default GUI schedule ({TrainSettings().steps} steps)"
+        f"\nfine-tuning nuclei on corrected CTC Fluo-N2DL-HeLa frames, default GUI schedule ({TrainSettings().steps} steps, lr {TrainSettings().learning_rate:g})"
     )
     print(
-        f"{'k':>2} {'runs':>4} {'base AP@0.5':>12} {'fine-tuned':>16} {'gain':>13} {'from scratch':>16} {'seconds':>12}"
+        f"{'k':>2} {'runs':>4} {'base AP@0.5':>12} {'fine-tuned':>16} {'gain':>22} {'from scratch':>16} {'seconds':>14}"
     )
     for k in ks:
         rs = [r for r in runs if r["k"] == k]
@@ -223,6 +269,7 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
             "after_std": float(np.std([r["after"] for r in rs])),
             "gain_mean": float(gain.mean()),
             "gain_min": float(gain.min()),
+            "gain_max": float(gain.max()),
             "scratch_mean": float(np.mean([r["scratch"] for r in rs])),
             "scratch_std": float(np.std([r["scratch"] for r in rs])),
             "seconds_mean": float(np.mean([r["seconds"] for r in rs])),
@@ -230,9 +277,9 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
         }
         s = summary[k]
         print(
-            f"{k:>2} {s['runs']:>4} {s['before']:12.3f} {s['after_mean']:9.3f} ± {s['after_std']:.3f} {s['gain_mean']:+7.3f} (min {s['gain_min']:+.3f}) {s['scratch_mean']:9.3f} ± {s['scratch_std']:.3f} {s['seconds_mean']:6.0f} (max {s['seconds_max']:.0f})"
+            f"{k:>2} {s['runs']:>4} {s['before']:12.3f} {s['after_mean']:9.3f} ± {s['after_std']:.3f} {s['gain_mean']:+7.3f} ({s['gain_min']:+.3f}..{s['gain_max']:+.3f}) {s['scratch_mean']:9.3f} ± {s['scratch_std']:.3f} {s['seconds_mean']:6.0f} (max {s['seconds_max']:.0f})"
         )
-    return {"base_ap_per_frame": base_ap, "runs": runs, "summary": summary}
+    return {"runs": runs, "summary": summary}
 
 
 def main() -> int:

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--steps", type=int, help="optimiser steps (default: the GUI's schedule)")
     t.add_argument(
-        "--learning-rate", type=float, help="default 5e-4 (fine-tuning) or 2e-3 (from scratch)"
+        "--learning-rate", type=float, help="default 1e-4 (fine-tuning) or 2e-3 (from scratch)"
     )
     t.add_argument("--patch-size", type=int, default=256, metavar="N")
     t.add_argument("--batch-size", type=int, default=4, metavar="N")
@@ -404,7 +404,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise InputError(
                 f"model {base.name!r} is a {base.mode} model; it cannot be trained for {args.mode}"
             )
-        learning_rate = args.learning_rate or 5e-4
+        learning_rate = args.learning_rate or TrainSettings().learning_rate
     defaults = TrainSettings()
     settings = TrainSettings(
         steps=args.steps or defaults.steps,

@@ -65,7 +65,7 @@ class TrainSettings:
     """Training schedule and options. The defaults are the GUI's one-click schedule."""
 
     steps: int = 150
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-4  # at most the base's final rate: fresh Adam moments overshoot
     patch_size: int = 256
     batch_size: int = 4
     val_fraction: float = 0.2

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qtpy.QtCore import QSettings
-from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
 from napari_unet.gui.finetune_widget import FinetunePanel
 from napari_unet.gui.segment_widget import SegmentPanel
@@ -38,6 +38,9 @@ class UnetWidget(QWidget):
         self.finetune.resegment_requested.connect(self._resegment)
         napari_viewer.dims.events.current_step.connect(self._dims_changed)
         self.destroyed.connect(self._stop_workers_of(self.segment, self.finetune))
+        app = QApplication.instance()
+        if app is not None:  # closing napari quits the app: stop jobs and save corrections first
+            app.aboutToQuit.connect(self.close_workers)
 
     def _dims_changed(self, *_: Any) -> None:
         if self.tabs.currentWidget() is self.finetune:
