@@ -7,16 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from napari_unet.core.errors import ImageReadError, InputError
+from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import read_image
 from napari_unet.core.tiling import iter_predict_plane, plan_axis
 
-
-def run(generator):
-    while True:
-        try:
-            next(generator)
-        except StopIteration as finished:
-            return finished.value
+run = run_to_end
 
 
 @settings(max_examples=150, deadline=None)

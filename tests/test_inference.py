@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from napari_unet.core.errors import InputError
+from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import PredictOptions, iter_predict, predict
 from napari_unet.core.io import Stack
 from napari_unet.core.metrics import instance_scores
@@ -121,12 +122,7 @@ def test_instances_and_z_linking_with_oracle(instance_bundle):
 
 
 def predict_with(image, bundle, options, predictor):
-    generator = iter_predict(image, bundle, options, axes="ZYX", predictor=predictor)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as finished:
-            return finished.value
+    return run_to_end(iter_predict(image, bundle, options, axes="ZYX", predictor=predictor))
 
 
 def test_touching_objects_are_separated():

@@ -3,16 +3,11 @@ import pytest
 import torch
 
 from napari_unet.core.errors import InputError
+from napari_unet.core.generators import run_to_end
 from napari_unet.core.tiling import count_tiles, iter_predict_plane, mirror_pad, plan_axis
 from tests.conftest import tiny_bundle
 
-
-def run(generator):
-    while True:
-        try:
-            next(generator)
-        except StopIteration as finished:
-            return finished.value
+run = run_to_end
 
 
 def plus_one(batch):

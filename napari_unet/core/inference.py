@@ -18,6 +18,7 @@ import torch
 from napari_unet.core.bundle import Bundle
 from napari_unet.core.devices import Compute, resolve_compute
 from napari_unet.core.errors import EngineError, InputError
+from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import Stack
 from napari_unet.core.postprocess import (
     default_min_size,
@@ -292,12 +293,7 @@ def predict(
     axes: str | None = None,
 ) -> Prediction:
     """Run :func:`iter_predict` to completion and return its :class:`Prediction`."""
-    generator = iter_predict(image, bundle, options, axes=axes)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as finished:
-            return finished.value
+    return run_to_end(iter_predict(image, bundle, options, axes=axes))
 
 
 def _rescale_factor(trained_diameter: float | None, diameter: float | None) -> float:

@@ -25,6 +25,7 @@ from napari_unet.core.augment import AugmentSettings, augment
 from napari_unet.core.bundle import Bundle, clone_bundle, network_state
 from napari_unet.core.devices import Compute, resolve_compute
 from napari_unet.core.errors import EngineError, TrainingDataError
+from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import NetworkPredictor
 from napari_unet.core.metrics import class_iou
 from napari_unet.core.preprocess import prepare_plane
@@ -333,12 +334,9 @@ def validation_score(
     for x, target in val:
         rows = plan_axis(x.shape[1], tile, max(crop, 16), crop=crop, fit=network.fit_input_size)
         cols = plan_axis(x.shape[2], tile, max(crop, 16), crop=crop, fit=network.fit_input_size)
-        planner = iter_predict_plane(x, predictor, rows, cols, n_classes=n_classes, batch_size=4)
-        try:
-            while True:
-                next(planner)
-        except StopIteration as finished:
-            probabilities = finished.value
+        probabilities = run_to_end(
+            iter_predict_plane(x, predictor, rows, cols, n_classes=n_classes, batch_size=4)
+        )
         keep = target != IGNORE
         predictions.append(np.argmax(probabilities, axis=0)[keep])
         truths.append(target[keep])
