@@ -61,7 +61,10 @@ def test_plans_cover_plane_and_shrink_small_tiles():
     plan = plan_axis(10, 64, 8, fit=lambda n: -(-n // 16) * 16)
     assert plan.starts == (0,) and plan.tile == 32
     plan = plan_axis(1000, 256, 32)
-    cores = [(s, s + 256 - 64) for s in plan.starts]
+    assert (
+        plan.tile == 231 and len(plan.starts) == 6
+    )  # 6 even cores of 167 px, not 6 x 192 with overlap
+    cores = [(s, s + plan.tile - 64) for s in plan.starts]
     assert cores[0][0] == 0 and cores[-1][1] == 1000
     assert all(a[1] >= b[0] for a, b in zip(cores, cores[1:], strict=False))
     with pytest.raises(InputError, match="no core"):

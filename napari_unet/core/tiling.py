@@ -79,6 +79,10 @@ def plan_axis(
         tile = fit(length + 2 * margin)
         return AxisPlan(length, tile, margin, crop, (0,), tile - margin - length)
     count = math.ceil(length / core)
+    # spread the work: the smallest accepted tile whose cores still cover the axis in `count`
+    even = fit(math.ceil(length / count) + 2 * margin)
+    if even < tile:
+        tile, core = even, even - 2 * margin
     starts = tuple(min(i * core, length - core) for i in range(count))
     return AxisPlan(length, tile, margin, crop, starts, margin)
 
