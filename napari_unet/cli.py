@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the U-Net paper's weight map between touching objects",
     )
+    t.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default="adamw",
+        help="AdamW (default) or the paper's SGD with momentum 0.99",
+    )
     t.add_argument("--axes", metavar="AXES", help="axis letters of the images")
     t.add_argument(
         "--channel", type=int, metavar="K", help="channel to train on in multichannel images"
@@ -414,6 +420,7 @@ def run_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         val_every=args.val_every,
         border_weights=args.border_weights,
+        optimizer=args.optimizer,
         seed=args.seed,
         device=args.device,
         channel=args.channel,

@@ -433,8 +433,8 @@ class FinetunePanel(QWidget):
         before = "n/a" if result.initial_score is None else f"{result.initial_score:.3f}"
         after = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
         self.result.setText(
-            f"Saved {self.new_model} ({result.reason}). Score on held-out corrected pixels: "
-            f"{self.previous_model} {before} -> {self.new_model} {after}."
+            f"Saved {self.new_model} ({result.reason}).\n"
+            f"Score on held-out corrected pixels:\n{self.previous_model} {before} -> {self.new_model} {after}"
         )
         self.eta.setText(f"Done in {time.perf_counter() - self._started:.0f} s.")
         self.refresh_models()

@@ -354,8 +354,8 @@ class SegmentPanel(QWidget):
         layer = self._job["layer"]
         labels_layer = self._write_labels(layer, prediction)
         self.status.setText(
-            f"{labels_layer.name}: {self._describe(prediction)} ({prediction.compute}). "
-            "Correct mistakes with the brush, eraser and fill, then fine-tune."
+            f"{labels_layer.name}: {self._describe(prediction)} ({prediction.compute}).\n"
+            "Correct mistakes with the brush, eraser and fill,\nthen fine-tune."
         )
         self.segmented.emit(labels_layer)
 
