@@ -40,6 +40,8 @@ def main() -> None:
     widget = open_demo(viewer, run=False)
     widget.segment.run()
     wait(app, lambda: widget.segment.worker is None)
+    settle = time.time() + 1.0
+    wait(app, lambda: time.time() > settle)
     labels = viewer.layers["nuclei labels"]
     labels.opacity = 0.6
     viewer.screenshot(str(HERE / "images" / "segment.png"), canvas_only=False)
@@ -62,6 +64,8 @@ def main() -> None:
     wait(app, lambda: widget.finetune.worker is None)
     viewer.camera.zoom = 1.0
     viewer.reset_view()
+    settle = time.time() + 1.0
+    wait(app, lambda: time.time() > settle)  # let the layout grow to the result text
     viewer.screenshot(str(HERE / "images" / "finetune.png"), canvas_only=False)
     viewer.close()
 
