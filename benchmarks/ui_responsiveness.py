@@ -75,7 +75,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     import napari
-    import torch
     from qtpy.QtWidgets import QApplication
 
     from napari_unet.gui.demo import open_demo
@@ -92,8 +91,10 @@ def main() -> None:
     beat.start()
     pump(app, seconds=args.seconds / 2)
     report("idle", beat.stop())
+    import napari_unet.gui.workers as workers
+
     for threads in args.threads:
-        torch.set_num_threads(threads)
+        workers.worker_thread_count = lambda n=threads: n  # the plugin sets this in each job
         widget.segment.image_combo.setCurrentText("big nuclei")
         beat.start()
         t0 = time.perf_counter()

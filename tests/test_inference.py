@@ -164,3 +164,9 @@ def test_valid_padding_model_predicts_full_size():
         PredictOptions(tile_size=96, device="cpu"),
     )
     assert result.labels.shape == (50, 61)
+
+
+def test_object_count_in_stats(instance_bundle):
+    image, _ = disks((96, 96), seed=1)
+    result = predict(np.stack([image, image]), instance_bundle, FAST, axes="ZYX")
+    assert result.stats["objects"] == len(np.unique(result.labels)) - 1

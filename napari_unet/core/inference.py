@@ -267,7 +267,7 @@ def iter_predict(
         labels[_label_index(index, stack.axes, labels_axes)] = plane_labels
         yield Progress(done, total, "post-processing")
     if mode == "instances" and options.link_z and "Z" in stack.axes:
-        yield from _link_along_z(labels, labels_axes)
+        next_id = (yield from _link_along_z(labels, labels_axes)) + 1
     processed = tiles_per_plane * rows.tile * cols.tile * n_planes
     return Prediction(
         labels=labels,
@@ -281,6 +281,7 @@ def iter_predict(
             "processed_pixel_ratio": processed / max(1, n_planes * plane_shape[0] * plane_shape[1]),
             "tile_size": tile,
             "scale_factor": scale_factor,
+            "objects": next_id - 1 if mode == "instances" else None,
         },
     )
 
@@ -320,8 +321,11 @@ def _label_index(index: tuple[int, ...], axes: str, labels_axes: str) -> tuple[A
     return tuple(slice(None) if a in "YX" else next(it) for a in labels_axes)
 
 
-def _link_along_z(labels: np.ndarray, labels_axes: str) -> Generator[Progress, None, None]:
-    """Relink object ids through Z, in place, separately for each position of the other axes."""
+def _link_along_z(labels: np.ndarray, labels_axes: str) -> Generator[Progress, None, int]:
+    """Relink object ids through Z, in place, for each position of the other axes.
+
+    Returns the number of objects after linking.
+    """
     z_axis = labels_axes.index("Z")
     moved = np.moveaxis(labels, z_axis, 0)  # view: (Z, ..., Y, X)
     n_z = moved.shape[0]
@@ -339,3 +343,4 @@ def _link_along_z(labels: np.ndarray, labels_axes: str) -> Generator[Progress, N
             )
             done += 1
             yield Progress(done, total, "linking")
+    return next_id - 1

@@ -361,7 +361,7 @@ class SegmentPanel(QWidget):
 
     def _describe(self, prediction: Any) -> str:
         if prediction.mode == "instances":
-            return f"{int(np.unique(prediction.labels).size) - 1} objects"
+            return f"{prediction.stats['objects']} objects"  # counted in the worker, not here
         return f"classes {', '.join(prediction.class_names)}"
 
     def _write_labels(self, image: Any, prediction: Any) -> Any:
