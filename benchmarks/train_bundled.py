@@ -101,42 +101,17 @@ def main() -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix=f"napari-unet-{args.model}-"))
+    # the settings the bundled models were trained with (see their model cards)
+    common = ["--base-channels", "16", "--depth", "4", "--learning-rate", "2e-3"]
     if args.model == "nuclei":
-        ids = dsb_split()["train"][: args.limit]
-        build_nuclei_set(scratch / "set", ids)
-        steps = args.steps or 9000
-        extra = [
-            "--base-channels",
-            "16",
-            "--depth",
-            "4",
-            "--learning-rate",
-            "2e-3",
-            "--val-fraction",
-            "0.08",
-            "--val-every",
-            "500",
-            "--border-weights",
-        ]
+        build_nuclei_set(scratch / "set", dsb_split()["train"][: args.limit])
+        steps = args.steps or 5000
+        extra = [*common, "--val-fraction", "0.08", "--val-every", "500", "--border-weights"]
     else:
         build_em_set(scratch / "set", isbi_split()["train"])
-        steps = args.steps or 2500
-        extra = [
-            "--mode",
-            "semantic",
-            "--class-names",
-            "background,membrane",
-            "--base-channels",
-            "16",
-            "--depth",
-            "4",
-            "--learning-rate",
-            "2e-3",
-            "--val-fraction",
-            "0.2",
-            "--val-every",
-            "250",
-        ]
+        steps = args.steps or 2000
+        extra = [*common, "--mode", "semantic", "--class-names", "background,membrane"]
+        extra += ["--val-fraction", "0.2", "--val-every", "250"]
     output = args.output or ROOT / "napari_unet" / "models" / f"{args.model}.safetensors"
     command = [
         sys.executable,

@@ -167,6 +167,32 @@ def test_segment_paint_track_and_save(qtbot, dock):
     assert labels.data[2, 10, 10] == 9
 
 
+def test_saved_corrections_come_back_and_settings_persist(qtbot, dock):
+    from napari_unet.gui.main_widget import UnetWidget
+    from napari_unet.gui.session import training_root
+
+    viewer, widget = dock
+    image = np.stack([disks((96, 96), seed=i)[0] for i in range(2)])
+    labels = _segment(qtbot, viewer, widget, image, "ZYX")
+    labels.brush_size = 5
+    labels.paint((1, 40, 40), 7)
+    qtbot.waitUntil(
+        lambda: (training_root() / "instances" / "manifest.json").is_file(), timeout=10_000
+    )
+    # segmenting the same image again (as after reopening it) puts the saved correction back
+    widget.segment.run(new_layer=True)
+    wait_idle(qtbot, widget.segment)
+    again = viewer.layers["cells labels (tiny)"]
+    assert again.data[1, 40, 40] == 7
+    assert widget.session.find(again).tracker.corrected_planes() == [(1,)]
+    # settings chosen in one widget are there in the next one
+    widget.segment.tile_spin.setValue(256)
+    widget.segment._save_settings()
+    other = UnetWidget(viewer)
+    assert other.segment.tile_spin.value() == 256
+    other.close_workers()
+
+
 def test_finetune_creates_version_and_stop_keeps_a_model(qtbot, dock, plugin_dirs):
     viewer, widget = dock
     image, truth = disks((128, 128), n=14, seed=3)

@@ -11,12 +11,10 @@ from qtpy.QtCore import QSettings, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -24,6 +22,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_unet.gui.controls import float_spin, int_spin
 from napari_unet.gui.loss_plot import LossPlot
 from napari_unet.gui.segment_widget import model_names
 from napari_unet.gui.session import Session, collect_planes, samples_from_planes, save_planes
@@ -59,18 +58,10 @@ class FinetunePanel(QWidget):
         self.planes.setHeaderLabels(["plane", "use", "fully checked"])
         self.planes.setRootIsDecorated(False)
         self.planes.setMaximumHeight(140)
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 100000)
-        self.lr_spin = QDoubleSpinBox()
-        self.lr_spin.setDecimals(5)
-        self.lr_spin.setRange(1e-5, 1e-1)
-        self.lr_spin.setSingleStep(1e-4)
-        self.patch_spin = QSpinBox()
-        self.patch_spin.setRange(64, 1024)
-        self.patch_spin.setSingleStep(32)
-        self.val_spin = QDoubleSpinBox()
-        self.val_spin.setRange(0.0, 0.5)
-        self.val_spin.setSingleStep(0.05)
+        self.steps_spin = int_spin(1, 100000)
+        self.lr_spin = float_spin(1e-5, 1e-1, 1e-4, decimals=5)
+        self.patch_spin = int_spin(64, 1024, 32)
+        self.val_spin = float_spin(0.0, 0.5)
         self.augment_check = QCheckBox("augmentation (flips, elastic, intensity)")
         self.train_button = QPushButton("Fine-tune")
         self.stop_button = QPushButton("Stop")
@@ -118,6 +109,11 @@ class FinetunePanel(QWidget):
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(SAVE_DELAY_MS)
         self._save_timer.timeout.connect(self.save_corrections)
+        # the plane list is refreshed after painting pauses, not on every brush stroke
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(200)
+        self._refresh_timer.timeout.connect(self.refresh_planes)
         self._restore_settings()
         self.refresh_models()
         self.train_button.clicked.connect(self.start)
@@ -205,7 +201,7 @@ class FinetunePanel(QWidget):
         segmentation.tracker.update(np.asarray(layer.data), planes)
         self._dirty.add(id(layer))
         if layer is self.current_layer():
-            self.refresh_planes()
+            self._refresh_timer.start()
         self._save_timer.start()
 
     def refresh_planes(self, *_: Any) -> None:

@@ -9,7 +9,6 @@ from qtpy.QtCore import QSettings, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -17,12 +16,12 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
 
+from napari_unet.gui.controls import float_spin, int_spin
 from napari_unet.gui.corrections import CorrectionTracker
 from napari_unet.gui.layers import METADATA_KEY, layer_axes
 from napari_unet.gui.session import Segmentation, Session
@@ -81,24 +80,12 @@ class SegmentPanel(QWidget):
         self.device_combo = QComboBox()
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(["model's mode", "instances", "semantic"])
-        self.tile_spin = QSpinBox()
-        self.tile_spin.setRange(64, 4096)
-        self.tile_spin.setSingleStep(64)
-        self.overlap_spin = QDoubleSpinBox()
-        self.overlap_spin.setRange(0.0, 0.5)
-        self.overlap_spin.setSingleStep(0.05)
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.05, 0.95)
-        self.threshold_spin.setSingleStep(0.05)
-        self.min_size_spin = QSpinBox()
-        self.min_size_spin.setRange(0, 100000)
-        self.min_size_spin.setSpecialValueText("auto")
-        self.diameter_spin = QDoubleSpinBox()
-        self.diameter_spin.setRange(0.0, 1000.0)
-        self.diameter_spin.setSpecialValueText("model's")
-        self.channel_spin = QSpinBox()
-        self.channel_spin.setRange(-1, 64)
-        self.channel_spin.setSpecialValueText("-")
+        self.tile_spin = int_spin(64, 4096, 64)
+        self.overlap_spin = float_spin(0.0, 0.5)
+        self.threshold_spin = float_spin(0.05, 0.95)
+        self.min_size_spin = int_spin(0, 100000, special="auto")
+        self.diameter_spin = float_spin(0.0, 1000.0, 1.0, special="model's")
+        self.channel_spin = int_spin(-1, 64, special="-")
         self.link_check = QCheckBox("link objects through Z")
         self.run_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
