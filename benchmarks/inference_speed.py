@@ -54,8 +54,10 @@ def conv_peak(device: str) -> dict[str, float]:
         .to(memory_format=torch.channels_last)
         .eval()
     )
-    x = torch.rand(4, 128, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
-    flops = 2 * 128 * 128 * 9 * 4 * 256 * 256
+    batch, calls = (32, 20) if device == "cuda" else (4, 1)
+    x = torch.rand(batch, 128, 256, 256, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    flops = 2 * 128 * 128 * 9 * batch * 256 * 256 * calls
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         times = []
         with (
@@ -66,7 +68,8 @@ def conv_peak(device: str) -> dict[str, float]:
                 if device == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                conv(x)
+                for _ in range(calls):
+                    conv(x)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
@@ -107,7 +110,9 @@ class TimedPredictor:
         return out
 
 
-def run_variant(variant: str, image_path: Path, out: Path, device: str) -> dict[str, float]:
+def run_variant(
+    variant: str, image_path: Path, out: Path, device: str, batch: int
+) -> dict[str, float]:
     import resource
 
     import torch
@@ -132,6 +137,7 @@ def run_variant(variant: str, image_path: Path, out: Path, device: str) -> dict[
             PredictOptions(
                 tile_size=TILE,
                 overlap=OVERLAP,
+                batch_size=batch,
                 device=device,
                 precision="auto" if variant == "a" else "fp32",
             ),
@@ -168,7 +174,7 @@ def run_variant(variant: str, image_path: Path, out: Path, device: str) -> dict[
             else:
                 from monai.inferers import sliding_window_inference
 
-                logits = sliding_window_inference(x, (TILE, TILE), 4, network, overlap=OVERLAP)
+                logits = sliding_window_inference(x, (TILE, TILE), batch, network, overlap=OVERLAP)
                 pixels_ratio = float("nan")
             probabilities = torch.softmax(logits.float(), 1)[0].cpu().numpy()
         net_seconds = time.perf_counter() - n0
@@ -195,13 +201,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.image, args.out, args.device)))
+        print(json.dumps(run_variant(args.variant, args.image, args.out, args.device, args.batch)))
         return
     import platform
 
@@ -214,11 +221,12 @@ def main() -> None:
     image = make_image(args.size, folder)
     flops = network_flops_per_pixel(load_bundle("nuclei").network)
     peak = conv_peak(args.device)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
     print(
-        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {args.device}"
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {args.device} ({device_name})"
     )
     print(
-        f"image {args.size}x{args.size} (sample nuclei tiled), tile {TILE}, overlap {OVERLAP}; network {flops / 1e6:.3f} MFLOP/pixel"
+        f"image {args.size}x{args.size} (sample nuclei tiled), tile {TILE}, overlap {OVERLAP}, batch {args.batch}; network {flops / 1e6:.3f} MFLOP/pixel"
     )
     print(f"conv peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
     rows = {}
@@ -238,6 +246,8 @@ def main() -> None:
                     str(out),
                     "--device",
                     args.device,
+                    "--batch",
+                    str(args.batch),
                 ],
                 capture_output=True,
                 text=True,

@@ -280,12 +280,21 @@ def iter_patches(
 
 
 class _Prefetcher:
-    """Builds batches in a background thread so the optimiser never waits on augmentation."""
+    """Builds batches in a background thread so the optimiser never waits on augmentation.
+
+    Batches come out as CPU tensors, in page-locked memory when ``pin_memory`` (CUDA), so
+    their copy to the GPU can overlap with compute.
+    """
 
     def __init__(
-        self, batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], depth: int = 3
+        self,
+        batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        depth: int = 3,
+        *,
+        pin_memory: bool = False,
     ) -> None:
         self._batches = batches
+        self._pin_memory = pin_memory
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="napari-unet-patches", daemon=True)
@@ -293,7 +302,10 @@ class _Prefetcher:
 
     def _run(self) -> None:
         try:
-            for batch in self._batches:
+            for arrays in self._batches:
+                batch = tuple(torch.from_numpy(a) for a in arrays)
+                if self._pin_memory:
+                    batch = tuple(t.pin_memory() for t in batch)
                 while not self._closed.is_set():
                     try:
                         self._queue.put(batch, timeout=0.1)
@@ -305,7 +317,7 @@ class _Prefetcher:
         except BaseException as error:  # hand any failure to the consumer
             self._queue.put(error)
 
-    def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -445,7 +457,14 @@ def iter_finetune(
     history: list[dict[str, Any]] = []
     bad_in_row = 0
     reason, stopped = "finished", False
-    prefetcher = _Prefetcher(iter_patches(train, settings, size, crop, settings.seed + 1))
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+    scaler = torch.amp.GradScaler(
+        compute.device.type, enabled=compute.autocast_dtype == torch.float16
+    )
+    prefetcher = _Prefetcher(
+        iter_patches(train, settings, size, crop, settings.seed + 1),
+        pin_memory=compute.device.type == "cuda",
+    )
     network.train()
     try:
         for step in range(1, settings.steps + 1):
@@ -453,22 +472,22 @@ def iter_finetune(
                 group["lr"] = settings.learning_rate * _learning_rate_factor(
                     step - 1, settings.steps
                 )
-            xb, tb, wb = prefetcher.next()
-            x = torch.from_numpy(xb).to(compute.device, non_blocking=True)
+            x, target, weights = (
+                t.to(compute.device, non_blocking=True) for t in prefetcher.next()
+            )
             if compute.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            target = torch.from_numpy(tb).to(compute.device, non_blocking=True)
-            weights = torch.from_numpy(wb).to(compute.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             try:
                 with compute.autocast():
                     logits = network(x)
                 loss = _loss(logits, target, weights, settings.dice)
-                loss_value = float(loss.detach())
+                loss_value = float(loss.detach())  # the one host sync per step, before the yield
                 skipped = not math.isfinite(loss_value)
                 if not skipped:
-                    loss.backward()
-                    optimizer.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
             except RuntimeError as error:
                 raise EngineError(f"training failed on {compute.label}: {error}") from error
             val_score = None

@@ -1,0 +1,138 @@
+"""Fine-tuning speed of the bundled `nuclei` network: fp32 vs the fast path, side by side.
+
+    python benchmarks/finetune_speed.py [--device cpu|cuda] [--repeats 2] [--data DIR]
+
+Two 512 x 512 crops of real CTC Fluo-N2DL-HeLa frames with their ground truth (from
+../shared/data/ctc_hela, or --data) are the corrected planes; `nuclei` is fine-tuned with the
+GUI's one-click schedule (``TrainSettings()``: steps, learning rate, patch and batch size,
+validation every 25 steps on 20% of the labelled pixels), once in fp32 and once with the
+precision that ``auto`` picks on the device (bf16 autocast on CPUs with native bf16 and on
+recent GPUs, fp16 with a gradient scaler on older GPUs). Repeats alternate the precisions.
+
+Printed per precision (medians over repeats): optimiser steps per second (training steps only,
+validation excluded), the whole run's wall time, the validation score at its best, and the
+time until the validation score stopped improving (the first validation within 0.005 of the
+run's best score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+FRAMES = ("t13", "t52")
+CROP = 512
+PLATEAU_TOLERANCE = 0.005
+
+
+def load_slices(data: Path) -> list:
+    """Two 512 x 512 crops (top-left corner) of real HeLa frames with their labels."""
+    from napari_unet.core.io import read_image
+    from napari_unet.core.training import TrainingSample
+
+    folder = data / "ctc_hela"
+    if not (folder / "images").is_dir():
+        raise SystemExit(f"CTC HeLa frames not found under {folder}; pass --data DIR")
+    samples = []
+    for frame in FRAMES:
+        image = read_image(folder / "images" / f"{frame}.tif").data[:CROP, :CROP]
+        labels = read_image(folder / "labels" / f"{frame}.tif").data[:CROP, :CROP]
+        samples.append(TrainingSample(image, labels, source=f"ctc_hela/{frame}"))
+    return samples
+
+
+def run_once(samples: list, device: str, precision: str) -> dict[str, float]:
+    """One fine-tune with the default schedule; returns its timings and scores."""
+    from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.training import TrainSettings, iter_finetune
+
+    settings = TrainSettings(device=device, precision=precision)
+    generator = iter_finetune(load_bundle("nuclei"), samples, settings)
+    step_seconds, validations = [], []
+    start = previous = time.perf_counter()
+    while True:
+        try:
+            step = next(generator)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        now = time.perf_counter()
+        if step.val_score is None:  # a pure training step (validation steps also evaluate)
+            step_seconds.append(now - previous)
+        else:
+            validations.append((step.step, now - start, step.val_score))
+        previous = now
+    wall = time.perf_counter() - start
+    best = max(score for _, _, score in validations)
+    plateau_step, plateau_time, _ = next(
+        v for v in validations if v[2] >= best - PLATEAU_TOLERANCE
+    )
+    return {
+        "steps_per_s": 1.0 / statistics.median(step_seconds),
+        "wall_s": wall,
+        "initial_score": result.initial_score,
+        "best_score": best,
+        "plateau_step": plateau_step,
+        "plateau_s": plateau_time,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args()
+
+    import platform
+
+    import torch
+
+    from napari_unet.core.devices import resolve_compute
+    from napari_unet.core.training import TrainSettings
+
+    samples = load_slices(args.data)
+    fast = resolve_compute(args.device, "auto")
+    defaults = TrainSettings()
+    name = torch.cuda.get_device_name() if fast.device.type == "cuda" else platform.processor()
+    print(
+        f"device {fast.device} ({name}), {torch.get_num_threads()} torch threads, torch "
+        f"{torch.__version__}; fast path: {fast.label}"
+    )
+    print(
+        f"two {CROP}x{CROP} HeLa slices; default schedule: {defaults.steps} steps, lr "
+        f"{defaults.learning_rate:g}, batch {defaults.batch_size} x {defaults.patch_size}^2, "
+        f"validation every {defaults.val_every} steps"
+    )
+    precisions = ["fp32", "auto"]
+    runs: dict[str, list[dict[str, float]]] = {p: [] for p in precisions}
+    for _ in range(args.repeats):
+        for precision in precisions:
+            runs[precision].append(run_once(samples, args.device, precision))
+    print(
+        f"\n{'precision':<12} {'steps/s':>8} {'wall s':>7} {'val before':>10} {'best val':>9} "
+        f"{'plateau step':>12} {'plateau s':>9}"
+    )
+    rows = {}
+    for precision, results in runs.items():
+        row = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        rows[precision] = row
+        label = "fp32" if precision == "fp32" else fast.label.split("(")[1].rstrip(")")
+        print(
+            f"{label:<12} {row['steps_per_s']:8.2f} {row['wall_s']:7.1f} "
+            f"{row['initial_score']:10.3f} {row['best_score']:9.3f} "
+            f"{row['plateau_step']:12.0f} {row['plateau_s']:9.1f}"
+        )
+    speedup = rows["auto"]["steps_per_s"] / rows["fp32"]["steps_per_s"]
+    plateau = rows["fp32"]["plateau_s"] / rows["auto"]["plateau_s"]
+    print(f"\nfast path / fp32: {speedup:.2f}x steps/s, {plateau:.2f}x sooner to the plateau")
+
+
+if __name__ == "__main__":
+    main()
