@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import queue
 import threading
 import time
@@ -280,29 +281,35 @@ def iter_patches(
 
 
 class _Prefetcher:
-    """Builds batches in a background thread so the optimiser never waits on augmentation.
+    """Builds batches in background threads so the optimiser never waits on augmentation.
 
-    Batches come out as CPU tensors, in page-locked memory when ``pin_memory`` (CUDA), so
-    their copy to the GPU can overlap with compute.
+    One thread per source iterator. Batches come out as CPU tensors, in page-locked memory when
+    ``pin_memory`` (CUDA), so their copy to the GPU can overlap with compute. With one source
+    the batch order is reproducible; with several it depends on thread timing.
     """
 
     def __init__(
         self,
-        batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
-        depth: int = 3,
+        sources: Sequence[Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+        depth: int = 4,
         *,
         pin_memory: bool = False,
     ) -> None:
-        self._batches = batches
         self._pin_memory = pin_memory
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="napari-unet-patches", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(source,), name="napari-unet-patches", daemon=True
+            )
+            for source in sources
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self) -> None:
+    def _run(self, batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         try:
-            for arrays in self._batches:
+            for arrays in batches:
                 batch = tuple(torch.from_numpy(a) for a in arrays)
                 if self._pin_memory:
                     batch = tuple(t.pin_memory() for t in batch)
@@ -325,7 +332,16 @@ class _Prefetcher:
 
     def close(self) -> None:
         self._closed.set()
-        self._thread.join(timeout=2.0)
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+
+
+def patch_workers(compute: Compute) -> int:
+    """Threads building training batches: one on the CPU (the network needs the cores), more
+    on a GPU, where augmentation would otherwise be the bottleneck (up to 4, leaving a core)."""
+    if compute.device.type == "cpu":
+        return 1
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 def validation_score(
@@ -462,7 +478,10 @@ def iter_finetune(
         compute.device.type, enabled=compute.autocast_dtype == torch.float16
     )
     prefetcher = _Prefetcher(
-        iter_patches(train, settings, size, crop, settings.seed + 1),
+        [
+            iter_patches(train, settings, size, crop, settings.seed + 1 + worker)
+            for worker in range(patch_workers(compute))
+        ],
         pin_memory=compute.device.type == "cuda",
     )
     network.train()
