@@ -90,9 +90,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
 
-    import platform
-
     import torch
+    from machine import device_name
 
     from napari_unet.core.devices import resolve_compute
     from napari_unet.core.training import TrainSettings
@@ -100,7 +99,7 @@ def main() -> None:
     samples = load_slices(args.data)
     fast = resolve_compute(args.device, "auto")
     defaults = TrainSettings()
-    name = torch.cuda.get_device_name() if fast.device.type == "cuda" else platform.processor()
+    name = device_name(args.device)
     print(
         f"device {fast.device} ({name}), {torch.get_num_threads()} torch threads, torch "
         f"{torch.__version__}; fast path: {fast.label}"

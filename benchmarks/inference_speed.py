@@ -243,6 +243,7 @@ def main() -> None:
     import platform
 
     import torch
+    from machine import device_name
 
     from napari_unet.core.bundle import load_bundle
     from napari_unet.core.metrics import instance_scores
@@ -251,9 +252,8 @@ def main() -> None:
     image = make_image(args.size, folder)
     flops = network_flops_per_pixel(load_bundle("nuclei").network)
     peak = conv_peak(args.device)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
     print(
-        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {args.device} ({device_name})"
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {args.device} ({device_name(args.device)})"
     )
     print(
         f"image {args.size}x{args.size} (sample nuclei tiled), tile {TILE}, overlap {OVERLAP}, batch {args.batch}; network {flops / 1e6:.3f} MFLOP/pixel"

@@ -293,6 +293,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 except StopIteration as finished:
                     result = finished.value
                     break
+                if progress.notice:
+                    bar.write(f"{path.name}: {progress.notice}", file=sys.stderr)
                 bar.total = progress.total
                 bar.set_postfix_str(progress.stage)
                 bar.update(progress.done - bar.n)

@@ -170,3 +170,81 @@ def test_object_count_in_stats(instance_bundle):
     image, _ = disks((96, 96), seed=1)
     result = predict(np.stack([image, image]), instance_bundle, FAST, axes="ZYX")
     assert result.stats["objects"] == len(np.unique(result.labels)) - 1
+
+
+class ShortOfMemory:
+    """A predictor that runs out of (simulated) GPU memory above a batch and a tile size.
+
+    Its probabilities depend on each pixel alone, so any tiling gives the same result.
+    """
+
+    def __init__(self, max_batch: int, max_tile: int, device: str = "cuda (bf16)") -> None:
+        self.max_batch, self.max_tile, self.device = max_batch, max_tile, device
+        self.calls: list[tuple[int, int]] = []
+
+    @property
+    def compute(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(label=self.device)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        self.calls.append((batch.shape[0], batch.shape[-1]))
+        if batch.shape[0] > self.max_batch or batch.shape[-1] > self.max_tile:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        interior = 1.0 / (1.0 + np.exp(-4.0 * batch[:, 0]))
+        return np.stack([1.0 - interior, interior, np.zeros_like(interior)], axis=1)
+
+    def on_cpu(self) -> "ShortOfMemory":
+        return ShortOfMemory(max_batch=64, max_tile=4096, device="cpu (fp32)")
+
+
+def _oom_image() -> np.ndarray:
+    return disks((300, 260), n=25, seed=4)[0]
+
+
+def test_out_of_memory_steps_down_batch_then_tile(instance_bundle):
+    image = _oom_image()
+    options = PredictOptions(tile_size=256, batch_size=4, device="cpu", precision="fp32")
+    reference = predict(image, instance_bundle, options, predictor=ShortOfMemory(64, 4096))
+    short = ShortOfMemory(max_batch=1, max_tile=128)
+    generator = iter_predict(image, instance_bundle, options, predictor=short)
+    notices = []
+    while True:
+        try:
+            progress = next(generator)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        assert progress.done <= progress.total
+        if progress.notice:
+            notices.append(progress.notice)
+    assert notices == [
+        "out of memory on cuda (bf16): retrying with 2 tile(s) per batch",
+        "out of memory on cuda (bf16): retrying with 1 tile(s) per batch",
+        "out of memory on cuda (bf16): retrying with 128-pixel tiles",
+    ]
+    assert result.stats["memory_fallbacks"] == notices
+    assert result.stats["tile_size"] == 128 and result.stats["batch_size"] == 1
+    assert result.compute == "cuda (bf16)"
+    np.testing.assert_array_equal(result.labels, reference.labels)
+
+
+def test_out_of_memory_falls_back_to_the_cpu(instance_bundle):
+    image = _oom_image()
+    options = PredictOptions(tile_size=256, batch_size=2, device="cpu", precision="fp32")
+    reference = predict(image, instance_bundle, options, predictor=ShortOfMemory(64, 4096))
+    result = predict(image, instance_bundle, options, predictor=ShortOfMemory(0, 0))
+    assert result.compute == "cpu (fp32)"
+    assert result.stats["memory_fallbacks"][-1].endswith("continuing on the CPU (slower)")
+    np.testing.assert_array_equal(result.labels, reference.labels)
+
+
+def test_out_of_memory_everywhere_is_a_clear_error(instance_bundle):
+    from napari_unet.core.errors import EngineError
+
+    short = ShortOfMemory(0, 0, device="cpu (fp32)")
+    with pytest.raises(EngineError, match="out of memory on cpu .* even with one 128-pixel tile"):
+        predict(_oom_image(), instance_bundle, PredictOptions(tile_size=256), predictor=short)

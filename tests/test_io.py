@@ -136,3 +136,72 @@ def test_labels_must_be_nonnegative_integers(tmp_path):
 def test_strip_suffix():
     assert strip_image_suffix("a.b.OME.TIF") == "a.b"
     assert strip_image_suffix("x.png") == "x"
+
+
+@pytest.fixture
+def lazy_above_1kib(monkeypatch):
+    """Treat every file over 1 KiB as large, so the lazy paths run on small test files."""
+    import napari_unet.core.io as io_module
+
+    monkeypatch.setattr(io_module, "LAZY_BYTES", 1024)
+
+
+def test_large_compressed_hyperstack_is_read_plane_by_plane(tmp_path, lazy_above_1kib):
+    from napari_unet.core.preprocess import iter_planes
+    from napari_unet.core.tiff_pages import TiffPages
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 4000, (3, 4, 2, 24, 20), dtype=np.uint16)  # T Z C Y X
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TZCYX"}, compression="zlib")
+    stack = read_image(path)
+    assert isinstance(stack.data, TiffPages) and stack.axes == "TZCYX"
+    assert stack.data.shape == data.shape and stack.data.dtype == data.dtype
+    np.testing.assert_array_equal(stack.data[1, 2], data[1, 2])
+    np.testing.assert_array_equal(stack.data[2, :, 1, 5:9, -3:], data[2, :, 1, 5:9, -3:])
+    np.testing.assert_array_equal(stack.data[..., 0, :], data[..., 0, :])
+    np.testing.assert_array_equal(np.asarray(stack.data), data)
+    planes = list(iter_planes(stack.data, stack.axes))
+    expected = list(iter_planes(data, "TZCYX"))
+    assert len(planes) == 12
+    for (index, plane, plane_axes), (index2, plane2, axes2) in zip(planes, expected, strict=True):
+        assert index == index2 and plane_axes == axes2 == "YXC"
+        np.testing.assert_array_equal(plane, plane2)
+    with pytest.raises(IndexError):
+        stack.data[[0, 1]]
+    stack.data.close()
+
+
+def test_large_uncompressed_file_is_memory_mapped(tmp_path, lazy_above_1kib):
+    data = np.arange(6 * 32 * 32, dtype=np.uint16).reshape(6, 32, 32)
+    tifffile.imwrite(tmp_path / "raw.tif", data, metadata={"axes": "ZYX"})
+    stack = read_image(tmp_path / "raw.tif")
+    assert isinstance(stack.data, np.memmap)
+    np.testing.assert_array_equal(stack.data, data)
+
+
+def test_prediction_on_a_lazy_stack_matches_in_memory(tmp_path, lazy_above_1kib, instance_bundle):
+    from napari_unet.core.inference import predict
+    from tests.synthetic import disks
+
+    data = np.stack([disks((64, 64), seed=s)[0] for s in range(3)])
+    path = tmp_path / "z.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZYX"}, compression="zlib")
+    lazy = read_image(path)
+    assert not isinstance(lazy.data, np.ndarray)
+    np.testing.assert_array_equal(
+        predict(lazy, instance_bundle).labels, predict(data, instance_bundle, axes="ZYX").labels
+    )
+
+
+def test_stack_labels_written_plane_by_plane_round_trip(tmp_path):
+    labels = np.zeros((5, 40, 30), np.uint32)
+    labels[:, 5:10, 5:10] = np.arange(1, 6)[:, None, None]
+    labels[4, 20:30, 3:7] = 60_000
+    write_labels(tmp_path / "l.tif", labels, axes="ZYX")
+    back = tifffile.imread(tmp_path / "l.tif")
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)
+    labels[0, 0, 0] = 70_000  # no longer fits uint16: uint32 OME
+    write_labels(tmp_path / "l32.tif", labels, axes="ZYX")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "l32.tif"), labels)

@@ -20,6 +20,7 @@ from napari_unet.core.devices import Compute, resolve_compute
 from napari_unet.core.errors import EngineError, InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import Stack
+from napari_unet.core.memory_fallback import MemoryFallback, is_out_of_memory
 from napari_unet.core.postprocess import (
     default_min_size,
     instance_labels,
@@ -33,7 +34,13 @@ from napari_unet.core.preprocess import (
     plane_count,
     prepare_plane,
 )
-from napari_unet.core.tiling import Predictor, count_tiles, iter_predict_plane, plan_axis
+from napari_unet.core.tiling import (
+    AxisPlan,
+    Predictor,
+    count_tiles,
+    iter_predict_plane,
+    plan_axis,
+)
 
 
 @dataclass(frozen=True)
@@ -85,11 +92,12 @@ class PredictOptions:
 
 @dataclass(frozen=True)
 class Progress:
-    """Progress of a prediction: ``done`` of ``total`` steps of ``stage``."""
+    """Progress of a prediction: ``done`` of ``total`` steps of ``stage``, and any notice."""
 
     done: int
     total: int
     stage: str
+    notice: str | None = None  # something the user should be told (e.g. a memory fallback)
 
 
 @dataclass(frozen=True)
@@ -239,10 +247,13 @@ def iter_predict(
         raise InputError(f"diameter must be positive, got {options.diameter}")
     network = bundle.network
     compute = resolve_compute(options.device, options.precision)
-    predictor = predictor or NetworkPredictor(network, compute)
-    tile = network.fit_input_size(max(options.tile_size, network.fit_input_size(1)))
-    crop = network.crop_per_side(tile)
-    margin = max(int(round(options.overlap * tile / 2)), crop)
+    fallback = MemoryFallback(
+        predictor or NetworkPredictor(network, compute),
+        options.batch_size,
+        network.fit_input_size(max(options.tile_size, network.fit_input_size(1))),
+        network.fit_input_size,
+        compute.label,
+    )
     scale_factor = _rescale_factor(config.get("object_diameter"), options.diameter)
     min_size = options.min_size
     if min_size is None:
@@ -256,34 +267,47 @@ def iter_predict(
     n_planes = plane_count(stack.data.shape, stack.axes)
     plane_shape = (labels_shape[labels_axes.index("Y")], labels_shape[labels_axes.index("X")])
     work_shape = tuple(max(1, round(n * scale_factor)) for n in plane_shape)
-    rows = plan_axis(work_shape[0], tile, margin, crop=crop, fit=network.fit_input_size)
-    cols = plan_axis(work_shape[1], tile, margin, crop=crop, fit=network.fit_input_size)
-    tiles_per_plane = count_tiles(rows, cols)
-    total = tiles_per_plane * n_planes
-    done = 0
+    rows, cols = _plan(work_shape, fallback.tile, options.overlap, network)
+    total = count_tiles(rows, cols) * n_planes
+    done = processed = 0
+    notices: list[str] = []
     next_id = 1
     yield Progress(0, total, "predicting")
-    for index, plane, plane_axes in iter_planes(stack.data, stack.axes):
+    for plane_number, (index, plane, plane_axes) in enumerate(iter_planes(stack.data, stack.axes)):
         x = prepare_plane(plane, plane_axes, config, options.channel)
         if scale_factor != 1.0:
             x = _resize(x, work_shape)
-        planner = iter_predict_plane(
-            x,
-            predictor,
-            rows,
-            cols,
-            n_classes=len(bundle.class_names),
-            batch_size=options.batch_size,
-            blending=options.blending,
-        )
-        try:
-            while True:
-                done += next(planner)
-                yield Progress(done, total, "predicting")
-        except StopIteration as finished:
-            probabilities = finished.value
-        except RuntimeError as error:  # torch errors: report as ours
-            raise EngineError(f"the network failed on {compute.label}: {error}") from error
+        plane_start = done
+        while True:  # once, or again after stepping down from an out-of-memory error
+            rows, cols = _plan(work_shape, fallback.tile, options.overlap, network)
+            planner = iter_predict_plane(
+                x,
+                fallback.predictor,
+                rows,
+                cols,
+                n_classes=len(bundle.class_names),
+                batch_size=fallback.batch_size,
+                blending=options.blending,
+            )
+            try:
+                while True:
+                    done += next(planner)
+                    yield Progress(done, total, "predicting")
+            except StopIteration as finished:
+                probabilities = finished.value
+                break
+            except RuntimeError as error:  # torch errors: report as ours
+                if not is_out_of_memory(error):
+                    raise EngineError(
+                        f"the network failed on {fallback.device}: {error}"
+                    ) from error
+                notice = fallback.step_down(error)
+                notices.append(notice)
+                rows, cols = _plan(work_shape, fallback.tile, options.overlap, network)
+                done = plane_start
+                total = done + count_tiles(rows, cols) * (n_planes - plane_number)
+                yield Progress(done, total, "predicting", notice=notice)
+        processed += count_tiles(rows, cols) * rows.tile * cols.tile
         if scale_factor != 1.0:
             probabilities = _resize(probabilities, plane_shape)
         if mode == "semantic":
@@ -300,18 +324,19 @@ def iter_predict(
         yield Progress(done, total, "post-processing")
     if mode == "instances" and options.link_z and "Z" in stack.axes:
         next_id = (yield from _link_along_z(labels, labels_axes)) + 1
-    processed = tiles_per_plane * rows.tile * cols.tile * n_planes
     return Prediction(
         labels=labels,
         axes=labels_axes,
         mode=mode,
         class_names=bundle.class_names,
-        compute=compute.label,
+        compute=fallback.device,
         stats={
             "tiles": total,
             "planes": n_planes,
             "processed_pixel_ratio": processed / max(1, n_planes * plane_shape[0] * plane_shape[1]),
-            "tile_size": tile,
+            "tile_size": fallback.tile,
+            "batch_size": fallback.batch_size,
+            "memory_fallbacks": notices,
             "scale_factor": scale_factor,
             "objects": next_id - 1 if mode == "instances" else None,
         },
@@ -324,9 +349,21 @@ def predict(
     options: PredictOptions | None = None,
     *,
     axes: str | None = None,
+    predictor: Predictor | None = None,
 ) -> Prediction:
     """Run :func:`iter_predict` to completion and return its :class:`Prediction`."""
-    return run_to_end(iter_predict(image, bundle, options, axes=axes))
+    return run_to_end(iter_predict(image, bundle, options, axes=axes, predictor=predictor))
+
+
+def _plan(
+    work_shape: tuple[int, ...], tile: int, overlap: float, network: torch.nn.Module
+) -> tuple[AxisPlan, AxisPlan]:
+    """Tile placement along Y and X for a tile size (context margin = half the overlap)."""
+    crop = network.crop_per_side(tile)
+    margin = max(int(round(overlap * tile / 2)), crop)
+    return tuple(
+        plan_axis(n, tile, margin, crop=crop, fit=network.fit_input_size) for n in work_shape
+    )
 
 
 def _rescale_factor(trained_diameter: float | None, diameter: float | None) -> float:

@@ -18,10 +18,12 @@ import numpy as np
 
 from napari_unet.core.atomic import atomic_path
 from napari_unet.core.errors import ImageReadError, InputError
+from napari_unet.core.tiff_pages import TiffPages
 
 AXIS_LETTERS = "TZCYXSI"
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+LAZY_BYTES = 256 * 2**20  # larger TIFFs are memory-mapped or read plane by plane
 SUPPORTED_DTYPES = "bool, uint8, uint16, uint32, int8, int16, int32, float16, float32, float64"
 
 
@@ -31,8 +33,9 @@ class Stack:
 
     Attributes
     ----------
-    data : ndarray
-        Pixel data, possibly a read-only memory map for large files.
+    data : ndarray or TiffPages
+        Pixel data: for files over ``LAZY_BYTES``, a read-only memory map (uncompressed) or a
+        :class:`~napari_unet.core.tiff_pages.TiffPages` that decodes planes on demand.
     axes : str
         One letter per dimension of ``data`` (see the module docstring), e.g. ``"ZYX"``.
     scale : dict of str to float
@@ -183,24 +186,32 @@ def _read_tiff(path: Path) -> Stack:
 
 def _tiff_pixels(
     tif: Any, series: Any, shape: tuple[int, ...], dtype: np.dtype, path: Path
-) -> np.ndarray:
-    """Load the pixels, memory-mapping uncompressed files larger than a quarter of the RAM."""
+) -> np.ndarray | TiffPages:
+    """Load the pixels; files over ``LAZY_BYTES`` are memory-mapped when uncompressed and read
+    page by page on demand (:class:`TiffPages`) when compressed, never loaded whole."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    available = _available_memory()
-    if nbytes > available // 4:
-        try:
-            import tifffile
+    if nbytes > LAZY_BYTES:
+        import tifffile
 
+        try:
             mapped = tifffile.memmap(path, mode="r")
             if mapped.shape == shape or mapped.size == np.prod(shape):
                 return mapped.reshape(shape)
         except Exception:  # compressed or not contiguous: cannot be mapped
             pass
+        try:
+            pages = TiffPages(path)
+            if pages.shape == shape:
+                return pages
+            pages.close()
+        except Exception:  # pages that do not tile the series: read whole if it fits
+            pass
+        available = _available_memory()
         if nbytes > available:
             raise ImageReadError(
                 f"{path}: the image needs {nbytes / 2**30:.1f} GiB but only "
-                f"{available / 2**30:.1f} GiB of memory is free and the file is compressed, so it "
-                "cannot be memory-mapped; save it uncompressed or split it"
+                f"{available / 2**30:.1f} GiB of memory is free, and its layout cannot be read "
+                "plane by plane; save it uncompressed, or as one page per plane, or split it"
             )
     return series.asarray()
 
@@ -316,11 +327,12 @@ def write_labels(
         raise InputError("labels must not be negative")
     scale = scale or {}
     units = units or {}
-    data = labels.astype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32, copy=False)
+    dtype = np.dtype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32)
+    data = _planes_as(labels, dtype)
     imagej_order = "".join(a for a in "TZYX" if a in axes)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        if data.dtype == np.uint16 and axes == imagej_order:
+        if dtype == np.uint16 and axes == imagej_order:
             metadata: dict[str, Any] = {"axes": axes}
             if "Z" in scale:
                 metadata["spacing"] = scale["Z"]
@@ -333,7 +345,14 @@ def write_labels(
             if "X" in scale and "Y" in scale:
                 resolution = (1.0 / scale["X"], 1.0 / scale["Y"])
             tifffile.imwrite(
-                tmp, data, imagej=True, metadata=metadata, resolution=resolution, compression="zlib"
+                tmp,
+                data,
+                shape=labels.shape,
+                dtype=dtype,
+                imagej=True,
+                metadata=metadata,
+                resolution=resolution,
+                compression="zlib",
             )
         else:
             metadata = {"axes": axes.replace("I", "Q")}
@@ -342,5 +361,24 @@ def write_labels(
                     metadata[f"PhysicalSize{axis}"] = scale[axis]
                     if axis in units:
                         metadata[f"PhysicalSize{axis}Unit"] = units[axis]
-            tifffile.imwrite(tmp, data, ome=True, metadata=metadata, compression="zlib")
+            tifffile.imwrite(
+                tmp,
+                data,
+                shape=labels.shape,
+                dtype=dtype,
+                ome=True,
+                metadata=metadata,
+                compression="zlib",
+            )
     return path
+
+
+def _planes_as(labels: np.ndarray, dtype: np.dtype) -> Any:
+    """The labels in ``dtype``: as is when already so, else converted one plane at a time
+    (a stack's labels are never copied whole while they are written)."""
+    if labels.dtype == dtype:
+        return labels
+    if labels.ndim <= 2:
+        return labels.astype(dtype)
+    planes = labels.reshape(-1, *labels.shape[-2:])
+    return (plane.astype(dtype) for plane in planes)

@@ -42,18 +42,25 @@ def labels_axes_of(axes: str) -> str:
     return "".join(a for a in axes if a not in CHANNEL_AXES)
 
 
-def iter_planes(data: np.ndarray, axes: str) -> Iterator[tuple[tuple[int, ...], np.ndarray, str]]:
+def iter_planes(data: Any, axes: str) -> Iterator[tuple[tuple[int, ...], np.ndarray, str]]:
     """Yield ``(index, plane, plane_axes)`` for every plane of a stack.
 
     ``index`` indexes the stack axes (in their original order); ``plane`` has axes
-    ``plane_axes`` = ``"YX"`` followed by any of ``C``, ``S``. Planes are views where possible.
+    ``plane_axes`` = ``"YX"`` followed by any of ``C``, ``S``. ``data`` may be any array-like
+    that supports integer and slice indexing (a memory map, a dask array, TiffPages): only one
+    plane is read at a time. Planes of an ndarray are views.
     """
     permutation, ordered = plane_order(axes)
-    view = np.transpose(data, permutation)
     n_stack = len(stack_axes_of(axes))
-    plane_axes = ordered[n_stack:]
-    for index in np.ndindex(*view.shape[:n_stack]):
-        yield index, view[index], plane_axes
+    stack_positions = permutation[:n_stack]
+    remaining = sorted(permutation[n_stack:])  # plane axes, in the order indexing leaves them
+    to_plane_order = [remaining.index(p) for p in permutation[n_stack:]]
+    for index in np.ndindex(*(data.shape[p] for p in stack_positions)):
+        key: list[Any] = [slice(None)] * len(axes)
+        for position, i in zip(stack_positions, index, strict=True):
+            key[position] = i
+        plane = np.asarray(data[tuple(key)]).transpose(to_plane_order)
+        yield index, plane, ordered[n_stack:]
 
 
 def plane_count(shape: tuple[int, ...], axes: str) -> int:

@@ -20,6 +20,8 @@ def image_layer_data(
     plugin knows which axis is Z, T or independent planes.
     """
     data, axes = stack.data, stack.axes
+    if not isinstance(data, np.ndarray):  # decoded on demand (large compressed TIFF)
+        data = _as_dask(data)
     if "S" in axes and axes[-1] != "S":
         data = np.moveaxis(data, axes.index("S"), -1)
         axes = axes.replace("S", "") + "S"
@@ -41,6 +43,15 @@ def image_layer_data(
         kwargs["channel_axis"] = axes.index("C")
         kwargs["name"] = [f"{kwargs['name']} [ch{k}]" for k in range(data.shape[axes.index("C")])]
     return [(data, kwargs, "image")]
+
+
+def _as_dask(data: Any) -> Any:
+    """A dask array over an array-like, one chunk per plane, so napari reads what it shows."""
+    import dask.array as da
+
+    page = tuple(getattr(data, "page_shape", data.shape[-2:]))
+    chunks = (1,) * (data.ndim - len(page)) + page
+    return da.from_array(data, chunks=chunks, asarray=True, fancy=False)
 
 
 def _axis_label(axis: str) -> str:

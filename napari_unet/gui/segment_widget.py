@@ -276,10 +276,12 @@ class SegmentPanel(QWidget):
             show_error("No image to segment: open an image first.")
             return None
         axes = self.axes_edit.text().strip().upper()
+        data = layer.data
+        # an in-memory image is copied so the worker never sees the layer; a lazy one (dask,
+        # read from a large file) is read-only and read plane by plane in the worker
+        data = data.copy() if isinstance(data, np.ndarray) else data
         try:
-            stack = Stack(
-                np.asarray(layer.data).copy(), axes
-            )  # a copy: the worker never sees the layer
+            stack = Stack(data, axes)
         except InputError as error:
             show_error(f"Axes: {error}. Set the Axes field (e.g. ZYX).")
             return None
@@ -329,6 +331,10 @@ class SegmentPanel(QWidget):
         self.cancel_button.setEnabled(running)
 
     def _on_progress(self, progress: Any) -> None:
+        if progress.notice:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"napari-unet: {progress.notice}")
         self.progress_bar.setMaximum(max(progress.total, 1))
         self.progress_bar.setValue(progress.done)
         bar = self._progress

@@ -1,0 +1,116 @@
+"""Peak memory of `napari-unet predict` on large uint16 z-stacks, against its budget.
+
+    python benchmarks/stack_memory.py [--size 2048] [--planes 16 64] [--device cpu]
+
+For each plane count, writes a size x size x planes uint16 stack (the sample nuclei tiled,
+shifted from plane to plane) twice: uncompressed (memory-mapped when read) and zlib-compressed
+(decoded plane by plane), then runs the `napari-unet predict` command on it in a fresh process
+and reads that process's peak resident memory. The budget is input bytes + label bytes (uint32
+in memory) + 1 GiB. A straight line through the plane counts extrapolates to larger stacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+GIB = 2**30
+CHILD = """
+import resource, sys
+from napari_unet.cli import main
+status = main(sys.argv[1:])
+print("PEAK_RSS_BYTES", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+sys.exit(status)
+"""
+
+
+def write_stack(path: Path, size: int, planes: int, compression: str | None) -> None:
+    """A uint16 ZYX stack of real nuclei, written plane by plane (never whole in memory)."""
+    import tifffile
+
+    from napari_unet.gui.sample_data import nuclei_2d
+
+    base = nuclei_2d()[0][0]
+    reps = (-(-size // base.shape[0]) + 1, -(-size // base.shape[1]) + 1)
+    tiled = np.tile(base, reps)
+
+    def plane(z: int) -> np.ndarray:
+        dy, dx = (37 * z) % base.shape[0], (53 * z) % base.shape[1]
+        return np.ascontiguousarray(tiled[dy : dy + size, dx : dx + size])
+
+    tifffile.imwrite(
+        path,
+        (plane(z) for z in range(planes)),
+        shape=(planes, size, size),
+        dtype=np.uint16,
+        imagej=True,
+        metadata={"axes": "ZYX"},
+        compression=compression,
+    )
+
+
+def measure(path: Path, out: Path, device: str) -> tuple[int, float]:
+    """Peak RSS in bytes and wall seconds of one `napari-unet predict` run."""
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, "predict", str(path), "-o", str(out), "--device", device],
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        raise SystemExit(f"predict failed on {path}: {result.stderr.strip()[-500:]}")
+    line = next(x for x in result.stdout.splitlines() if x.startswith("PEAK_RSS_BYTES"))
+    return int(line.split()[1]), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--planes", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--extrapolate", type=int, default=512, help="planes to extrapolate to")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="napari-unet-memory-"))
+    print(f"{args.size}x{args.size} uint16 z-stacks, `napari-unet predict --device {args.device}`")
+    print(
+        f"\n{'file':<14} {'planes':>6} {'input GiB':>9} {'budget GiB':>10} {'peak RSS GiB':>12} "
+        f"{'headroom GiB':>12} {'MP/s':>6}"
+    )
+    rows: dict[str, list[tuple[int, int]]] = {}
+    for compression in (None, "zlib"):
+        kind = compression or "uncompressed"
+        for planes in args.planes:
+            path = folder / f"stack_{kind}_{planes}.tif"
+            write_stack(path, args.size, planes, compression)
+            peak, seconds = measure(path, folder / f"out_{kind}_{planes}", args.device)
+            voxels = planes * args.size * args.size
+            budget = voxels * 2 + voxels * 4 + GIB
+            rows.setdefault(kind, []).append((planes, peak))
+            print(
+                f"{kind:<14} {planes:6d} {voxels * 2 / GIB:9.2f} {budget / GIB:10.2f} "
+                f"{peak / GIB:12.2f} {(budget - peak) / GIB:12.2f} {voxels / 1e6 / seconds:6.2f}"
+            )
+            path.unlink()
+    if len(args.planes) >= 2:
+        print(f"\nextrapolated to {args.extrapolate} planes (straight line through the runs):")
+        for kind, points in rows.items():
+            slope, intercept = np.polyfit(*zip(*points, strict=True), 1)
+            voxels = args.extrapolate * args.size * args.size
+            peak = slope * args.extrapolate + intercept
+            budget = voxels * 6 + GIB
+            print(
+                f"  {kind:<14} {peak / GIB:6.2f} GiB peak vs budget {budget / GIB:.2f} GiB "
+                f"({slope / 2**20:.1f} MiB per plane; input + uint32 labels = "
+                f"{6 * args.size**2 / 2**20:.1f} MiB per plane)"
+            )
+
+
+if __name__ == "__main__":
+    main()
