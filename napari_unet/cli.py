@@ -15,6 +15,7 @@ from typing import Any
 
 DEFAULT_MODEL = "nuclei"
 EXIT_ERROR = 1
+EXIT_BUG = 2  # an unexpected exception: a bug to report
 
 
 class _PairAction(argparse.Action):
@@ -240,6 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"napari-unet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: still one clear line, and nothing half-written
+        print(
+            f"napari-unet {args.command}: unexpected error ({type(error).__name__}: {error}); "
+            "this is a bug in napari-unet, please report it with the command you ran",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
 
 
 def output_name(path: Path) -> str:

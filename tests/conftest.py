@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.bundle import Bundle, bundle_from_config, new_config
+from napari_unet.core.bundle import Bundle, bundle_from_config, new_config, save_bundle
 
 torch.set_num_threads(2)
 
@@ -50,3 +50,30 @@ def semantic_bundle() -> Bundle:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def plugin_dirs(tmp_path, monkeypatch, models_dir):
+    monkeypatch.setenv("NAPARI_UNET_TRAINING_DIR", str(tmp_path / "training"))
+    from qtpy.QtCore import QSettings
+
+    QSettings.setDefaultFormat(QSettings.IniFormat)
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "settings"))
+    save_bundle(tiny_bundle(), models_dir / "tiny.safetensors")
+    return models_dir
+
+
+@pytest.fixture
+def dock(make_napari_viewer, plugin_dirs):
+    from napari_unet.gui.main_widget import UnetWidget
+
+    viewer = make_napari_viewer()
+    widget = UnetWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.segment.refresh_models(select="tiny")
+    widget.segment.tile_spin.setValue(128)
+    widget.segment.device_combo.setCurrentIndex(widget.segment.device_combo.findData("cpu"))
+    widget.finetune.steps_spin.setValue(6)
+    widget.finetune.patch_spin.setValue(64)
+    yield viewer, widget
+    widget.close_workers()

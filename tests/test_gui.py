@@ -11,38 +11,10 @@ pytestmark = pytest.mark.gui
 
 napari = pytest.importorskip("napari")
 
-from napari_unet.core.bundle import load_bundle, save_bundle  # noqa: E402
-from tests.conftest import tiny_bundle  # noqa: E402
+from napari_unet.core.bundle import load_bundle  # noqa: E402
 from tests.synthetic import disks  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "napari_unet" / "napari.yaml"
-
-
-@pytest.fixture
-def plugin_dirs(tmp_path, monkeypatch, models_dir):
-    monkeypatch.setenv("NAPARI_UNET_TRAINING_DIR", str(tmp_path / "training"))
-    from qtpy.QtCore import QSettings
-
-    QSettings.setDefaultFormat(QSettings.IniFormat)
-    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "settings"))
-    save_bundle(tiny_bundle(), models_dir / "tiny.safetensors")
-    return models_dir
-
-
-@pytest.fixture
-def dock(make_napari_viewer, plugin_dirs):
-    from napari_unet.gui.main_widget import UnetWidget
-
-    viewer = make_napari_viewer()
-    widget = UnetWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.segment.refresh_models(select="tiny")
-    widget.segment.tile_spin.setValue(128)
-    widget.segment.device_combo.setCurrentIndex(widget.segment.device_combo.findData("cpu"))
-    widget.finetune.steps_spin.setValue(6)
-    widget.finetune.patch_spin.setValue(64)
-    yield viewer, widget
-    widget.close_workers()
 
 
 def wait_idle(qtbot, panel, timeout=60_000):
@@ -82,7 +54,8 @@ def test_reader_writer_round_trip(make_napari_viewer, tmp_path):
 
     assert get_reader(str(tmp_path / "nope.png")) is None
     (tmp_path / "junk.tif").write_bytes(b"junk")
-    assert get_reader(str(tmp_path / "junk.tif")) is None
+    with pytest.raises(Exception, match="not a readable TIFF"):  # napari shows this message
+        viewer.open(str(tmp_path / "junk.tif"), plugin="napari-unet")
     labels = viewer.add_labels(
         np.arange(3 * 32 * 40, dtype=np.uint32).reshape(3, 32, 40) % 7, scale=(3.0, 0.5, 0.5)
     )

@@ -116,8 +116,10 @@ def read_image(path: str | os.PathLike[str], *, axes: str | None = None) -> Stac
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: the file is empty (0 bytes)")
     lower = path.name.lower()
-    if lower.endswith(TIFF_SUFFIXES):
+    if lower.endswith(TIFF_SUFFIXES) and not _starts_like_raster(path):
         stack = _read_tiff(path)
+    elif lower.endswith(TIFF_SUFFIXES):  # a PNG or JPEG saved with a .tif name
+        stack = _read_raster(path)
     elif lower.endswith(RASTER_SUFFIXES):
         stack = _read_raster(path)
     else:
@@ -131,6 +133,12 @@ def read_image(path: str | os.PathLike[str], *, axes: str | None = None) -> Stac
         check_axes(axes, stack.data.shape)
         stack = Stack(stack.data, axes, stack.scale, stack.units, path)
     return stack
+
+
+def _starts_like_raster(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    return head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"))
 
 
 def _check_pixels(data: np.ndarray, path: Path) -> None:
@@ -190,30 +198,50 @@ def _tiff_pixels(
     """Load the pixels; files over ``LAZY_BYTES`` are memory-mapped when uncompressed and read
     page by page on demand (:class:`TiffPages`) when compressed, never loaded whole."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes > LAZY_BYTES:
-        import tifffile
+    if nbytes <= LAZY_BYTES:
+        return series.asarray()
+    import tifffile
 
-        try:
-            mapped = tifffile.memmap(path, mode="r")
-            if mapped.shape == shape or mapped.size == np.prod(shape):
-                return mapped.reshape(shape)
-        except Exception:  # compressed or not contiguous: cannot be mapped
-            pass
-        try:
-            pages = TiffPages(path)
-            if pages.shape == shape:
-                return pages
-            pages.close()
-        except Exception:  # pages that do not tile the series: read whole if it fits
-            pass
-        available = _available_memory()
-        if nbytes > available:
-            raise ImageReadError(
-                f"{path}: the image needs {nbytes / 2**30:.1f} GiB but only "
-                f"{available / 2**30:.1f} GiB of memory is free, and its layout cannot be read "
-                "plane by plane; save it uncompressed, or as one page per plane, or split it"
-            )
+    try:
+        mapped = tifffile.memmap(path, mode="r")
+        if mapped.shape == shape or mapped.size == np.prod(shape):
+            return mapped.reshape(shape)
+    except Exception:  # compressed or not contiguous: cannot be mapped
+        pass
+    available = _available_memory()
+    try:
+        pages = TiffPages(path)
+    except Exception:  # pages that do not tile the series: read whole if it fits
+        pages = None
+    if pages is not None and pages.shape == shape:
+        page_bytes = int(np.prod(pages.page_shape, dtype=np.int64)) * dtype.itemsize
+        if page_bytes <= available:
+            return pages
+        pages.close()
+        raise ImageReadError(
+            f"{path}: one page of this compressed TIFF needs {_size(page_bytes)} but only "
+            f"{_size(available)} of memory is free; save it uncompressed (it will be "
+            "memory-mapped) or as smaller tiles"
+        )
+    if pages is not None:
+        pages.close()
+    if nbytes > available:
+        raise ImageReadError(
+            f"{path}: the image needs {_size(nbytes)} but only {_size(available)} of memory "
+            "is free, and its layout cannot be read plane by plane; save it uncompressed, or "
+            "as one page per plane, or split it"
+        )
     return series.asarray()
+
+
+def _size(nbytes: int) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    power = 0
+    while nbytes >= 1024 ** (power + 1) and power < 3:
+        power += 1
+    if power == 0:
+        return f"{nbytes} bytes"
+    return f"{nbytes / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
 
 
 def _available_memory() -> int:
@@ -299,7 +327,8 @@ def write_labels(
     """Write a label image atomically.
 
     uint16 when the largest label fits (as an ImageJ hyperstack when the axes allow it, so
-    Fiji shows scale and axes), otherwise uint32 as OME-TIFF.
+    Fiji shows scale and axes), otherwise uint32 as OME-TIFF; labels with several unnamed
+    (``I``) axes, which OME cannot describe, keep their shape in tifffile's JSON description.
 
     Parameters
     ----------
@@ -352,6 +381,15 @@ def write_labels(
                 imagej=True,
                 metadata=metadata,
                 resolution=resolution,
+                compression="zlib",
+            )
+        elif axes.count("I") > 1:  # OME allows one unnamed axis: keep the shape in JSON
+            tifffile.imwrite(
+                tmp,
+                data,
+                shape=labels.shape,
+                dtype=dtype,
+                metadata={"axes": axes.replace("I", "Q")},
                 compression="zlib",
             )
         else:

@@ -10,20 +10,16 @@ from napari_unet.core.io import TIFF_SUFFIXES
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[tuple[Any, ...]]] | None:
-    """Return a reader for TIFF files this plugin can open, else None (never raises)."""
+    """Return the reader for TIFF paths (by name), else None; never raises.
+
+    Files are not opened here: a damaged or unsupported TIFF then fails in :func:`read_layers`
+    with a message that says what is wrong (napari shows it as a notification), rather than
+    napari's generic "no reader found".
+    """
     paths = [path] if isinstance(path, str) else list(path)
     if not paths or not all(
         isinstance(p, str) and p.lower().endswith(TIFF_SUFFIXES) for p in paths
     ):
-        return None
-    try:
-        import tifffile
-
-        for p in paths:
-            with tifffile.TiffFile(p) as tif:
-                if not tif.series:
-                    return None
-    except Exception:  # not a TIFF we can read: let another reader try
         return None
     return read_layers
 

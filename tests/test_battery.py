@@ -1,0 +1,77 @@
+"""The bad-input battery (tests/battery.py) through the CLI and through napari."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.battery import CASES, Case, run_cli, simulated_conditions
+
+PREDICT_CASES = [c for c in CASES if c.command == "predict"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_cli(case: Case, tmp_path, models_dir):
+    from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.inference import predict
+
+    status, err, out = run_cli(case, tmp_path)
+    assert "Traceback" not in err
+    if case.expect_error:
+        assert status == 1, err
+        assert re.search(case.expect_error, err), err
+        errors = [line for line in err.splitlines() if line.startswith("napari-unet")]
+        assert len(errors) == 1 and "error:" in errors[0], err  # one line (beside progress)
+        assert err.rstrip().splitlines()[-1] == errors[0]
+        assert not list(out.glob("*.tif")) if out.exists() else True  # nothing written
+        assert not (tmp_path / "trained.safetensors").exists()
+    elif case.command == "predict":
+        assert status == 0, err
+        labels = tifffile.imread(next(out.glob("*.tif")))
+        assert labels.shape == case.expect_shape
+    else:
+        assert status == 0, err
+        trained = load_bundle(tmp_path / "trained.safetensors")
+        image = tifffile.imread(tmp_path / "train_image.tif")
+        axes = "ZYX" if image.ndim == 3 else "YX"
+        assert predict(image, trained, axes=axes).labels.shape == image.shape
+
+
+def _opened_or_error(viewer, path):
+    try:
+        return viewer.open(str(path), plugin="napari-unet"), None
+    except Exception as error:  # napari wraps the reader's error; the message is kept
+        return None, f"{error} {error.__cause__ or ''}"
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("case", PREDICT_CASES, ids=[c.name for c in PREDICT_CASES])
+def test_gui(case: Case, tmp_path, qtbot, dock):
+    """Open the file in napari with our reader and segment it with the widget."""
+    from napari.utils.notifications import notification_manager
+
+    viewer, widget = dock
+    inputs = case.make(tmp_path)
+    with simulated_conditions(case):
+        layers, error = _opened_or_error(viewer, inputs["image"])
+    if layers is None:
+        assert case.expect_error and re.search(case.expect_error, error), error
+        return
+    # napari splits channels into layers, so a multichannel file becomes one layer per channel
+    assert case.expect_shape or "channel" in case.expect_error
+    seen: list[str] = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    layer = layers[0]
+    widget.segment.image_combo.setCurrentText(layer.name)
+    assert widget.segment.run() is not None, seen
+    qtbot.waitUntil(lambda: widget.segment.worker is None, timeout=60_000)
+    labels = viewer.layers[f"{layer.name} labels"]
+    image_shape = layer.data.shape[:-1] if layer.rgb else layer.data.shape
+    assert labels.data.shape == image_shape
+    assert not [m for m in seen if "rror" in m], seen
+    if case.expect_shape:
+        assert labels.data.shape == case.expect_shape
+    assert np.asarray(labels.data).max() >= 0
