@@ -36,7 +36,7 @@ def write_stack(path: Path, size: int, planes: int, compression: str | None) -> 
 
     from napari_unet.gui.sample_data import nuclei_2d
 
-    base = nuclei_2d()[0][0]
+    base = nuclei_2d()[0][0].astype(np.uint16) * 16  # 8-bit sample as 12-bit data
     reps = (-(-size // base.shape[0]) + 1, -(-size // base.shape[1]) + 1)
     tiled = np.tile(base, reps)
 

@@ -298,3 +298,38 @@ def _has_color(image, color) -> bool:
             ):
                 return True
     return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["segment", "finetune"])
+def test_closing_napari_during_a_job(job, tmp_path, plugin_dirs):
+    """The job stops, the process ends promptly, and what was saved is whole."""
+    import subprocess
+    import sys
+    import time
+
+    from napari_unet.core.atomic import is_partial
+    from napari_unet.core.dataset import TrainingSet
+
+    start = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.close_during_job", job],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "closing True" in run.stdout  # the job was still running when napari closed
+    assert "exited" in run.stdout
+    assert time.perf_counter() - start < 60
+    assert not [p for p in plugin_dirs.parent.rglob("*") if is_partial(p)]
+    models = sorted(p.name for p in plugin_dirs.glob("*.safetensors"))
+    assert models == ["tiny.safetensors"]  # a stopped run writes no half version
+    if job == "finetune":
+        sets = [p.parent for p in (plugin_dirs.parent / "training").rglob("manifest.json")]
+        assert len(sets) == 1
+        training_set = TrainingSet.open(sets[0])
+        assert len(training_set.planes) == 1  # the correction was saved on close
+        for record in training_set.planes.values():
+            assert training_set.load_plane(record).labels[60, 60] == 8  # the painted label
