@@ -52,3 +52,23 @@ def test_default_is_classic_unet():
     net = UNet()
     assert net.depth == 4 and net.base_channels == 32
     assert [m.__class__.__name__ for m in net.decoders[0].up.modules()][0] == "ConvTranspose2d"
+
+
+def test_folding_batch_norm_keeps_the_output():
+    from napari_unet.core.model import fold_batch_norm
+
+    torch.manual_seed(0)
+    network = build_unet({"depth": 2, "base_channels": 8, "norm": "batch", "n_classes": 3})
+    for module in network.modules():  # trained-looking statistics and affine parameters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    network.eval()
+    folded = fold_batch_norm(network)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())  # untouched
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), network(x), rtol=1e-4, atol=1e-4)

@@ -21,6 +21,7 @@ from napari_unet.core.errors import EngineError, InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import Stack
 from napari_unet.core.memory_fallback import MemoryFallback, is_out_of_memory
+from napari_unet.core.model import fold_batch_norm
 from napari_unet.core.postprocess import (
     default_min_size,
     instance_labels,
@@ -130,14 +131,17 @@ class Prediction:
 class NetworkPredictor:
     """Callable running a network on batches of tiles; returns softmax probabilities.
 
-    On CUDA, tiles go up through page-locked memory and cuDNN picks the fastest convolution
-    algorithms for the tile shape on first use; a plane's last, smaller batch is padded to the
-    full batch so that choice is not made again (it costs far more than the padding).
+    Batch norms are folded into the convolutions (one memory pass less per layer). On CUDA,
+    tiles go up through page-locked memory, cuDNN picks the fastest convolution algorithms for
+    the tile shape on first use (a plane's last, smaller batch is padded to the full batch so
+    that choice is not made again), and probabilities come back as fp16 through a page-locked
+    buffer: half the bytes, and several times the bandwidth of a pageable copy.
     """
 
     def __init__(self, network: torch.nn.Module, compute: Compute) -> None:
         self.compute = compute
-        self.network = network.to(compute.device).eval()
+        self.network = fold_batch_norm(network).to(compute.device)
+        self._host: torch.Tensor | None = None  # page-locked landing buffer (CUDA)
         if compute.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self._cuda = compute.device.type == "cuda"
@@ -159,7 +163,16 @@ class NetworkPredictor:
             with self.compute.autocast():
                 logits = self.network(x)
             probabilities = torch.softmax(logits[:count].float(), dim=1)
+            if self._cuda:
+                return self._to_host(probabilities.to(torch.float16))
         return probabilities.cpu().numpy()
+
+    def _to_host(self, probabilities: torch.Tensor) -> np.ndarray:
+        if self._host is None or self._host.shape != probabilities.shape:
+            self._host = torch.empty(probabilities.shape, dtype=torch.float16, pin_memory=True)
+        self._host.copy_(probabilities, non_blocking=True)
+        torch.cuda.current_stream(probabilities.device).synchronize()
+        return self._host.numpy().astype(np.float32)  # a copy: the buffer is reused
 
     def _pad_to_full_batch(self, batch: np.ndarray) -> np.ndarray:
         full = self._full_batch

@@ -8,6 +8,7 @@ a 1x1 convolution) that halves the channels, concatenation with the skip connect
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import torch
@@ -266,3 +267,24 @@ def build_unet(config: dict[str, Any]) -> UNet:
         return UNet(**config)
     except (ValueError, TypeError) as error:
         raise BundleError(f"invalid architecture: {error}") from error
+
+
+def fold_batch_norm(network: nn.Module) -> nn.Module:
+    """An inference copy of ``network`` with each BatchNorm folded into the convolution before it.
+
+    In eval mode a batch norm is a per-channel affine map, so it can be merged into the weights
+    and bias of the preceding convolution: one memory pass less per layer, same output up to
+    rounding. The original network is not modified.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(network).eval()
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for index in range(len(module) - 1):
+            conv, norm = module[index], module[index + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                module[index] = fuse_conv_bn_eval(conv, norm)
+                module[index + 1] = nn.Identity()
+    return folded
