@@ -75,3 +75,33 @@ def test_gui(case: Case, tmp_path, qtbot, dock):
     if case.expect_shape:
         assert labels.data.shape == case.expect_shape
     assert np.asarray(labels.data).max() >= 0
+
+
+@pytest.mark.gui
+def test_gui_refuses_untrusted_model_files(tmp_path, qtbot, dock):
+    """A damaged model or a pickle picked in the widget: a notification, no layer, no code run."""
+    import pickle
+
+    from napari.utils.notifications import notification_manager
+
+    from tests.test_bundle import _Payload
+
+    viewer, widget = dock
+    marker = tmp_path / "pwned"
+    files = {
+        "random": np.random.default_rng(0).bytes(4096),
+        "pickle": pickle.dumps(_Payload(str(marker))),
+        "empty": b"",
+    }
+    seen: list[str] = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    viewer.add_image(np.zeros((64, 64)), name="cells")
+    for name, content in files.items():
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(content)
+        widget.segment.run(model=str(path))
+        qtbot.waitUntil(lambda: widget.segment.worker is None, timeout=60_000)
+        assert any(path.name in m and "model bundle" in m for m in seen), seen
+        assert widget.segment.run_button.isEnabled()
+    assert "cells labels" not in [layer.name for layer in viewer.layers]
+    assert not marker.exists()
