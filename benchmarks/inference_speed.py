@@ -5,7 +5,8 @@
 Every variant runs in its own subprocess (clean peak RSS), on the same network, tile size
 (512) and overlap (0.125), on a real image (the sample nuclei tiled to size x size), and
 is repeated; medians are printed. Each process runs one untimed forward pass of a tile batch
-first (CUDA context, cuDNN and oneDNN set-up), then the timed run. Needs MONAI for (b) and (b') (`pip install monai`).
+first (CUDA context, cuDNN and oneDNN set-up), then the timed run. Needs MONAI for (b) and (b')
+(`pip install -e ".[bench]"`).
 
 (a)  ours, defaults: read TIFF -> tiles -> labels -> write TIFF (end to end) and network only
 (a32) ours in fp32 (the accuracy reference)

@@ -48,17 +48,20 @@ def test_stop_at_twenty_random_steps_leaves_a_working_model(tmp_path):
         assert labels.shape == image.shape
 
 
-SAVE_MODELS = textwrap.dedent(
+SLOW_DISK = """
+import time
+import napari_unet.core.atomic as atomic
+
+# a slow disk: flushing each file takes 0.2 s, so kills often land inside a save
+fsync = atomic.os.fsync
+atomic.os.fsync = lambda fd: (time.sleep(0.2), fsync(fd))[1]
+"""
+
+SAVE_MODELS = SLOW_DISK + textwrap.dedent(
     """
     import sys
-    import time
     import torch
-    import napari_unet.core.atomic as atomic
     from napari_unet.core.bundle import bundle_from_config, new_config, save_bundle
-
-    # a slow disk: flushing each file takes 0.2 s, so kills often land inside a save
-    fsync = atomic.os.fsync
-    atomic.os.fsync = lambda fd: (time.sleep(0.2), fsync(fd))[1]
 
     bundle = bundle_from_config(new_config(architecture={"depth": 4, "base_channels": 32}))
     version = 0
@@ -72,7 +75,7 @@ SAVE_MODELS = textwrap.dedent(
     """
 )
 
-SAVE_PLANES = textwrap.dedent(
+SAVE_PLANES = SLOW_DISK + textwrap.dedent(
     """
     import sys
     import numpy as np

@@ -102,11 +102,16 @@ def test_widget_follows_layers_and_asks_for_axes(dock):
 
 def _segment(qtbot, viewer, widget, image, axes):
     layer = viewer.add_image(image, name="cells", scale=(2.0,) * (image.ndim - 2) + (0.5, 0.5))
+    return _segment_layer(qtbot, widget, layer, axes)
+
+
+def _segment_layer(qtbot, widget, layer, axes=None):
     widget.segment.image_combo.setCurrentText(layer.name)
-    widget.segment.axes_edit.setText(axes)
+    if axes:
+        widget.segment.axes_edit.setText(axes)
     assert widget.segment.run() is not None
     wait_idle(qtbot, widget.segment)
-    return viewer.layers[f"{layer.name} labels"]
+    return widget.viewer.layers[f"{layer.name} labels"]
 
 
 def test_segment_paint_track_and_save(qtbot, dock):
@@ -333,3 +338,18 @@ def test_closing_napari_during_a_job(job, tmp_path, plugin_dirs):
         assert len(training_set.planes) == 1  # the correction was saved on close
         for record in training_set.planes.values():
             assert training_set.load_plane(record).labels[60, 60] == 8  # the painted label
+
+
+def test_large_compressed_stack_opens_lazily_and_segments(qtbot, dock, tmp_path, monkeypatch):
+    import napari_unet.core.io as io_module
+
+    monkeypatch.setattr(io_module, "LAZY_BYTES", 1024)  # treat this small file as large
+    viewer, widget = dock
+    data = np.stack([disks((96, 96), seed=i)[0] for i in range(3)])
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZYX"}, compression="zlib")
+    (layer,) = viewer.open(str(path), plugin="napari-unet")
+    assert not isinstance(layer.data, np.ndarray)  # a dask array over the file's pages
+    labels = _segment_layer(qtbot, widget, layer)
+    expected = _segment(qtbot, viewer, widget, data, "ZYX")
+    np.testing.assert_array_equal(labels.data, expected.data)
