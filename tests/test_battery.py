@@ -105,3 +105,63 @@ def test_gui_refuses_untrusted_model_files(tmp_path, qtbot, dock):
         assert widget.segment.run_button.isEnabled()
     assert "cells labels" not in [layer.name for layer in viewer.layers]
     assert not marker.exists()
+
+
+TRAINING_GUI_CASES = {
+    # name: (how the labels layer is edited, expected error or None)
+    "no_segmentation": (None, "Nothing to fine-tune on"),
+    "no_corrections": (lambda labels: None, "No corrected planes"),
+    "single_pixel": (lambda labels: labels.paint((0, 10, 10), 7), None),
+    "all_foreground": (lambda labels: labels.fill((0, 5, 5), 3), None),
+    "no_objects": (lambda labels: None, None),  # plane 0 erased, then ticked fully checked
+}
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("name", list(TRAINING_GUI_CASES))
+def test_gui_training_inputs(name, qtbot, dock, plugin_dirs):
+    """Degenerate corrections in napari: a clear notification, or a fine-tune that finishes."""
+    from napari.utils.notifications import notification_manager
+
+    from tests.synthetic import disks
+
+    edit, expected_error = TRAINING_GUI_CASES[name]
+    viewer, widget = dock
+    seen: list[str] = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    image = np.stack([disks((64, 64), seed=i)[0] for i in range(2)])
+    layer = viewer.add_image(image, name="cells")
+    if edit is not None:
+        widget.segment.image_combo.setCurrentText(layer.name)
+        widget.segment.axes_edit.setText("ZYX")
+        widget.segment.run()
+        qtbot.waitUntil(lambda: widget.segment.worker is None, timeout=60_000)
+        labels = viewer.layers["cells labels"]
+        if name == "all_foreground":
+            labels.data[0] = 0  # one region to fill: the whole plane becomes one object
+            labels.refresh()
+        edit(labels)
+        viewer.layers.selection.active = labels
+        if name == "no_objects":
+            labels.data[0] = 0
+            labels.refresh()
+            _tick_fully_checked(widget.finetune, (0,))
+    worker = widget.finetune.start()
+    if expected_error:
+        assert worker is None
+        assert any(expected_error in m for m in seen), seen
+        return
+    qtbot.waitUntil(lambda: widget.finetune.worker is None, timeout=120_000)
+    assert not [m for m in seen if "failed" in m.lower()], seen
+    assert (plugin_dirs / "tiny-ft1.safetensors").is_file()
+
+
+def _tick_fully_checked(panel, index) -> None:
+    """Tick the 'fully checked' box of a plane in the Fine-tune panel's plane list."""
+    from qtpy.QtCore import Qt
+
+    panel.viewer.dims.set_current_step(0, index[0])
+    panel.refresh_planes()
+    items = [panel.planes.topLevelItem(i) for i in range(panel.planes.topLevelItemCount())]
+    (item,) = [i for i in items if tuple(i.data(0, Qt.UserRole)) == index]
+    item.setCheckState(2, Qt.Checked)
