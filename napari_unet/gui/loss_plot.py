@@ -6,6 +6,8 @@ stalls of the viewer during fine-tuning; a QPainter polyline takes well under a 
 
 from __future__ import annotations
 
+import math
+
 from qtpy.QtCore import QPointF, QRectF, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
@@ -18,7 +20,7 @@ _TEXT_HEIGHT = 16
 
 
 class LossPlot(QWidget):
-    """Training loss (blue, own scale) and validation score (orange dots, own scale) by step."""
+    """Training loss (blue, 0 to its maximum) and validation score (orange dots, 0 to 1) by step."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,10 +66,11 @@ class LossPlot(QWidget):
         painter.setPen(QPen(text_color, 1))
         painter.drawRect(area)
         last_step = max(self.steps[-1] if self.steps else 1, 1)
-        finite = [(s, v) for s, v in zip(self.steps, self.losses, strict=True) if v == v]
-        self._draw_series(painter, area, finite, last_step, LOSS_COLOR, dots=False)
+        finite = [(s, v) for s, v in zip(self.steps, self.losses, strict=True) if math.isfinite(v)]
+        top_loss = max((v for _, v in finite), default=1.0) or 1.0
+        self._draw_series(painter, area, finite, last_step, top_loss, LOSS_COLOR, dots=False)
         validations = list(zip(self.val_steps, self.val_scores, strict=True))
-        self._draw_series(painter, area, validations, last_step, VALIDATION_COLOR, dots=True)
+        self._draw_series(painter, area, validations, last_step, 1.0, VALIDATION_COLOR, dots=True)
         self._draw_captions(painter, area, text_color, last_step)
         painter.end()
 
@@ -77,20 +80,18 @@ class LossPlot(QWidget):
         area: QRectF,
         points: list[tuple[int, float]],
         last_step: int,
+        top: float,
         color: QColor,
         *,
         dots: bool,
     ) -> None:
         if not points:
             return
-        values = [v for _, v in points]
-        low, high = min(values), max(values)
-        span = (high - low) or 1.0
         polygon = QPolygonF(
             [
                 QPointF(
                     area.left() + area.width() * step / last_step,
-                    area.bottom() - area.height() * (value - low) / span,
+                    area.bottom() - area.height() * min(max(value / top, 0.0), 1.0),
                 )
                 for step, value in points
             ]
