@@ -280,47 +280,14 @@ def iter_predict(
     n_planes = plane_count(stack.data.shape, stack.axes)
     plane_shape = (labels_shape[labels_axes.index("Y")], labels_shape[labels_axes.index("X")])
     work_shape = tuple(max(1, round(n * scale_factor)) for n in plane_shape)
-    rows, cols = _plan(work_shape, fallback.tile, options.overlap, network)
-    total = count_tiles(rows, cols) * n_planes
-    done = processed = 0
-    notices: list[str] = []
+    tiler = _PlaneTiler(fallback, network, options, work_shape, len(bundle.class_names), n_planes)
     next_id = 1
-    yield Progress(0, total, "predicting")
+    yield Progress(0, tiler.total, "predicting")
     for plane_number, (index, plane, plane_axes) in enumerate(iter_planes(stack.data, stack.axes)):
         x = prepare_plane(plane, plane_axes, config, options.channel)
         if scale_factor != 1.0:
             x = _resize(x, work_shape)
-        plane_start = done
-        while True:  # once, or again after stepping down from an out-of-memory error
-            rows, cols = _plan(work_shape, fallback.tile, options.overlap, network)
-            planner = iter_predict_plane(
-                x,
-                fallback.predictor,
-                rows,
-                cols,
-                n_classes=len(bundle.class_names),
-                batch_size=fallback.batch_size,
-                blending=options.blending,
-            )
-            try:
-                while True:
-                    done += next(planner)
-                    yield Progress(done, total, "predicting")
-            except StopIteration as finished:
-                probabilities = finished.value
-                break
-            except RuntimeError as error:  # torch errors: report as ours
-                if not is_out_of_memory(error):
-                    raise EngineError(
-                        f"the network failed on {fallback.device}: {error}"
-                    ) from error
-                notice = fallback.step_down(error)
-                notices.append(notice)
-                rows, cols = _plan(work_shape, fallback.tile, options.overlap, network)
-                done = plane_start
-                total = done + count_tiles(rows, cols) * (n_planes - plane_number)
-                yield Progress(done, total, "predicting", notice=notice)
-        processed += count_tiles(rows, cols) * rows.tile * cols.tile
+        probabilities = yield from tiler.predict(x, n_planes - plane_number)
         if scale_factor != 1.0:
             probabilities = _resize(probabilities, plane_shape)
         if mode == "semantic":
@@ -334,7 +301,7 @@ def iter_predict(
             ).astype(np.uint32)
             next_id = max(next_id, int(plane_labels.max()) + 1)
         labels[_label_index(index, stack.axes, labels_axes)] = plane_labels
-        yield Progress(done, total, "post-processing")
+        yield Progress(tiler.done, tiler.total, "post-processing")
     if mode == "instances" and options.link_z and "Z" in stack.axes:
         next_id = (yield from _link_along_z(labels, labels_axes)) + 1
     return Prediction(
@@ -344,12 +311,13 @@ def iter_predict(
         class_names=bundle.class_names,
         compute=fallback.device,
         stats={
-            "tiles": total,
+            "tiles": tiler.total,
             "planes": n_planes,
-            "processed_pixel_ratio": processed / max(1, n_planes * plane_shape[0] * plane_shape[1]),
+            "processed_pixel_ratio": tiler.processed
+            / max(1, n_planes * plane_shape[0] * plane_shape[1]),
             "tile_size": fallback.tile,
             "batch_size": fallback.batch_size,
-            "memory_fallbacks": notices,
+            "memory_fallbacks": tiler.notices,
             "scale_factor": scale_factor,
             "objects": next_id - 1 if mode == "instances" else None,
         },
@@ -366,6 +334,68 @@ def predict(
 ) -> Prediction:
     """Run :func:`iter_predict` to completion and return its :class:`Prediction`."""
     return run_to_end(iter_predict(image, bundle, options, axes=axes, predictor=predictor))
+
+
+class _PlaneTiler:
+    """Predicts planes tile by tile, keeps the progress tally, and steps down on out-of-memory.
+
+    A plane that runs out of memory is predicted again from its start with the next smaller
+    setting of the :class:`MemoryFallback`, so no plane is assembled from two settings.
+    """
+
+    def __init__(
+        self,
+        fallback: MemoryFallback,
+        network: torch.nn.Module,
+        options: PredictOptions,
+        work_shape: tuple[int, ...],
+        n_classes: int,
+        n_planes: int,
+    ) -> None:
+        self.fallback, self.network, self.options = fallback, network, options
+        self.work_shape, self.n_classes = work_shape, n_classes
+        self.done = 0
+        self.total = self._tiles_per_plane() * n_planes
+        self.processed = 0  # network input pixels
+        self.notices: list[str] = []
+
+    def _tiles_per_plane(self) -> int:
+        return count_tiles(*self._plan())
+
+    def _plan(self) -> tuple[AxisPlan, AxisPlan]:
+        return _plan(self.work_shape, self.fallback.tile, self.options.overlap, self.network)
+
+    def predict(self, x: np.ndarray, planes_left: int) -> Generator[Progress, None, np.ndarray]:
+        """Class probabilities of one prepared plane; yields after every batch of tiles."""
+        plane_start = self.done
+        while True:
+            rows, cols = self._plan()
+            planner = iter_predict_plane(
+                x,
+                self.fallback.predictor,
+                rows,
+                cols,
+                n_classes=self.n_classes,
+                batch_size=self.fallback.batch_size,
+                blending=self.options.blending,
+            )
+            try:
+                while True:
+                    self.done += next(planner)
+                    yield Progress(self.done, self.total, "predicting")
+            except StopIteration as finished:
+                self.processed += count_tiles(rows, cols) * rows.tile * cols.tile
+                return finished.value
+            except RuntimeError as error:  # torch errors: report as ours
+                if not is_out_of_memory(error):
+                    raise EngineError(
+                        f"the network failed on {self.fallback.device}: {error}"
+                    ) from error
+                notice = self.fallback.step_down(error)
+                self.notices.append(notice)
+                self.done = plane_start
+                self.total = plane_start + self._tiles_per_plane() * planes_left
+                yield Progress(self.done, self.total, "predicting", notice=notice)
 
 
 def _plan(
