@@ -353,3 +353,16 @@ def test_large_compressed_stack_opens_lazily_and_segments(qtbot, dock, tmp_path,
     labels = _segment_layer(qtbot, widget, layer)
     expected = _segment(qtbot, viewer, widget, data, "ZYX")
     np.testing.assert_array_equal(labels.data, expected.data)
+
+
+def test_demo_segments_the_sample_with_the_bundled_model(qtbot, make_napari_viewer, plugin_dirs):
+    """What `napari-unet demo` (the README's main command) shows: the sample, segmented."""
+    from napari_unet.gui.demo import open_demo
+
+    viewer = make_napari_viewer()
+    widget = open_demo(viewer)
+    wait_idle(qtbot, widget.segment, timeout=120_000)
+    labels = viewer.layers["nuclei labels"]
+    assert labels.data.shape == viewer.layers["nuclei"].data.shape
+    assert len(np.unique(labels.data)) > 50  # the sample holds well over 50 nuclei
+    widget.close_workers()
