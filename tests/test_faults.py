@@ -15,6 +15,7 @@ import pytest
 from napari_unet.core.atomic import is_partial
 from napari_unet.core.bundle import load_bundle, save_bundle
 from napari_unet.core.dataset import TrainingSet
+from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import PredictOptions, predict
 from napari_unet.core.registry import list_models
 from napari_unet.core.training import TrainingSample, TrainSettings, iter_finetune
@@ -33,14 +34,7 @@ def test_stop_at_twenty_random_steps_leaves_a_working_model(tmp_path):
     for number, stop_at in enumerate(stops):
         event = threading.Event()
         generator = iter_finetune(tiny_bundle(), samples, SETTINGS, stop=event)
-        while True:
-            try:
-                step = next(generator)
-            except StopIteration as finished:
-                result = finished.value
-                break
-            if step.step == stop_at:
-                event.set()
+        result = run_to_end(generator, lambda step, k=stop_at, e=event: k == step.step and e.set())
         assert len(result.history) == stop_at
         assert result.stopped == (stop_at < SETTINGS.steps)
         path = save_bundle(result.bundle, tmp_path / f"stopped{number}.safetensors")
@@ -80,6 +74,7 @@ SAVE_PLANES = SLOW_DISK + textwrap.dedent(
     import sys
     import numpy as np
     from napari_unet.core.dataset import TrainingSet
+from napari_unet.core.generators import run_to_end
 
     training_set = TrainingSet(sys.argv[1], "instances", ["background", "interior", "boundary"])
     training_set.add_image("stack", source="stack.tif", shape=(1000, 512, 512), axes="ZYX")

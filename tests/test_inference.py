@@ -211,16 +211,10 @@ def test_out_of_memory_steps_down_batch_then_tile(instance_bundle):
     reference = predict(image, instance_bundle, options, predictor=ShortOfMemory(64, 4096))
     short = ShortOfMemory(max_batch=1, max_tile=128)
     generator = iter_predict(image, instance_bundle, options, predictor=short)
-    notices = []
-    while True:
-        try:
-            progress = next(generator)
-        except StopIteration as finished:
-            result = finished.value
-            break
-        assert progress.done <= progress.total
-        if progress.notice:
-            notices.append(progress.notice)
+    progress_seen = []
+    result = run_to_end(generator, progress_seen.append)
+    assert all(p.done <= p.total for p in progress_seen)
+    notices = [p.notice for p in progress_seen if p.notice]
     assert notices == [
         "out of memory on cuda (bf16): retrying with 2 tile(s) per batch",
         "out of memory on cuda (bf16): retrying with 1 tile(s) per batch",

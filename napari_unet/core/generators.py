@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TypeVar
 
 R = TypeVar("R")
+Y = TypeVar("Y")
 
 
-def run_to_end(generator: Generator[object, None, R]) -> R:
-    """Consume a generator, discarding what it yields, and return its return value."""
+def run_to_end(generator: Generator[Y, None, R], each: Callable[[Y], object] | None = None) -> R:
+    """Consume a generator, passing each yielded item to ``each`` (if given), and return its
+    return value."""
     while True:
         try:
-            next(generator)
+            item = next(generator)
         except StopIteration as finished:
             return finished.value
+        if each is not None:
+            each(item)
