@@ -74,7 +74,6 @@ SAVE_PLANES = SLOW_DISK + textwrap.dedent(
     import sys
     import numpy as np
     from napari_unet.core.dataset import TrainingSet
-from napari_unet.core.generators import run_to_end
 
     training_set = TrainingSet(sys.argv[1], "instances", ["background", "interior", "boundary"])
     training_set.add_image("stack", source="stack.tif", shape=(1000, 512, 512), axes="ZYX")
@@ -94,10 +93,13 @@ def _kill_mid_write(script: str, target, folder, attempts: int = 12) -> list[str
     rng = np.random.default_rng(7)
     for _ in range(attempts):
         child = subprocess.Popen(
-            [sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", script, str(target)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         printed = [child.stdout.readline().strip()]
-        assert printed[0], "the child saved nothing"
+        assert printed[0], f"the child saved nothing:\n{child.stderr.read()}"
         time.sleep(float(rng.uniform(0.0, 0.5)))
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
