@@ -3,8 +3,8 @@
     python benchmarks/inference_speed.py [--size 2048] [--repeats 3] [--device cpu|cuda]
 
 Every variant runs in its own subprocess (clean peak RSS), on the same network, tile size
-(512) and overlap (0.125), on a real image (the sample nuclei tiled to size x size), and
-is repeated; medians are printed. Each process runs one untimed forward pass of a tile batch
+and overlap (ours' defaults unless --tile/--overlap say otherwise), on a real image (the
+sample nuclei tiled to size x size), and is repeated; medians are printed. Each process runs one untimed forward pass of a tile batch
 first (CUDA context, cuDNN and oneDNN set-up), then the timed run. Needs MONAI for (b) and (b')
 (`pip install -e ".[bench]"`).
 
@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-TILE, OVERLAP = 512, 0.125
+from napari_unet.core.inference import PredictOptions
+
+DEFAULTS = PredictOptions()
 VARIANTS = ("a", "a32", "b", "b'", "c")
 
 
@@ -113,7 +115,7 @@ class TimedPredictor:
 
 
 def run_variant(
-    variant: str, image_path: Path, out: Path, device: str, batch: int
+    variant: str, image_path: Path, out: Path, device: str, batch: int, tile: int, overlap: float
 ) -> dict[str, float]:
     import resource
 
@@ -121,6 +123,7 @@ def run_variant(
 
     from napari_unet.core.bundle import load_bundle
     from napari_unet.core.devices import resolve_compute
+    from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import NetworkPredictor, PredictOptions, iter_predict
     from napari_unet.core.io import read_image, write_labels
     from napari_unet.core.postprocess import instance_labels
@@ -128,7 +131,7 @@ def run_variant(
 
     bundle = load_bundle("nuclei")
     channels = bundle.config["input"]["channels"]
-    warm_tiles = np.zeros((batch, channels, TILE, TILE), dtype=np.float32)
+    warm_tiles = np.zeros((batch, channels, tile, tile), dtype=np.float32)
     if variant in ("a", "a32"):
         compute = resolve_compute(device, "auto" if variant == "a" else "fp32")
         predictor = TimedPredictor(NetworkPredictor(bundle.network, compute))
@@ -149,20 +152,15 @@ def run_variant(
             stack,
             bundle,
             PredictOptions(
-                tile_size=TILE,
-                overlap=OVERLAP,
+                tile_size=tile,
+                overlap=overlap,
                 batch_size=batch,
                 device=device,
                 precision="auto" if variant == "a" else "fp32",
             ),
             predictor=predictor,
         )
-        while True:
-            try:
-                next(generator)
-            except StopIteration as finished:
-                prediction = finished.value
-                break
+        prediction = run_to_end(generator)
         labels = prediction.labels
         net_seconds = predictor.seconds
         pixels_ratio = prediction.stats["processed_pixel_ratio"]
@@ -184,7 +182,7 @@ def run_variant(
             else:
                 from monai.inferers import sliding_window_inference
 
-                logits = sliding_window_inference(x, (TILE, TILE), batch, network, overlap=OVERLAP)
+                logits = sliding_window_inference(x, (tile, tile), batch, network, overlap=overlap)
                 pixels_ratio = float("nan")
             probabilities = torch.softmax(logits.float(), 1)[0].cpu().numpy()
         net_seconds = time.perf_counter() - n0
@@ -202,7 +200,7 @@ def run_variant(
     }
 
 
-def profile_ours(size: int, device: str, batch: int) -> None:
+def profile_ours(size: int, device: str, batch: int, tile: int, overlap: float) -> None:
     """Run (a) once under cProfile and print where the time goes (top 20 by own time)."""
     import cProfile
     import pstats
@@ -211,7 +209,7 @@ def profile_ours(size: int, device: str, batch: int) -> None:
     image = make_image(size, folder)
     profiler = cProfile.Profile()
     profiler.enable()
-    result = run_variant("a", image, folder / "labels.tif", device, batch)
+    result = run_variant("a", image, folder / "labels.tif", device, batch, tile, overlap)
     profiler.disable()
     print(f"(a) on {device}, {size}x{size}: {result}")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
@@ -226,7 +224,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument(
+        "--batch", type=int, default=DEFAULTS.batch_size, help="tiles per forward pass"
+    )
+    parser.add_argument("--tile", type=int, default=DEFAULTS.tile_size, help="tile edge (pixels)")
+    parser.add_argument(
+        "--overlap", type=float, default=DEFAULTS.overlap, help="tile overlap (fraction)"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -236,10 +240,22 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.profile:
-        profile_ours(args.size, args.device, args.batch)
+        profile_ours(args.size, args.device, args.batch, args.tile, args.overlap)
         return
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.image, args.out, args.device, args.batch)))
+        print(
+            json.dumps(
+                run_variant(
+                    args.variant,
+                    args.image,
+                    args.out,
+                    args.device,
+                    args.batch,
+                    args.tile,
+                    args.overlap,
+                )
+            )
+        )
         return
     import platform
 
@@ -257,7 +273,7 @@ def main() -> None:
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {args.device} ({device_name(args.device)})"
     )
     print(
-        f"image {args.size}x{args.size} (sample nuclei tiled), tile {TILE}, overlap {OVERLAP}, batch {args.batch}; network {flops / 1e6:.3f} MFLOP/pixel"
+        f"image {args.size}x{args.size} (sample nuclei tiled), tile {args.tile}, overlap {args.overlap}, batch {args.batch}; network {flops / 1e6:.3f} MFLOP/pixel"
     )
     print(f"conv peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
     rows = {}
@@ -279,6 +295,10 @@ def main() -> None:
                     args.device,
                     "--batch",
                     str(args.batch),
+                    "--tile",
+                    str(args.tile),
+                    "--overlap",
+                    str(args.overlap),
                 ],
                 capture_output=True,
                 text=True,
