@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet.core.inference import PredictOptions
+from napari_unet.core.options import PredictOptions
 
 DEFAULTS = PredictOptions()
 VARIANTS = ("a", "a32", "b", "b'", "c")
@@ -124,7 +124,7 @@ def run_variant(
     from napari_unet.core.bundle import load_bundle
     from napari_unet.core.devices import resolve_compute
     from napari_unet.core.generators import run_to_end
-    from napari_unet.core.inference import NetworkPredictor, PredictOptions, iter_predict
+    from napari_unet.core.inference import NetworkPredictor, iter_predict
     from napari_unet.core.io import read_image, write_labels
     from napari_unet.core.postprocess import instance_labels
     from napari_unet.core.preprocess import prepare_plane

@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from napari_unet.core.options import PredictOptions
+
 DEFAULT_MODEL = "nuclei"
+PREDICT_DEFAULTS = PredictOptions()
 EXIT_ERROR = 1
 EXIT_BUG = 2  # an unexpected exception: a bug to report
 
@@ -69,19 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tile-size",
         type=int,
-        default=512,
+        default=PREDICT_DEFAULTS.tile_size,
         metavar="N",
-        help="largest tile edge in pixels (default 512)",
+        help=f"largest tile edge in pixels (default {PREDICT_DEFAULTS.tile_size})",
     )
     p.add_argument(
         "--overlap",
         type=float,
-        default=0.125,
+        default=PREDICT_DEFAULTS.overlap,
         metavar="F",
-        help="tile overlap as a fraction of the tile (default 0.125)",
+        help=f"tile overlap as a fraction of the tile (default {PREDICT_DEFAULTS.overlap})",
     )
     p.add_argument(
-        "--batch-size", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)"
+        "--batch-size",
+        type=int,
+        default=PREDICT_DEFAULTS.batch_size,
+        metavar="N",
+        help=f"tiles per forward pass (default {PREDICT_DEFAULTS.batch_size})",
     )
     p.add_argument(
         "--axes",
@@ -263,7 +270,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from napari_unet.core.bundle import load_bundle
     from napari_unet.core.errors import InputError
-    from napari_unet.core.inference import PredictOptions, iter_predict
+    from napari_unet.core.inference import iter_predict
     from napari_unet.core.io import read_image, write_labels
 
     inputs = [Path(p) for p in args.inputs]

@@ -182,7 +182,7 @@ CASES: list[Case] = [
     ),
     Case(
         "smaller_than_tile",
-        "20 x 30 image (tile is 512)",
+        "20 x 30 image, smaller than one tile",
         _tif("small.tif", _nuclei((20, 30))),
         expect_shape=(20, 30),
     ),

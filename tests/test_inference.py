@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from napari_unet.core.bundle import load_bundle
 from napari_unet.core.errors import InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import PredictOptions, iter_predict, predict
@@ -242,3 +243,17 @@ def test_out_of_memory_everywhere_is_a_clear_error(instance_bundle):
     short = ShortOfMemory(0, 0, device="cpu (fp32)")
     with pytest.raises(EngineError, match="out of memory on cpu .* even with one 128-pixel tile"):
         predict(_oom_image(), instance_bundle, PredictOptions(tile_size=256), predictor=short)
+
+
+@pytest.mark.parametrize("size", [2048, 3000, 4096])
+def test_default_tiling_processes_little_more_than_the_image(size):
+    def background(batch):
+        probabilities = np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
+        probabilities[:, 0] = 1.0
+        return probabilities
+
+    image = np.zeros((size, size), np.uint8)
+    defaults = PredictOptions(device="cpu")
+    result = predict(image, load_bundle("nuclei"), defaults, predictor=background)
+    assert result.stats["processed_pixel_ratio"] < 1.25
+    assert result.stats["tile_size"] <= defaults.tile_size

@@ -22,6 +22,7 @@ from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import Stack
 from napari_unet.core.memory_fallback import MemoryFallback, is_out_of_memory
 from napari_unet.core.model import fold_batch_norm
+from napari_unet.core.options import PredictOptions
 from napari_unet.core.postprocess import (
     default_min_size,
     instance_labels,
@@ -42,53 +43,6 @@ from napari_unet.core.tiling import (
     iter_predict_plane,
     plan_axis,
 )
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """Settings of a prediction; the defaults suit most microscopy images.
-
-    Attributes
-    ----------
-    mode : {"instances", "semantic"} or None
-        None uses the bundle's mode. A semantic model cannot produce instances.
-    tile_size : int
-        Largest tile edge in pixels (rounded up to what the network accepts).
-    overlap : float
-        Overlap between neighbouring tiles as a fraction of the tile (context margin is half).
-    batch_size : int
-        Tiles per forward pass.
-    threshold : float
-        Probability threshold for instance seeds and foreground.
-    min_size : int or None
-        Smallest object kept, in pixels; None derives it from the object diameter.
-    link_z : bool
-        Give an object one id through Z by linking overlapping objects of adjacent planes.
-    diameter : float or None
-        Typical object diameter in the image, in pixels; the image is rescaled so objects
-        match the size the model was trained on.
-    channel : int or None
-        Channel to segment in a multichannel image.
-    blending : {"cosine", "none"}
-        How overlapping tiles are combined.
-    device : str
-        ``auto``, ``cpu``, ``cuda`` or ``mps``.
-    precision : str
-        ``auto``, ``fp32``, ``bf16`` or ``fp16``.
-    """
-
-    mode: str | None = None
-    tile_size: int = 512
-    overlap: float = 0.125
-    batch_size: int = 4
-    threshold: float = 0.5
-    min_size: int | None = None
-    link_z: bool = False
-    diameter: float | None = None
-    channel: int | None = None
-    blending: str = "cosine"
-    device: str = "auto"
-    precision: str = "auto"
 
 
 @dataclass(frozen=True)

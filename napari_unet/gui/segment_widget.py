@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_unet.core.options import PredictOptions
 from napari_unet.gui.controls import float_spin, int_spin
 from napari_unet.gui.corrections import CorrectionTracker
 from napari_unet.gui.layers import METADATA_KEY, layer_axes
@@ -81,7 +82,7 @@ class SegmentPanel(QWidget):
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(["model's mode", "instances", "semantic"])
         self.tile_spin = int_spin(64, 4096, 64)
-        self.overlap_spin = float_spin(0.0, 0.5)
+        self.overlap_spin = float_spin(0.0, 0.5, step=0.025, decimals=4)
         self.threshold_spin = float_spin(0.05, 0.95)
         self.min_size_spin = int_spin(0, 100000, special="auto")
         self.diameter_spin = float_spin(0.0, 1000.0, 1.0, special="model's")
@@ -229,8 +230,9 @@ class SegmentPanel(QWidget):
     # ----- settings ------------------------------------------------------------------------
     def _restore_settings(self) -> None:
         s = self.settings
-        self.tile_spin.setValue(int(s.value("segment/tile", 512)))
-        self.overlap_spin.setValue(float(s.value("segment/overlap", 0.125)))
+        defaults = PredictOptions()
+        self.tile_spin.setValue(int(s.value("segment/tile", defaults.tile_size)))
+        self.overlap_spin.setValue(float(s.value("segment/overlap", defaults.overlap)))
         self.threshold_spin.setValue(float(s.value("segment/threshold", 0.5)))
         self.min_size_spin.setValue(int(s.value("segment/min_size", 0)))
         self.link_check.setChecked(str(s.value("segment/link_z", "false")) == "true")
@@ -244,9 +246,7 @@ class SegmentPanel(QWidget):
         s.setValue("segment/min_size", self.min_size_spin.value())
         s.setValue("segment/link_z", "true" if self.link_check.isChecked() else "false")
 
-    def options(self) -> Any:
-        from napari_unet.core.inference import PredictOptions
-
+    def options(self) -> PredictOptions:
         mode = self.mode_combo.currentText()
         return PredictOptions(
             mode=None if mode == "model's mode" else mode,
