@@ -43,11 +43,16 @@ def instance_labels(
     from skimage.segmentation import watershed
 
     interior, boundary = probabilities[1], probabilities[2]
-    foreground = (interior + boundary) > threshold
     seeds, n_seeds = ndi.label(interior > threshold)
     if n_seeds == 0:
         return np.zeros(interior.shape, dtype=np.uint32)
-    labels = watershed(boundary - interior, markers=seeds, mask=foreground | (seeds > 0))
+    unassigned = ((interior + boundary) > threshold) & (seeds == 0)
+    # Only seed pixels next to unassigned foreground can spread, so the flood starts from them
+    # alone: the same labels as flooding from every seed pixel, with far fewer heap entries
+    # (seeds are most of the foreground).
+    front = (seeds > 0) & ndi.binary_dilation(unassigned)
+    grown = watershed(boundary - interior, markers=seeds * front, mask=unassigned | front)
+    labels = np.where(seeds > 0, seeds, grown)
     return remove_small(labels, min_size)
 
 
