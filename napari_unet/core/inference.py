@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from napari_unet.core.devices import Compute, resolve_compute
 from napari_unet.core.errors import EngineError, InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import Stack
+from napari_unet.core.label_pipeline import LabelPipeline, auto_workers
 from napari_unet.core.memory_fallback import MemoryFallback, is_out_of_memory
 from napari_unet.core.model import fold_batch_norm
 from napari_unet.core.options import PredictOptions
@@ -235,27 +237,33 @@ def iter_predict(
     plane_shape = (labels_shape[labels_axes.index("Y")], labels_shape[labels_axes.index("X")])
     work_shape = tuple(max(1, round(n * scale_factor)) for n in plane_shape)
     tiler = _PlaneTiler(fallback, network, options, work_shape, len(bundle.class_names), n_planes)
-    next_id = 1
+    to_labels = partial(
+        _plane_labels, mode=mode, threshold=options.threshold, min_size=min_size, shape=plane_shape
+    )
+    workers = options.post_workers
+    if workers is None:
+        workers = auto_workers(plane_shape[0] * plane_shape[1])
+    pipeline = LabelPipeline(to_labels, workers)
+    store = _LabelStore(labels, stack.axes, labels_axes, mode)
+
+    def store_finished(drain: bool = False) -> Generator[Progress, None, None]:
+        for finished in pipeline.collect(drain=drain):
+            store.put(*finished)
+            yield Progress(tiler.done, tiler.total, "post-processing")
+
     yield Progress(0, tiler.total, "predicting")
-    for plane_number, (index, plane, plane_axes) in enumerate(iter_planes(stack.data, stack.axes)):
-        x = prepare_plane(plane, plane_axes, config, options.channel)
-        if scale_factor != 1.0:
-            x = _resize(x, work_shape)
-        probabilities = yield from tiler.predict(x, n_planes - plane_number)
-        if scale_factor != 1.0:
-            probabilities = _resize(probabilities, plane_shape)
-        if mode == "semantic":
-            plane_labels = semantic_labels(probabilities)
-        else:
-            plane_labels = instance_labels(
-                probabilities, threshold=options.threshold, min_size=min_size
-            )
-            plane_labels = np.where(
-                plane_labels > 0, plane_labels + np.uint32(next_id - 1), 0
-            ).astype(np.uint32)
-            next_id = max(next_id, int(plane_labels.max()) + 1)
-        labels[_label_index(index, stack.axes, labels_axes)] = plane_labels
-        yield Progress(tiler.done, tiler.total, "post-processing")
+    try:
+        planes = iter_planes(stack.data, stack.axes)
+        for plane_number, (index, plane, plane_axes) in enumerate(planes):
+            x = prepare_plane(plane, plane_axes, config, options.channel)
+            if scale_factor != 1.0:
+                x = _resize(x, work_shape)
+            pipeline.submit(index, (yield from tiler.predict(x, n_planes - plane_number)))
+            yield from store_finished()
+        yield from store_finished(drain=True)
+    finally:
+        pipeline.close()
+    next_id = store.next_id
     if mode == "instances" and options.link_z and "Z" in stack.axes:
         next_id = (yield from _link_along_z(labels, labels_axes)) + 1
     return Prediction(
@@ -272,6 +280,7 @@ def iter_predict(
             "tile_size": fallback.tile,
             "batch_size": fallback.batch_size,
             "memory_fallbacks": tiler.notices,
+            "post_workers": workers,
             "scale_factor": scale_factor,
             "objects": next_id - 1 if mode == "instances" else None,
         },
@@ -379,6 +388,33 @@ def _resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     for c in range(x.shape[0]):
         out[c] = resize(x[c], shape, order=1, anti_aliasing=shrinking, preserve_range=True)
     return out
+
+
+def _plane_labels(
+    probabilities: np.ndarray, *, mode: str, threshold: float, min_size: int, shape: tuple
+) -> np.ndarray:
+    """Labels of one plane from its class probabilities, resized back to ``shape``."""
+    if probabilities.shape[1:] != tuple(shape):
+        probabilities = _resize(probabilities, shape)
+    if mode == "semantic":
+        return semantic_labels(probabilities)
+    return instance_labels(probabilities, threshold=threshold, min_size=min_size)
+
+
+class _LabelStore:
+    """Writes planes' labels into the stack's labels; instance ids run on across planes."""
+
+    def __init__(self, labels: np.ndarray, axes: str, labels_axes: str, mode: str) -> None:
+        self.labels, self.axes, self.labels_axes, self.mode = labels, axes, labels_axes, mode
+        self.next_id = 1
+
+    def put(self, index: tuple[int, ...], plane_labels: np.ndarray) -> None:
+        """Store the labels of the plane at stack ``index`` (planes come in stack order)."""
+        if self.mode == "instances":
+            offset = np.uint32(self.next_id - 1)
+            plane_labels = np.where(plane_labels > 0, plane_labels + offset, 0).astype(np.uint32)
+            self.next_id = max(self.next_id, int(plane_labels.max()) + 1)
+        self.labels[_label_index(index, self.axes, self.labels_axes)] = plane_labels
 
 
 def _label_index(index: tuple[int, ...], axes: str, labels_axes: str) -> tuple[Any, ...]:

@@ -35,6 +35,10 @@ class PredictOptions:
         Channel to segment in a multichannel image.
     blending : {"cosine", "none"}
         How overlapping tiles are combined.
+    post_workers : int or None
+        Threads turning probabilities into labels while the network predicts the next planes;
+        0 post-processes each plane before the next one starts; None chooses from the CPU
+        cores and the plane size (:func:`napari_unet.core.label_pipeline.auto_workers`).
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``mps``.
     precision : str
@@ -51,5 +55,6 @@ class PredictOptions:
     diameter: float | None = None
     channel: int | None = None
     blending: str = "cosine"
+    post_workers: int | None = None
     device: str = "auto"
     precision: str = "auto"
