@@ -20,6 +20,7 @@ import numpy as np
 scratch = Path(tempfile.mkdtemp(prefix="napari-unet-ui-"))
 os.environ.setdefault("NAPARI_UNET_MODELS_DIR", str(scratch / "models"))
 os.environ.setdefault("NAPARI_UNET_TRAINING_DIR", str(scratch / "training"))
+os.environ.setdefault("NAPARI_UNET_SETTINGS", str(scratch / "settings.ini"))  # defaults, not yours
 
 INTERVAL_MS = 10
 

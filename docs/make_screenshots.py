@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 scratch = Path(tempfile.mkdtemp(prefix="napari-unet-shots-"))
 os.environ["NAPARI_UNET_MODELS_DIR"] = str(scratch / "models")
 os.environ["NAPARI_UNET_TRAINING_DIR"] = str(scratch / "training")
+os.environ["NAPARI_UNET_SETTINGS"] = str(scratch / "settings.ini")
 
 
 def wait(app, condition, timeout=600.0):

@@ -55,10 +55,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def plugin_dirs(tmp_path, monkeypatch, models_dir):
     monkeypatch.setenv("NAPARI_UNET_TRAINING_DIR", str(tmp_path / "training"))
-    from qtpy.QtCore import QSettings
-
-    QSettings.setDefaultFormat(QSettings.IniFormat)
-    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "settings"))
+    monkeypatch.setenv("NAPARI_UNET_SETTINGS", str(tmp_path / "settings.ini"))
     save_bundle(tiny_bundle(), models_dir / "tiny.safetensors")
     return models_dir
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from qtpy.QtCore import QSettings
@@ -13,7 +14,14 @@ from napari_unet.gui.session import Session
 
 
 def plugin_settings() -> QSettings:
-    """Where the widgets remember their settings between sessions."""
+    """Where the widgets remember their settings between sessions.
+
+    The platform's settings store, or the INI file ``$NAPARI_UNET_SETTINGS`` names (scripts and
+    benchmarks use it so that they neither read nor change the user's choices).
+    """
+    override = os.environ.get("NAPARI_UNET_SETTINGS")
+    if override:
+        return QSettings(override, QSettings.IniFormat)
     return QSettings("napari-unet", "napari-unet")
 
 
