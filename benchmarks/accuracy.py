@@ -169,6 +169,7 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
     from skimage.segmentation import clear_border
 
     from napari_unet.core.bundle import bundle_from_config, load_bundle, new_config
+    from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import PredictOptions, predict
     from napari_unet.core.io import read_image
     from napari_unet.core.metrics import instance_scores
@@ -204,12 +205,8 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
             TrainingSample(images[f], corrections[f][0], corrections[f][1], "YX", f) for f in names
         ]
         t0 = time.perf_counter()
-        generator = iter_finetune(start, samples, settings)
-        while True:
-            try:
-                next(generator)
-            except StopIteration as finished:
-                return finished.value.bundle, time.perf_counter() - t0
+        result = run_to_end(iter_finetune(start, samples, settings))
+        return result.bundle, time.perf_counter() - t0
 
     runs = []
     for k in ks:

@@ -50,6 +50,7 @@ def run_once(
 ) -> dict[str, float]:
     """One fine-tune with the default schedule (or its first ``steps``); timings and scores."""
     from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.generators import run_to_end
     from napari_unet.core.training import TrainSettings, iter_finetune
 
     settings = TrainSettings(device=device, precision=precision)
@@ -57,19 +58,18 @@ def run_once(
         settings = TrainSettings(device=device, precision=precision, steps=steps, val_every=steps)
     generator = iter_finetune(load_bundle("nuclei"), samples, settings)
     step_seconds, validations = [], []
-    start = previous = time.perf_counter()
-    while True:
-        try:
-            step = next(generator)
-        except StopIteration as finished:
-            result = finished.value
-            break
+    start = time.perf_counter()
+    previous = [start]
+
+    def timed(step) -> None:
         now = time.perf_counter()
         if step.val_score is None:  # a pure training step (validation steps also evaluate)
-            step_seconds.append(now - previous)
+            step_seconds.append(now - previous[0])
         else:
             validations.append((step.step, now - start, step.val_score))
-        previous = now
+        previous[0] = now
+
+    result = run_to_end(generator, timed)
     wall = time.perf_counter() - start
     best = max(score for _, _, score in validations)
     plateau_step, plateau_time, _ = next(v for v in validations if v[2] >= best - PLATEAU_TOLERANCE)

@@ -270,7 +270,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from napari_unet.core.bundle import load_bundle
     from napari_unet.core.errors import InputError
-    from napari_unet.core.inference import iter_predict
+    from napari_unet.core.generators import run_to_end
+    from napari_unet.core.inference import Progress, iter_predict
     from napari_unet.core.io import read_image, write_labels
 
     inputs = [Path(p) for p in args.inputs]
@@ -302,17 +303,15 @@ def run_predict(args: argparse.Namespace) -> int:
         stack = read_image(path, axes=args.axes)
         generator = iter_predict(stack, bundle, options)
         with tqdm(desc=path.name, unit="tile", file=sys.stderr, leave=False) as bar:
-            while True:
-                try:
-                    progress = next(generator)
-                except StopIteration as finished:
-                    result = finished.value
-                    break
+
+            def show(progress: Progress, bar: tqdm = bar, name: str = path.name) -> None:
                 if progress.notice:
-                    bar.write(f"{path.name}: {progress.notice}", file=sys.stderr)
+                    bar.write(f"{name}: {progress.notice}", file=sys.stderr)
                 bar.total = progress.total
                 bar.set_postfix_str(progress.stage)
                 bar.update(progress.done - bar.n)
+
+            result = run_to_end(generator, show)
         write_labels(
             target,
             result.labels,
@@ -400,7 +399,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     from napari_unet.core.bundle import bundle_from_config, load_bundle, new_config, save_bundle
     from napari_unet.core.errors import InputError
-    from napari_unet.core.training import TrainSettings, iter_finetune, median_diameter
+    from napari_unet.core.generators import run_to_end
+    from napari_unet.core.training import TrainSettings, TrainStep, iter_finetune, median_diameter
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:
@@ -444,17 +444,15 @@ def run_train(args: argparse.Namespace) -> int:
     )
     generator = iter_finetune(base, samples, settings)
     with tqdm(total=settings.steps, desc="training", unit="step", file=sys.stderr) as bar:
-        while True:
-            try:
-                step = next(generator)
-            except StopIteration as finished:
-                result = finished.value
-                break
+
+        def show(step: TrainStep) -> None:
             bar.update(1)
             postfix = f"loss {step.loss:.4f}"
             if step.best_score is not None:
                 postfix += f" val {step.best_score:.3f}"
             bar.set_postfix_str(postfix)
+
+        result = run_to_end(generator, show)
     save_bundle(result.bundle, output, overwrite=args.overwrite, half=args.half)
     before = "n/a" if result.initial_score is None else f"{result.initial_score:.3f}"
     after = "n/a" if result.best_score is None else f"{result.best_score:.3f}"

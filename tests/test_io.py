@@ -194,6 +194,26 @@ def test_prediction_on_a_lazy_stack_matches_in_memory(tmp_path, lazy_above_1kib,
     )
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_header_claiming_more_pixels_than_the_file_holds_is_refused(tmp_path, compression):
+    """Found by fuzzing: widths inflated in every page once gave a lazy stack whose planes
+    failed only when segmentation reached them."""
+    import struct
+
+    path = tmp_path / "real.tif"
+    data = np.random.default_rng(0).integers(0, 4000, (3, 40, 50), dtype=np.uint16)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZYX"}, compression=compression)
+    raw = bytearray(path.read_bytes())
+    width_tag = struct.pack("<HHII", 256, 4, 1, 50)  # ImageWidth, LONG, 1 value: 50
+    found = [i for i in range(len(raw) - 11) if raw[i : i + 12] == width_tag]
+    assert len(found) == 3  # one per page
+    for at in found:
+        raw[at + 11] = 3  # width 50 -> 50331698
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ImageReadError, match="page 0"):
+        read_image(path)
+
+
 def test_stack_labels_written_plane_by_plane_round_trip(tmp_path):
     labels = np.zeros((5, 40, 30), np.uint32)
     labels[:, 5:10, 5:10] = np.arange(1, 6)[:, None, None]

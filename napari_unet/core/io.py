@@ -211,11 +211,18 @@ def _tiff_pixels(
     available = _available_memory()
     try:
         pages = TiffPages(path)
+    except ImageReadError as error:  # data missing from the file
+        raise ImageReadError(f"{path}: {error}") from error
     except Exception:  # pages that do not tile the series: read whole if it fits
         pages = None
     if pages is not None and pages.shape == shape:
         page_bytes = int(np.prod(pages.page_shape, dtype=np.int64)) * dtype.itemsize
         if page_bytes <= available:
+            try:
+                pages.check_first_page()
+            except ImageReadError:
+                pages.close()
+                raise
             return pages
         pages.close()
         raise ImageReadError(

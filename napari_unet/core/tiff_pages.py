@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.errors import ImageReadError
+
 
 class TiffPages:
     """Array-like over the pages of one TIFF series (``shape``, ``dtype``, indexing).
@@ -31,6 +33,9 @@ class TiffPages:
     ------
     ValueError
         When the series' pages do not tile its shape (such files are read whole instead).
+    ImageReadError
+        When a page's data lie past the end of the file or are too short for the page (a
+        truncated or corrupt file): found now rather than when the page is first needed.
     """
 
     def __init__(self, path: str | Path, series: int = 0) -> None:
@@ -50,6 +55,7 @@ class TiffPages:
             self._lead_shape = self.shape[: len(self.shape) - n_inner]
             if int(np.prod(self._lead_shape, dtype=np.int64)) != len(found.pages):
                 raise ValueError("the series has fewer pages than its shape needs (truncated?)")
+            _check_page_data(found, self.path.stat().st_size)
         except Exception:
             self._tif.close()
             raise
@@ -98,10 +104,26 @@ class TiffPages:
         """Close the file."""
         self._tif.close()
 
+    def check_first_page(self) -> None:
+        """Decode the first page, so that a header that does not match the pixel data (found in
+        every page) is reported when the file is opened, not when segmentation reaches it.
+
+        Raises
+        ------
+        ImageReadError
+            When the page cannot be decoded.
+        """
+        self._page(0)
+
     def _page(self, index: int) -> np.ndarray:
-        with self._lock:
-            page = self._tif.asarray(key=index, series=self._series_index)
-        return page.reshape(self.page_shape)
+        try:
+            with self._lock:
+                page = self._tif.asarray(key=index, series=self._series_index)
+            return page.reshape(self.page_shape)
+        except Exception as error:  # tifffile and the codecs raise many kinds
+            raise ImageReadError(
+                f"{self.path}: page {index} cannot be decoded ({type(error).__name__}: {error})"
+            ) from error
 
     def _full_key(self, key: Any) -> tuple[Any, ...]:
         key = key if isinstance(key, tuple) else (key,)
@@ -114,3 +136,22 @@ class TiffPages:
         if len(key) > self.ndim:
             raise IndexError(f"too many indices for an array of {self.ndim} dimensions")
         return key + (slice(None),) * (self.ndim - len(key))
+
+
+def _check_page_data(series: Any, file_size: int) -> None:
+    """Raise :class:`ImageReadError` if any page's data cannot be in the file."""
+    keyframe = series.keyframe
+    for number, page in enumerate(series.pages):
+        extents = zip(page.dataoffsets, page.databytecounts, strict=True)
+        stored = 0
+        for offset, count in extents:
+            if offset + count > file_size:
+                raise ImageReadError(
+                    f"page {number} of the TIFF points past the end of the file (truncated?)"
+                )
+            stored += count
+        if keyframe.compression == 1 and stored < keyframe.nbytes:
+            raise ImageReadError(
+                f"page {number} of the TIFF holds {stored} bytes but its size needs "
+                f"{keyframe.nbytes} (corrupt header?)"
+            )
