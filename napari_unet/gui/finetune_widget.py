@@ -430,7 +430,8 @@ class FinetunePanel(QWidget):
         after = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
         self.result.setText(
             f"Saved {self.new_model} ({result.reason}).\n"
-            f"Score on held-out corrected pixels:\n{self.previous_model} {before} -> {self.new_model} {after}"
+            "Validation IoU on held-out corrected pixels (the curve's orange dots):\n"
+            f"{self.previous_model} {before} -> {self.new_model} {after}"
         )
         self.eta.setText(f"Done in {time.perf_counter() - self._started:.0f} s.")
         self.refresh_models()

@@ -117,7 +117,7 @@ class LossPlot(QWidget):
             painter.drawText(
                 top,
                 Qt.AlignmentFlag.AlignRight,
-                f"validation {self.val_scores[-1]:.3f} (best {max(self.val_scores):.3f})",
+                f"validation IoU {self.val_scores[-1]:.3f} (best {max(self.val_scores):.3f})",
             )
         painter.setPen(text_color)
         painter.drawText(bottom, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignBottom, "0")
