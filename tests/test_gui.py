@@ -118,6 +118,8 @@ def test_segment_paint_track_and_save(qtbot, dock):
     viewer, widget = dock
     image = np.stack([disks((96, 96), seed=i)[0] for i in range(3)])
     labels = _segment(qtbot, viewer, widget, image, "ZYX")
+    bar = widget.segment.progress_bar
+    assert bar.value() == bar.maximum() > 0  # a finished job shows a full bar
     assert labels.data.shape == (3, 96, 96) and labels.data.dtype == np.uint32
     assert tuple(labels.scale) == pytest.approx((2.0, 0.5, 0.5))
     labels.brush_size = 5
@@ -143,6 +145,25 @@ def test_segment_paint_track_and_save(qtbot, dock):
     wait_idle(qtbot, widget.segment)
     assert "cells labels (tiny)" in [layer.name for layer in viewer.layers]
     assert labels.data[2, 10, 10] == 9
+
+
+def test_cancel_writes_nothing_and_resets_the_panel(qtbot, dock):
+    viewer, widget = dock
+    stack = np.stack([disks((96, 96), seed=i)[0] for i in range(40)])
+    layer = viewer.add_image(stack, name="long")
+    widget.segment.image_combo.setCurrentText("long")
+    widget.segment.axes_edit.setText("ZYX")
+    worker = widget.segment.run()
+    progress = []
+    worker.yielded.connect(
+        lambda p: progress.append(p) or (widget.segment.cancel() if len(progress) == 2 else None)
+    )
+    wait_idle(qtbot, widget.segment)
+    assert [x.name for x in viewer.layers] == [layer.name]  # no labels layer, not even partial
+    assert widget.segment.status.text() == "Cancelled; nothing was written."
+    assert widget.segment.progress_bar.value() == 0
+    assert widget.segment.run_button.isEnabled() and not widget.segment.cancel_button.isEnabled()
+    assert progress[-1].done < progress[-1].total
 
 
 def test_saved_corrections_come_back_and_settings_persist(qtbot, dock):
@@ -185,6 +206,11 @@ def test_finetune_creates_version_and_stop_keeps_a_model(qtbot, dock, plugin_dir
     ]
     assert "tiny 0" in finetune.result.text() or "->" in finetune.result.text()
     assert len(finetune.plot.steps) == 6
+    # the curve's validation dots start from the base model, the score the result line quotes
+    assert finetune.plot.val_steps[0] == 0
+    base_score = f"{finetune.plot.val_scores[0]:.3f}"
+    assert f"tiny {base_score} ->" in finetune.result.text()
+    assert f"{max(finetune.plot.val_scores):.3f}" in finetune.result.text().split("->")[1]
     from napari_unet.gui.loss_plot import LOSS_COLOR
 
     assert _has_color(finetune.plot.grab().toImage(), LOSS_COLOR), "no loss curve drawn"

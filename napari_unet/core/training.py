@@ -94,6 +94,7 @@ class TrainStep:
     best_score: float | None
     elapsed: float
     skipped: bool = False
+    initial_score: float | None = None  # the base model's validation score, before step 1
 
 
 @dataclass(frozen=True)
@@ -534,6 +535,7 @@ def iter_finetune(
                 best_score=best_score,
                 elapsed=time.perf_counter() - start,
                 skipped=skipped,
+                initial_score=initial_score,
             )
             if stopped:
                 break

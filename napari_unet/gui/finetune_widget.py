@@ -416,6 +416,8 @@ class FinetunePanel(QWidget):
             button.setEnabled(False)
 
     def _on_step(self, step: Any) -> None:
+        if not self.plot.steps and step.initial_score is not None:
+            self.plot.add_validation(0, step.initial_score)  # the base model, before training
         self.plot.add(step.step, step.loss, step.val_score)
         if not self.stop_event.is_set():
             remaining = step.elapsed / step.step * (step.total - step.step)

@@ -47,8 +47,14 @@ class LossPlot(QWidget):
         self.steps.append(step)
         self.losses.append(loss)
         if val_score is not None:
-            self.val_steps.append(step)
-            self.val_scores.append(val_score)
+            self.add_validation(step, val_score)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def add_validation(self, step: int, score: float) -> None:
+        """Record a validation score (step 0: the model before training)."""
+        self.val_steps.append(step)
+        self.val_scores.append(score)
         if not self._timer.isActive():
             self._timer.start()
 

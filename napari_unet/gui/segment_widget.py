@@ -350,6 +350,7 @@ class SegmentPanel(QWidget):
             f"{labels_layer.name}: {self._describe(prediction)} ({prediction.compute}).\n"
             "Correct mistakes with the brush, eraser and fill,\nthen fine-tune."
         )
+        self.progress_bar.setValue(self.progress_bar.maximum())
         self.segmented.emit(labels_layer)
 
     def _describe(self, prediction: Any) -> str:
@@ -438,6 +439,7 @@ class SegmentPanel(QWidget):
             self._progress = None
         if self.worker is not None and self.worker.abort_requested:
             self.status.setText("Cancelled; nothing was written.")
+        if self.progress_bar.value() < self.progress_bar.maximum():  # cancelled or failed
+            self.progress_bar.setValue(0)
         self.worker = None
         self._set_running(False)
-        self.progress_bar.setValue(0)
