@@ -164,6 +164,13 @@ def test_cancel_writes_nothing_and_resets_the_panel(qtbot, dock):
     assert widget.segment.progress_bar.value() == 0
     assert widget.segment.run_button.isEnabled() and not widget.segment.cancel_button.isEnabled()
     assert progress[-1].done < progress[-1].total
+    # the stopped job was closed: its post-processing threads are gone
+    import threading
+
+    qtbot.waitUntil(
+        lambda: not any(t.name.startswith("napari-unet-labels") for t in threading.enumerate()),
+        timeout=5000,
+    )
 
 
 def test_saved_corrections_come_back_and_settings_persist(qtbot, dock):

@@ -53,15 +53,26 @@ def start_worker(
 ) -> Any:
     """Start ``factory()`` in a napari GeneratorWorker with every signal connected up front.
 
-    The slots run on the main thread; they are the only place that touches layers.
+    The slots run on the main thread; they are the only place that touches layers. When the
+    worker is aborted (``quit()``), the job's generator is closed at once in the worker's
+    thread, so its clean-up (``finally`` blocks: helper threads, open files) runs now rather
+    than whenever the abandoned generator is garbage-collected.
     """
     from napari.qt.threading import create_worker
+    from qtpy.QtCore import Qt
+
+    running: list[Generator[Any, Any, Any]] = []
 
     def job() -> Generator[Any, Any, Any]:
         import torch
 
         torch.set_num_threads(worker_thread_count())
-        return (yield from guarded(factory()))
+        running.append(guarded(factory()))
+        return (yield from running[0])
+
+    def close_job() -> None:  # runs in the worker's thread, between two steps of the job
+        if running:
+            running[0].close()
 
     # errored must be connected at creation, or superqt re-raises the error on the main thread
     connections = {
@@ -70,4 +81,7 @@ def start_worker(
         "errored": on_error,
         "finished": on_finish,
     }
-    return create_worker(job, _connect=connections)
+    worker = create_worker(job, _connect=connections, _start_thread=False)
+    worker.aborted.connect(close_job, Qt.ConnectionType.DirectConnection)
+    worker.start()
+    return worker
