@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +110,11 @@ def resolve_compute(device: str = "auto", precision: str = "auto") -> Compute:
     else:
         dtype = None
     return Compute(torch_device, dtype)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

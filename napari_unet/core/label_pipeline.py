@@ -9,12 +9,13 @@ serial run.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+
+from napari_unet.core.devices import usable_cores
 
 # Rough peak bytes per pixel of one plane's post-processing: probabilities (3 x float32),
 # the float64 relief and int32 markers/output of the watershed, masks and uint32 labels.
@@ -30,7 +31,7 @@ def auto_workers(plane_pixels: int, cpu_count: int | None = None) -> int:
     planes in flight than fit in :data:`IN_FLIGHT_BUDGET`; at least one, so that
     post-processing always overlaps prediction.
     """
-    cores = cpu_count or os.cpu_count() or 1
+    cores = cpu_count or usable_cores()
     by_memory = IN_FLIGHT_BUDGET // max(1, plane_pixels * BYTES_PER_PIXEL)
     return int(max(1, min(MAX_WORKERS, cores // 2, by_memory)))
 

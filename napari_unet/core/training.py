@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 import queue
 import threading
 import time
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 from napari_unet.core.augment import AugmentSettings, augment
 from napari_unet.core.bundle import Bundle, clone_bundle, network_state
-from napari_unet.core.devices import Compute, resolve_compute
+from napari_unet.core.devices import Compute, resolve_compute, usable_cores
 from napari_unet.core.errors import EngineError, TrainingDataError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import NetworkPredictor
@@ -342,7 +341,7 @@ def patch_workers(compute: Compute) -> int:
     on a GPU, where augmentation would otherwise be the bottleneck (up to 4, leaving a core)."""
     if compute.device.type == "cpu":
         return 1
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return max(1, min(4, usable_cores() - 1))
 
 
 def validation_score(

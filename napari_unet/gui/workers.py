@@ -8,7 +8,6 @@ RuntimeError), so ``errored`` always fires and the widget can recover.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -36,11 +35,9 @@ def worker_thread_count() -> int:
     fast as 2 inside napari and kept the heartbeat's p99.9 stall near 50-110 ms instead of
     125-450 ms.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    from napari_unet.core.devices import usable_cores
+
+    return max(1, usable_cores() - 1)
 
 
 def start_worker(
