@@ -53,6 +53,20 @@ def test_training_learns_disks(tmp_path):
     assert predict(image, loaded, PredictOptions(device="cpu")).labels.max() > 0
 
 
+def test_no_improvement_keeps_the_base_weights_and_says_so(monkeypatch):
+    scores = iter([0.9, 0.5, 0.6, 0.4])  # the base model, then every validation: all worse
+    monkeypatch.setattr(training, "validation_score", lambda *args: next(scores))
+    base = tiny_bundle()
+    steps, result = run(iter_finetune(base, samples(3), QUICK))
+    assert steps[0].initial_score == 0.9
+    assert result.best_step == 0 and result.best_score == 0.9
+    assert result.reason.startswith("finished; no step beat the base model")
+    for kept, original in zip(
+        result.bundle.network.state_dict().values(), base.network.state_dict().values(), strict=True
+    ):
+        np.testing.assert_array_equal(kept.numpy(), original.numpy())
+
+
 def test_training_is_deterministic():
     a = run(iter_finetune(tiny_bundle(), samples(2), QUICK))[0]
     b = run(iter_finetune(tiny_bundle(), samples(2), QUICK))[0]

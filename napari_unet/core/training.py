@@ -551,6 +551,8 @@ def iter_finetune(
         score = validation_score(network, compute, val_items, n_classes)
         if score is not None and (best_score is None or score >= best_score):
             best_score, best_step, best_state = score, len(history), network_state(network)
+    if val_items and best_step == 0 and history:
+        reason += "; no step beat the base model on the held-out pixels, so its weights were kept"
     network.load_state_dict(best_state)
     network = network.to("cpu", memory_format=torch.contiguous_format).eval()
     bundle.network = network
