@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QDoubleSpinBox, QSpinBox
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QSpinBox,
+    QWidget,
+)
+from superqt import QCollapsible
 
 
 def int_spin(low: int, high: int, step: int = 1, special: str = "") -> QSpinBox:
@@ -26,3 +33,28 @@ def float_spin(
     if special:
         box.setSpecialValueText(special)
     return box
+
+
+def form(rows: list[tuple[str, QWidget]], parent: QWidget | None = None) -> QFormLayout:
+    """A form layout of (label, control) rows; an empty label leaves the label column blank."""
+    layout = QFormLayout(parent) if parent is not None else QFormLayout()
+    for label, control in rows:
+        layout.addRow(label, control)
+    return layout
+
+
+def collapsible_form(title: str, rows: list[tuple[str, QWidget]]) -> QCollapsible:
+    """A collapsed section holding a form of (label, control) rows."""
+    content = QWidget()
+    form(rows, content)
+    section = QCollapsible(title)
+    section.addWidget(content)
+    return section
+
+
+def button_row(*buttons: QWidget) -> QHBoxLayout:
+    """Buttons side by side."""
+    row = QHBoxLayout()
+    for button in buttons:
+        row.addWidget(button)
+    return row

@@ -11,8 +11,6 @@ from qtpy.QtCore import QSettings, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFormLayout,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QTreeWidget,
@@ -20,9 +18,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
-from napari_unet.gui.controls import float_spin, int_spin
+from napari_unet.gui.controls import button_row, collapsible_form, float_spin, form, int_spin
 from napari_unet.gui.loss_plot import LossPlot
 from napari_unet.gui.segment_widget import model_names
 from napari_unet.gui.session import Session, collect_planes, samples_from_planes, save_planes
@@ -75,34 +72,26 @@ class FinetunePanel(QWidget):
         for button in (self.resegment_button, self.keep_button):
             button.setEnabled(False)
 
-        form = QFormLayout()
-        form.addRow("Labels", self.labels_combo)
-        form.addRow("Base model", self.base_combo)
-        advanced = QWidget()
-        advanced_form = QFormLayout(advanced)
-        advanced_form.addRow("Steps", self.steps_spin)
-        advanced_form.addRow("Learning rate", self.lr_spin)
-        advanced_form.addRow("Patch size", self.patch_spin)
-        advanced_form.addRow("Validation share", self.val_spin)
-        advanced_form.addRow("", self.augment_check)
-        self.advanced = QCollapsible("Advanced")
-        self.advanced.addWidget(advanced)
-        run_row = QHBoxLayout()
-        run_row.addWidget(self.train_button)
-        run_row.addWidget(self.stop_button)
-        after_row = QHBoxLayout()
-        after_row.addWidget(self.resegment_button)
-        after_row.addWidget(self.keep_button)
+        self.advanced = collapsible_form(
+            "Advanced",
+            [
+                ("Steps", self.steps_spin),
+                ("Learning rate", self.lr_spin),
+                ("Patch size", self.patch_spin),
+                ("Validation share", self.val_spin),
+                ("", self.augment_check),
+            ],
+        )
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addLayout(form([("Labels", self.labels_combo), ("Base model", self.base_combo)]))
         layout.addWidget(self.summary)
         layout.addWidget(self.planes)
         layout.addWidget(self.advanced)
-        layout.addLayout(run_row)
+        layout.addLayout(button_row(self.train_button, self.stop_button))
         layout.addWidget(self.eta)
         layout.addWidget(self.plot)
         layout.addWidget(self.result)
-        layout.addLayout(after_row)
+        layout.addLayout(button_row(self.resegment_button, self.keep_button))
         layout.addStretch()
 
         self._save_timer = QTimer(self)

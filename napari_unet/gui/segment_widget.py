@@ -10,8 +10,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -19,10 +17,9 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
 from napari_unet.core.options import PredictOptions
-from napari_unet.gui.controls import float_spin, int_spin
+from napari_unet.gui.controls import button_row, collapsible_form, float_spin, form, int_spin
 from napari_unet.gui.corrections import CorrectionTracker
 from napari_unet.gui.layers import METADATA_KEY, layer_axes
 from napari_unet.gui.session import Segmentation, Session
@@ -95,31 +92,30 @@ class SegmentPanel(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        form = QFormLayout()
-        form.addRow("Image", self.image_combo)
-        form.addRow("Axes", self.axes_edit)
-        form.addRow("", self.axes_hint)
-        form.addRow("Model", self.model_combo)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Mode", self.mode_combo)
-        advanced = QWidget()
-        advanced_form = QFormLayout(advanced)
-        advanced_form.addRow("Tile size", self.tile_spin)
-        advanced_form.addRow("Overlap", self.overlap_spin)
-        advanced_form.addRow("Threshold", self.threshold_spin)
-        advanced_form.addRow("Min object size (px)", self.min_size_spin)
-        advanced_form.addRow("Object diameter (px)", self.diameter_spin)
-        advanced_form.addRow("Channel", self.channel_spin)
-        advanced_form.addRow("", self.link_check)
-        self.advanced = QCollapsible("Advanced")
-        self.advanced.addWidget(advanced)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
+        self.advanced = collapsible_form(
+            "Advanced",
+            [
+                ("Tile size", self.tile_spin),
+                ("Overlap", self.overlap_spin),
+                ("Threshold", self.threshold_spin),
+                ("Min object size (px)", self.min_size_spin),
+                ("Object diameter (px)", self.diameter_spin),
+                ("Channel", self.channel_spin),
+                ("", self.link_check),
+            ],
+        )
+        main_rows = [
+            ("Image", self.image_combo),
+            ("Axes", self.axes_edit),
+            ("", self.axes_hint),
+            ("Model", self.model_combo),
+            ("Device", self.device_combo),
+            ("Mode", self.mode_combo),
+        ]
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addLayout(form(main_rows))
         layout.addWidget(self.advanced)
-        layout.addLayout(buttons)
+        layout.addLayout(button_row(self.run_button, self.cancel_button))
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addStretch()
