@@ -6,6 +6,7 @@ and ``exited`` after napari's event loop has returned.
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 
 import napari
@@ -17,6 +18,8 @@ from tests.synthetic import disks
 
 
 def main(job: str) -> None:
+    # a hang is reported with every thread's stack (stderr) before the parent's timeout
+    faulthandler.dump_traceback_later(90, exit=True)
     viewer = napari.Viewer()
     widget = UnetWidget(viewer)
     viewer.window.add_dock_widget(widget)
