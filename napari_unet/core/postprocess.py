@@ -46,13 +46,14 @@ def instance_labels(
     seeds, n_seeds = ndi.label(interior > threshold)
     if n_seeds == 0:
         return np.zeros(interior.shape, dtype=np.uint32)
-    unassigned = ((interior + boundary) > threshold) & (seeds == 0)
+    seeded = seeds > 0
+    unassigned = ((interior + boundary) > threshold) & ~seeded
     # Only seed pixels next to unassigned foreground can spread, so the flood starts from them
     # alone: the same labels as flooding from every seed pixel, with far fewer heap entries
     # (seeds are most of the foreground).
-    front = (seeds > 0) & ndi.binary_dilation(unassigned)
+    front = seeded & ndi.binary_dilation(unassigned)
     grown = watershed(boundary - interior, markers=seeds * front, mask=unassigned | front)
-    labels = np.where(seeds > 0, seeds, grown)
+    labels = np.where(seeded, seeds, grown)
     return remove_small(labels, min_size)
 
 

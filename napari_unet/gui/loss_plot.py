@@ -48,13 +48,15 @@ class LossPlot(QWidget):
         self.losses.append(loss)
         if val_score is not None:
             self.add_validation(step, val_score)
-        if not self._timer.isActive():
-            self._timer.start()
+        self._schedule_redraw()
 
     def add_validation(self, step: int, score: float) -> None:
         """Record a validation score (step 0: the model before training)."""
         self.val_steps.append(step)
         self.val_scores.append(score)
+        self._schedule_redraw()
+
+    def _schedule_redraw(self) -> None:
         if not self._timer.isActive():
             self._timer.start()
 
