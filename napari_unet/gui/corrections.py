@@ -3,12 +3,14 @@
 What was corrected = where the layer now differs from the last prediction the plugin wrote
 into it. The known-mask of a corrected plane is the bounding boxes of the edits grown by a
 margin (so the model also sees the correct surroundings), or the whole plane when the user
-marked it fully checked. This module holds no Qt: the widget calls :meth:`update` on the
-layer's ``paint`` / ``set_data`` events and before training.
+marked it fully checked. This module holds no Qt: the widget calls :meth:`update` after the
+layer's ``paint`` / ``data`` / ``set_data`` events (deferred: napari emits ``paint`` before it
+writes the pixels) and before training.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,15 +73,34 @@ class CorrectionTracker:
         return np.ndindex(*shape)
 
     def planes_in_paint(self, atoms: Any) -> set[PlaneIndex] | None:
-        """Planes touched by a napari paint event's atoms, or None when they cannot be told."""
+        """Planes touched by a napari paint event's atoms, or None when they cannot be told.
+
+        An atom's first element locates the edit: a tuple with one entry per axis, either
+        index arrays (``Labels.data_setitem``) or slices (the bounding box of a brush, fill
+        or polygon edit in napari 0.9).
+        """
         positions = [i for i, a in enumerate(self.axes) if a not in "YX"]
         if not positions:
             return {()}
         try:
             planes: set[PlaneIndex] = set()
             for atom in atoms:
-                indices = atom[0]
-                stacked = np.stack([np.asarray(indices[p]).ravel() for p in positions], axis=1)
+                key = atom[0]
+                if len(key) != len(self.axes):
+                    return None
+                entries = [key[p] for p in positions]
+                if any(isinstance(entry, slice) for entry in entries):
+                    ranges = [
+                        range(*entry.indices(self.reference.shape[p]))
+                        if isinstance(entry, slice)
+                        else np.unique(np.asarray(entry)).tolist()
+                        for entry, p in zip(entries, positions, strict=True)
+                    ]
+                    planes.update(
+                        tuple(int(v) for v in index) for index in itertools.product(*ranges)
+                    )
+                    continue
+                stacked = np.stack([np.asarray(entry).ravel() for entry in entries], axis=1)
                 planes.update(tuple(int(v) for v in row) for row in np.unique(stacked, axis=0))
             return planes
         except (TypeError, IndexError, ValueError):
