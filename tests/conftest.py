@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -67,6 +69,15 @@ def plugin_dirs(tmp_path, monkeypatch, models_dir):
     return models_dir
 
 
+def small_settings(widget) -> None:
+    """The tiny model, small tiles, the CPU and a short schedule, for fast GUI tests."""
+    widget.segment.refresh_models(select="tiny")
+    widget.segment.tile_spin.setValue(128)
+    widget.segment.device_combo.setCurrentIndex(widget.segment.device_combo.findData("cpu"))
+    widget.finetune.steps_spin.setValue(6)
+    widget.finetune.patch_spin.setValue(64)
+
+
 @pytest.fixture
 def dock(make_napari_viewer, plugin_dirs):
     from napari_unet.gui.main_widget import UnetWidget
@@ -74,10 +85,22 @@ def dock(make_napari_viewer, plugin_dirs):
     viewer = make_napari_viewer()
     widget = UnetWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.segment.refresh_models(select="tiny")
-    widget.segment.tile_spin.setValue(128)
-    widget.segment.device_combo.setCurrentIndex(widget.segment.device_combo.findData("cpu"))
-    widget.finetune.steps_spin.setValue(6)
-    widget.finetune.patch_spin.setValue(64)
+    small_settings(widget)
+    yield viewer, widget
+    widget.close_workers()
+
+
+@pytest.fixture
+def docked(make_napari_viewer, plugin_dirs):
+    """The widget as a user docks it from the Plugins menu: it gets napari's viewer proxy."""
+    import yaml
+    from napari.utils._proxies import PublicOnlyProxy
+
+    manifest = Path(__file__).resolve().parents[1] / "napari_unet" / "napari.yaml"
+    (contribution,) = yaml.safe_load(manifest.read_text())["contributions"]["widgets"]
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", contribution["display_name"])
+    assert isinstance(widget.viewer, PublicOnlyProxy)
+    small_settings(widget)
     yield viewer, widget
     widget.close_workers()

@@ -21,6 +21,11 @@ def wait_idle(qtbot, panel, timeout=60_000):
     qtbot.waitUntil(lambda: panel.worker is None, timeout=timeout)
 
 
+def wait_corrected(qtbot, tracker, planes, timeout=2_000):
+    """The tracker reads an edit once napari has written it (the next turn of the event loop)."""
+    qtbot.waitUntil(lambda: tracker.corrected_planes() == planes, timeout=timeout)
+
+
 def test_manifest_python_names_import():
     import importlib
 
@@ -125,7 +130,7 @@ def test_segment_paint_track_and_save(qtbot, dock):
     labels.brush_size = 5
     labels.paint((1, 40, 40), 7)  # the layer's own paint API (as the brush does)
     tracker = widget.session.find(labels).tracker
-    assert tracker.corrected_planes() == [(1,)]
+    wait_corrected(qtbot, tracker, [(1,)])
     assert tracker.known_mask((1,))[40, 40] and not tracker.known_mask((1,))[0, 95]
     from napari_unet.core.dataset import TrainingSet
     from napari_unet.gui.session import training_root
@@ -138,7 +143,7 @@ def test_segment_paint_track_and_save(qtbot, dock):
     assert [r.index for r in saved.planes.values()] == [(1,)]
     # undo restores the prediction: the plane is no longer corrected
     labels.undo()
-    assert tracker.corrected_planes() == []
+    wait_corrected(qtbot, tracker, [])
     # re-running does not overwrite a corrected layer
     labels.paint((2, 10, 10), 9)
     widget.segment.run()
@@ -176,27 +181,44 @@ def test_cancel_writes_nothing_and_resets_the_panel(qtbot, dock):
 def test_saved_corrections_come_back_and_settings_persist(qtbot, dock):
     from napari_unet.gui.main_widget import UnetWidget
     from napari_unet.gui.session import training_root
+    from tests.conftest import small_settings
 
     viewer, widget = dock
     image = np.stack([disks((96, 96), seed=i)[0] for i in range(2)])
     labels = _segment(qtbot, viewer, widget, image, "ZYX")
+    prediction = np.array(labels.data)
     labels.brush_size = 5
     labels.paint((1, 40, 40), 7)
     qtbot.waitUntil(
         lambda: (training_root() / "instances" / "manifest.json").is_file(), timeout=10_000
     )
-    # segmenting the same image again (as after reopening it) puts the saved correction back
+    # a re-segmentation to compare models shows the model's own output, nothing pasted in
     widget.segment.run(new_layer=True)
     wait_idle(qtbot, widget.segment)
     again = viewer.layers["cells labels (tiny)"]
-    assert again.data[1, 40, 40] == 7
-    assert widget.session.find(again).tracker.corrected_planes() == [(1,)]
+    np.testing.assert_array_equal(again.data, prediction)
+    assert widget.session.find(again).tracker.corrected_planes() == []
+    assert widget.finetune.current_layer().name == "cells labels"  # corrections stay current
+    # segmenting the same image in a new session (as after reopening it) puts them back, as one
+    # undoable edit
+    other = UnetWidget(viewer)
+    small_settings(other)
+    other.segment.image_combo.setCurrentText("cells")
+    other.segment.run()
+    wait_idle(qtbot, other.segment)
+    restored = viewer.layers[-1]
+    assert restored.data[1, 40, 40] == 7
+    assert other.session.find(restored).tracker.corrected_planes() == [(1,)]
+    restored.undo()
+    np.testing.assert_array_equal(restored.data, prediction)
+    wait_corrected(qtbot, other.session.find(restored).tracker, [])
+    other.close_workers()
     # settings chosen in one widget are there in the next one
     widget.segment.tile_spin.setValue(256)
     widget.segment._save_settings()
-    other = UnetWidget(viewer)
-    assert other.segment.tile_spin.value() == 256
-    other.close_workers()
+    third = UnetWidget(viewer)
+    assert third.segment.tile_spin.value() == 256
+    third.close_workers()
 
 
 def test_finetune_creates_version_and_stop_keeps_a_model(qtbot, dock, plugin_dirs):

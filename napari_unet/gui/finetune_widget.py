@@ -20,12 +20,45 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet.gui.controls import button_row, collapsible_form, float_spin, form, int_spin
+from napari_unet.gui.layers import layer_key
 from napari_unet.gui.loss_plot import LossPlot
 from napari_unet.gui.segment_widget import model_names
-from napari_unet.gui.session import Session, collect_planes, samples_from_planes, save_planes
+from napari_unet.gui.session import (
+    Segmentation,
+    Session,
+    collect_planes,
+    samples_from_planes,
+    save_planes,
+)
 from napari_unet.gui.workers import start_worker
 
 SAVE_DELAY_MS = 2000  # corrections are saved this long after the last brush stroke
+
+
+def compatible_models(segmentation: Segmentation | None) -> list[str]:
+    """Models that can be fine-tuned on a segmentation's labels: same mode and class names.
+
+    All models when there is no segmentation. The model that made the segmentation is included
+    when the registry does not list it (a bundle chosen with Browse...) and its config agrees.
+    """
+    from napari_unet.core.registry import list_models
+
+    entries = list_models()
+    if segmentation is None:
+        return [entry.name for entry in entries]
+    wanted = (segmentation.mode, tuple(segmentation.class_names))
+    names = [entry.name for entry in entries if (entry.mode, entry.class_names) == wanted]
+    if segmentation.model and segmentation.model not in {entry.name for entry in entries}:
+        from napari_unet.core.bundle import read_bundle_config
+        from napari_unet.core.errors import UnetError
+
+        try:
+            config = read_bundle_config(segmentation.model)
+        except (UnetError, OSError):
+            return names
+        if (config["mode"], tuple(config["class_names"])) == wanted:
+            names.append(segmentation.model)
+    return names
 
 
 class FinetunePanel(QWidget):
@@ -33,6 +66,7 @@ class FinetunePanel(QWidget):
 
     trained = Signal(str, str)  # new model name, previous model name
     resegment_requested = Signal(str)  # model name
+    previous_kept = Signal(str)  # the base model the user kept instead of the new version
 
     def __init__(self, viewer: Any, session: Session, settings: QSettings) -> None:
         super().__init__()
@@ -44,8 +78,14 @@ class FinetunePanel(QWidget):
         self.stop_event = threading.Event()
         self.new_model: str | None = None
         self.previous_model: str | None = None
-        self._tracked: dict[int, Any] = {}
-        self._dirty: set[int] = set()
+        self._tracked: dict[str, Any] = {}  # by layer_key(): the same through napari's proxies
+        self._dirty: set[str] = set()
+        self._pending: dict[str, set[Any] | None] = {}  # planes to re-read per layer (None: all)
+        # per layer, the training set's planes of its image that came from it (saved from it or
+        # restored into it): only these may be dropped from the set when it no longer has them,
+        # so that a second layer of the same image (e.g. a re-segment to compare) never erases
+        # the corrections another layer holds
+        self._owned: dict[str, set[Any]] = {}
 
         self.labels_combo = QComboBox()
         self.base_combo = QComboBox()
@@ -103,13 +143,19 @@ class FinetunePanel(QWidget):
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(200)
         self._refresh_timer.timeout.connect(self.refresh_planes)
+        # napari emits a Labels layer's paint event before it writes the pixels (outside a brush
+        # stroke): the tracker reads them once the edit is done, at the next turn of the loop
+        self._update_timer = QTimer(self)
+        self._update_timer.setSingleShot(True)
+        self._update_timer.setInterval(0)
+        self._update_timer.timeout.connect(self._apply_edits)
         self._restore_settings()
         self.refresh_models()
         self.train_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.resegment_button.clicked.connect(self._resegment)
         self.keep_button.clicked.connect(self._keep_previous)
-        self.labels_combo.currentIndexChanged.connect(self.refresh_planes)
+        self.labels_combo.currentIndexChanged.connect(self._labels_changed)
         self.planes.itemChanged.connect(self._plane_ticked)
         viewer.layers.events.removed.connect(self._layer_removed)
 
@@ -134,12 +180,21 @@ class FinetunePanel(QWidget):
         s.setValue("finetune/augment", "true" if self.augment_check.isChecked() else "false")
 
     def refresh_models(self, select: str | None = None) -> None:
+        """List the base models compatible with the selected Labels layer; keep or set the choice.
+
+        A model of another kind (e.g. a semantic membrane model for a nuclei instance
+        segmentation) is not offered. When the wanted model is not compatible, the model that
+        made the segmentation is selected.
+        """
+        layer = self.current_layer()
+        segmentation = self.session.find(layer) if layer is not None else None
+        names = compatible_models(segmentation) if segmentation is not None else model_names()
         current = select or self.base_combo.currentText()
+        if current not in names and segmentation is not None:
+            current = segmentation.model if segmentation.model in names else ""
         self.base_combo.clear()
-        self.base_combo.addItems(model_names())
+        self.base_combo.addItems(names)
         if current:
-            if self.base_combo.findText(current) < 0:
-                self.base_combo.addItem(current)
             self.base_combo.setCurrentText(current)
 
     def settings_from_widgets(self) -> Any:
@@ -157,41 +212,82 @@ class FinetunePanel(QWidget):
 
     # ----- tracking corrections -------------------------------------------------------------
     def track(self, layer: Any) -> None:
-        """Start following a Labels layer the plugin wrote."""
+        """Start following a Labels layer the plugin wrote.
+
+        A plain segmentation becomes the current layer (its model the base model) and gets the
+        image's saved corrections back, unless another layer of this session already holds
+        them. A re-segmentation to compare models is listed but changes nothing else: its layer
+        shows the new model's own output, and the corrections stay in their layer.
+        """
         segmentation = self.session.find(layer)
         if segmentation is None:
             return
-        if id(layer) not in self._tracked:
-            self._tracked[id(layer)] = layer
-            layer.events.paint.connect(lambda event, lyr=layer: self._painted(lyr, event))
-            layer.events.set_data.connect(lambda event, lyr=layer: self._painted(lyr, None))
-        if self.labels_combo.findData(id(layer)) < 0:
-            self.labels_combo.addItem(layer.name, id(layer))
-        self.labels_combo.setCurrentIndex(self.labels_combo.findData(id(layer)))
+        key = layer_key(layer)
+        if key not in self._tracked:
+            self._tracked[key] = layer
+            events = layer.events
+            # paint: every edit through the Labels API (brush, fill, data_setitem, restored
+            # corrections); data: layer.data replaced; set_data: the layer was refreshed (also
+            # after undo / redo, which emit nothing else)
+            events.paint.connect(lambda event, k=key: self._edited(k, event.value))
+            events.data.connect(lambda event, k=key: self._edited(k, None))
+            events.set_data.connect(lambda event, k=key: self._edited(k, None))
+        if self.labels_combo.findData(key) < 0:
+            self.labels_combo.addItem(layer.name, key)
+        if segmentation.comparison and self.current_layer() is not None:
+            return
+        self.labels_combo.setCurrentIndex(self.labels_combo.findData(key))
         self.refresh_models(select=segmentation.model)
-        self.offer_saved(layer)
+        if not segmentation.comparison and not self.session.others_of_image(layer):
+            self.offer_saved(layer)
 
     def _layer_removed(self, event: Any) -> None:
-        layer = event.value
-        index = self.labels_combo.findData(id(layer))
+        key = layer_key(event.value)
+        if key in self._tracked:
+            self.save_corrections()  # copies the corrected planes now
+            self._tracked.pop(key)
+        self._pending.pop(key, None)
+        self._dirty.discard(key)
+        self._owned.pop(key, None)
+        self.session.forget(event.value)
+        index = self.labels_combo.findData(key)
         if index >= 0:
-            self.save_corrections()
             self.labels_combo.removeItem(index)
-            self._tracked.pop(id(layer), None)
 
     def current_layer(self) -> Any:
         return self._tracked.get(self.labels_combo.currentData())
 
-    def _painted(self, layer: Any, event: Any) -> None:
-        segmentation = self.session.find(layer)
+    def _labels_changed(self, *_: Any) -> None:
+        self.refresh_models()
+        self.refresh_planes()
+
+    def _edited(self, key: str, atoms: Any) -> None:
+        """A tracked layer changed (``atoms``: a paint event's, None when unknown)."""
+        layer = self._tracked.get(key)
+        segmentation = self.session.find(layer) if layer is not None else None
         if segmentation is None:
             return
-        planes = segmentation.tracker.planes_in_paint(event.value) if event is not None else None
-        segmentation.tracker.update(np.asarray(layer.data), planes)
-        self._dirty.add(id(layer))
-        if layer is self.current_layer():
-            self._refresh_timer.start()
-        self._save_timer.start()
+        planes = segmentation.tracker.planes_in_paint(atoms) if atoms is not None else None
+        if planes is None:
+            self._pending[key] = None
+        elif self._pending.get(key, set()) is not None:
+            self._pending.setdefault(key, set()).update(planes)
+        self._update_timer.start()
+
+    def _apply_edits(self) -> None:
+        """Re-read the edited planes of the tracked layers, now that napari wrote them."""
+        pending, self._pending = self._pending, {}
+        current = self.labels_combo.currentData()
+        for key, planes in pending.items():
+            layer = self._tracked.get(key)
+            segmentation = self.session.find(layer) if layer is not None else None
+            if segmentation is None:
+                continue
+            segmentation.tracker.update(np.asarray(layer.data), planes)
+            self._dirty.add(key)
+            if key == current:
+                self._refresh_timer.start()
+            self._save_timer.start()
 
     def refresh_planes(self, *_: Any) -> None:
         """List the corrected planes of the current layer and summarise the training set."""
@@ -268,7 +364,7 @@ class FinetunePanel(QWidget):
                 if item.checkState(2) == Qt.Checked
                 else tracker.fully_checked.discard
             )(index)
-        self._dirty.add(id(layer))
+        self._dirty.add(layer_key(layer))
         self._save_timer.start()
         QTimer.singleShot(0, self.refresh_planes)
 
@@ -278,17 +374,18 @@ class FinetunePanel(QWidget):
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_error
 
+        self._apply_edits()  # edits still waiting for the next turn of the loop
+        self._save_timer.stop()  # saving now
         jobs = []
-        for layer_id in sorted(self._dirty):
-            layer = self._tracked.get(layer_id)
+        for key in sorted(self._dirty):
+            layer = self._tracked.get(key)
             segmentation = self.session.find(layer) if layer is not None else None
             if segmentation is None:
                 continue
             planes = collect_planes(segmentation, layer.data)
-            training_set = self.session.training_set(segmentation)
-            saved = {r.index for r in training_set.planes_of(segmentation.image_key)}
-            stale = sorted(saved - {p[0] for p in planes})
-            jobs.append((training_set, segmentation, planes, stale))
+            stale = self._stale_planes(key, planes)
+            if planes or stale:
+                jobs.append((self.session.training_set(segmentation), segmentation, planes, stale))
         self._dirty.clear()
         if not jobs:
             return None
@@ -304,31 +401,55 @@ class FinetunePanel(QWidget):
         self.saver = worker
         return worker
 
+    def _stale_planes(self, key: str, planes: list[tuple[Any, ...]]) -> list[Any]:
+        """Planes this layer gave the training set that it no longer has as corrected."""
+        current = {p[0] for p in planes}
+        stale = sorted(self._owned.get(key, set()) - current)
+        self._owned[key] = current
+        return stale
+
     def offer_saved(self, layer: Any) -> None:
-        """If corrections of this image were saved before, put them back into the layer."""
+        """If corrections of this image were saved before, put them back into the layer.
+
+        Written through the layer's edit history as one step, so Ctrl+Z takes them out again.
+        """
         from napari.utils.notifications import show_info
 
         segmentation = self.session.find(layer)
+        tracker = segmentation.tracker
         training_set = self.session.training_set(segmentation)
         records = training_set.planes_of(segmentation.image_key)
         if not records:
             return
-        data = np.asarray(layer.data)
-        restored = 0
-        for record in records:
-            sample = training_set.load_plane(record)
-            where = segmentation.tracker.plane_slice(record.index)
-            if data[where].shape != sample.labels.shape:
-                continue
-            data[where] = np.where(sample.known, sample.labels, data[where])
-            if record.fully_checked:
-                segmentation.tracker.fully_checked.add(record.index)
-            restored += 1
+        restored = []
+        with layer.block_history():
+            for record in records:
+                sample = training_set.load_plane(record)
+                where = tracker.plane_slice(record.index)
+                plane = np.asarray(layer.data[where])
+                if plane.shape != sample.labels.shape:
+                    continue
+                rows, columns = np.nonzero(sample.known & (plane != sample.labels))
+                if rows.size:
+                    others = iter(record.index)
+                    indices = tuple(
+                        rows
+                        if a == "Y"
+                        else columns
+                        if a == "X"
+                        else np.full(rows.size, next(others), dtype=np.intp)
+                        for a in tracker.axes
+                    )
+                    layer.data_setitem(indices, sample.labels[rows, columns], refresh=False)
+                if record.fully_checked:
+                    tracker.fully_checked.add(record.index)
+                restored.append(record.index)
         if restored:
-            layer.data = data
-            segmentation.tracker.update(data)
+            layer.refresh()
+            tracker.update(np.asarray(layer.data))
+            self._owned[layer_key(layer)] = set(tracker.selected_planes()) & set(restored)
             show_info(
-                f"Restored your saved corrections of {restored} plane(s) of this image (undo with Ctrl+Z)."
+                f"Restored your saved corrections of {len(restored)} plane(s) of this image (undo with Ctrl+Z)."
             )
             self.refresh_planes()
 
@@ -355,11 +476,16 @@ class FinetunePanel(QWidget):
             return None
         self.refresh_planes()
         base_name = self.base_combo.currentText()
+        if not base_name:
+            show_error(
+                f"No base model fits these labels ({segmentation.mode}, classes "
+                f"{', '.join(segmentation.class_names)}): segment with a model of that kind first."
+            )
+            return None
         settings = self.settings_from_widgets()
         self._save_settings()
         training_set = self.session.training_set(segmentation)
-        saved = {r.index for r in training_set.planes_of(segmentation.image_key)}
-        stale = sorted(saved - {p[0] for p in planes})
+        stale = self._stale_planes(layer_key(layer), planes)
         self.stop_event = threading.Event()
         stop = self.stop_event
         source = segmentation.source
@@ -447,6 +573,7 @@ class FinetunePanel(QWidget):
             self.resegment_requested.emit(self.new_model)
 
     def _keep_previous(self) -> None:
+        """Go back to the base model: here, in the Segment panel and in the remembered settings."""
         from napari.utils.notifications import show_info
 
         if self.previous_model:
@@ -454,6 +581,6 @@ class FinetunePanel(QWidget):
             show_info(
                 f"Keeping {self.previous_model}; {self.new_model} stays on disk for later comparison."
             )
-            self.trained.emit(self.previous_model, self.previous_model)
+            self.previous_kept.emit(self.previous_model)
         for button in (self.resegment_button, self.keep_button):
             button.setEnabled(False)

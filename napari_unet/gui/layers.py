@@ -79,3 +79,13 @@ def layer_axes(layer: Any) -> str | None:
     if ndim == 2:
         return "YX"
     return None
+
+
+def layer_key(layer: Any) -> str:
+    """A stable key for a napari layer, the same through napari's ``PublicOnlyProxy``.
+
+    A widget docked from the Plugins menu gets the viewer wrapped in a proxy, and every layer
+    reached through it is a new proxy object each time, so ``id()`` and ``is`` cannot tell two
+    handles of one layer apart; the layer's ``unique_id`` can.
+    """
+    return str(layer.unique_id)

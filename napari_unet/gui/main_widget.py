@@ -44,6 +44,7 @@ class UnetWidget(QWidget):
         self.segment.segmented.connect(self.finetune.track)
         self.finetune.trained.connect(self._trained)
         self.finetune.resegment_requested.connect(self._resegment)
+        self.finetune.previous_kept.connect(self.segment.select_model)
         napari_viewer.dims.events.current_step.connect(self._dims_changed)
         self.destroyed.connect(self._stop_workers_of(self.segment, self.finetune))
         app = QApplication.instance()
@@ -58,6 +59,14 @@ class UnetWidget(QWidget):
         self.segment.refresh_models()
 
     def _resegment(self, model: str) -> None:
+        """Segment the fine-tuned layer's image with the new model, into a layer of its own."""
+        layer = self.finetune.current_layer()
+        segmentation = self.session.find(layer) if layer is not None else None
+        if (
+            segmentation is not None
+            and self.segment.image_combo.findText(segmentation.image_name) >= 0
+        ):
+            self.segment.image_combo.setCurrentText(segmentation.image_name)
         self.segment.refresh_models(select=model)
         self.tabs.setCurrentWidget(self.segment)
         self.segment.run(model=model, new_layer=True)

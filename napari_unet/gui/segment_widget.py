@@ -177,6 +177,11 @@ class SegmentPanel(QWidget):
         else:
             self.model_combo.setCurrentIndex(0)
 
+    def select_model(self, name: str) -> None:
+        """Select a model and remember it for the next session."""
+        self.refresh_models(select=name)
+        self.settings.setValue("segment/model", self.model)
+
     @property
     def model(self) -> str:
         return str(self.model_combo.currentData() or "")
@@ -258,7 +263,11 @@ class SegmentPanel(QWidget):
 
     # ----- running -------------------------------------------------------------------------
     def run(self, *, model: str | None = None, new_layer: bool = False) -> Any:
-        """Segment the selected image in a worker. Returns the worker, or None on bad input."""
+        """Segment the selected image in a worker. Returns the worker, or None on bad input.
+
+        ``new_layer``: a re-segmentation to compare models. The result goes to a new layer of
+        its own, holding the model's output only (saved corrections are not put back into it).
+        """
         from napari.utils.notifications import show_error, show_warning
 
         from napari_unet.core.errors import InputError
@@ -411,6 +420,7 @@ class SegmentPanel(QWidget):
                 channel=job["options"].channel,
                 tracker=tracker,
                 source=str((image.metadata.get(METADATA_KEY) or {}).get("path") or image.name),
+                comparison=job["new_layer"],
             ),
         )
         return labels_layer

@@ -17,6 +17,7 @@ from napari_unet.core.dataset import TrainingSet, image_fingerprint
 from napari_unet.core.preprocess import iter_planes, labels_axes_of
 from napari_unet.core.training import TrainingSample
 from napari_unet.gui.corrections import CorrectionTracker, PlaneIndex
+from napari_unet.gui.layers import layer_key
 
 
 def training_root() -> Path:
@@ -43,6 +44,7 @@ class Segmentation:
     tracker: CorrectionTracker
     image_key: str = ""
     source: str = ""
+    comparison: bool = False  # a re-segment to compare models: saved corrections stay out
 
     def __post_init__(self) -> None:
         if not self.image_key:
@@ -64,16 +66,31 @@ class Segmentation:
 class Session:
     """Everything the two panels share."""
 
-    segmentations: dict[int, Segmentation] = field(default_factory=dict)  # by id(labels layer)
+    segmentations: dict[str, Segmentation] = field(default_factory=dict)  # by layer_key()
 
     def register(self, layer: Any, segmentation: Segmentation) -> None:
-        self.segmentations[id(layer)] = segmentation
+        self.segmentations[layer_key(layer)] = segmentation
 
     def forget(self, layer: Any) -> None:
-        self.segmentations.pop(id(layer), None)
+        self.segmentations.pop(layer_key(layer), None)
 
     def find(self, layer: Any) -> Segmentation | None:
-        return self.segmentations.get(id(layer))
+        return self.segmentations.get(layer_key(layer))
+
+    def others_of_image(self, layer: Any) -> list[Segmentation]:
+        """Other layers' segmentations of the same image for the same training set."""
+        segmentation = self.find(layer)
+        if segmentation is None:
+            return []
+        key = layer_key(layer)
+        return [
+            other
+            for other_key, other in self.segmentations.items()
+            if other_key != key
+            and other.image_key == segmentation.image_key
+            and other.mode == segmentation.mode
+            and other.class_names == segmentation.class_names
+        ]
 
     def training_set(self, segmentation: Segmentation) -> TrainingSet:
         """The training set for this model family (mode + class names), opened or created."""
