@@ -173,7 +173,9 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
     from napari_unet.core.inference import PredictOptions, predict
     from napari_unet.core.io import read_image
     from napari_unet.core.metrics import instance_scores
-    from napari_unet.core.training import TrainingSample, TrainSettings, iter_finetune
+    from napari_unet.core.options import TrainSettings
+    from napari_unet.core.samples import TrainingSample
+    from napari_unet.core.training import iter_finetune
 
     frames = sorted(p.stem for p in (DATA / "ctc_hela" / "images").glob("*.tif"))
     images = {f: read_image(DATA / "ctc_hela" / "images" / f"{f}.tif").data for f in frames}

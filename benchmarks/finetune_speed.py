@@ -32,7 +32,7 @@ PLATEAU_TOLERANCE = 0.005
 def load_slices(data: Path) -> list:
     """Two 512 x 512 crops (top-left corner) of real HeLa frames with their labels."""
     from napari_unet.core.io import read_image
-    from napari_unet.core.training import TrainingSample
+    from napari_unet.core.samples import TrainingSample
 
     folder = data / "ctc_hela"
     if not (folder / "images").is_dir():
@@ -51,7 +51,8 @@ def run_once(
     """One fine-tune with the default schedule (or its first ``steps``); timings and scores."""
     from napari_unet.core.bundle import load_bundle
     from napari_unet.core.generators import run_to_end
-    from napari_unet.core.training import TrainSettings, iter_finetune
+    from napari_unet.core.options import TrainSettings
+    from napari_unet.core.training import iter_finetune
 
     settings = TrainSettings(device=device, precision=precision)
     if steps is not None:
@@ -94,7 +95,7 @@ def main() -> None:
     from machine import device_name
 
     from napari_unet.core.devices import resolve_compute
-    from napari_unet.core.training import TrainSettings
+    from napari_unet.core.options import TrainSettings
 
     samples = load_slices(args.data)
     fast = resolve_compute(args.device, "auto")

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_unet.core.options import PredictOptions
+from napari_unet.core.options import PredictOptions, TrainSettings
 
 DEFAULT_MODEL = "nuclei"
 PREDICT_DEFAULTS = PredictOptions()
+TRAIN_DEFAULTS = TrainSettings()
 EXIT_ERROR = 1
 EXIT_BUG = 2  # an unexpected exception: a bug to report
 
@@ -135,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask",
         action=_PairAction,
         metavar="MASK",
-        help="optional: nonzero where the labels are known",
+        help="optional: nonzero where a person drew or checked the labels; when fine-tuning, "
+        "labels outside it are read as the model's prediction the person left as it was "
+        "(trained on with a lower weight); from scratch they are ignored",
     )
     t.add_argument(
         "--dataset", metavar="DIR", help="a training-set folder saved by the napari plugin"
@@ -164,17 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--learning-rate", type=float, help="default 1e-4 (fine-tuning) or 2e-3 (from scratch)"
     )
-    t.add_argument("--patch-size", type=int, default=256, metavar="N")
-    t.add_argument("--batch-size", type=int, default=4, metavar="N")
+    t.add_argument("--patch-size", type=int, default=TRAIN_DEFAULTS.patch_size, metavar="N")
+    t.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size, metavar="N")
     t.add_argument(
         "--val-fraction",
         type=float,
-        default=0.2,
+        default=TRAIN_DEFAULTS.val_fraction,
         metavar="F",
-        help="share of the labelled planes (or pixels) held out for validation (default 0.2)",
+        help="share of the labelled planes (or pixels) held out to compare the new model with "
+        f"the base (default {TRAIN_DEFAULTS.val_fraction})",
     )
     t.add_argument(
-        "--val-every", type=int, default=25, metavar="N", help="validate every N steps (default 25)"
+        "--val-every",
+        type=int,
+        default=TRAIN_DEFAULTS.val_every,
+        metavar="N",
+        help=f"score the held-out labels every N steps (default {TRAIN_DEFAULTS.val_every})",
     )
     t.add_argument(
         "--border-weights",
@@ -336,7 +344,7 @@ def collect_samples(args: argparse.Namespace) -> list[Any]:
     from napari_unet.core.errors import InputError
     from napari_unet.core.io import read_image
     from napari_unet.core.preprocess import iter_planes, labels_axes_of
-    from napari_unet.core.training import TrainingSample
+    from napari_unet.core.samples import TrainingSample
 
     pairs = getattr(args, "pairs", None) or []
     if args.dataset and pairs:
@@ -400,7 +408,8 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_unet.core.bundle import bundle_from_config, load_bundle, new_config, save_bundle
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
-    from napari_unet.core.training import TrainSettings, TrainStep, iter_finetune, median_diameter
+    from napari_unet.core.options import TrainSettings
+    from napari_unet.core.training import TrainStep, iter_finetune, median_diameter
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:
@@ -432,6 +441,9 @@ def run_train(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         steps=args.steps or defaults.steps,
         learning_rate=learning_rate,
+        # fine-tuning reads labels outside a mask as the base model's accepted prediction;
+        # from scratch there is no such prediction, so they are ignored
+        context_weight=0.0 if args.from_scratch else defaults.context_weight,
         patch_size=args.patch_size,
         batch_size=args.batch_size,
         val_fraction=args.val_fraction,
@@ -445,20 +457,22 @@ def run_train(args: argparse.Namespace) -> int:
     generator = iter_finetune(base, samples, settings)
     with tqdm(total=settings.steps, desc="training", unit="step", file=sys.stderr) as bar:
 
-        def show(step: TrainStep) -> None:
+        def show(item: Any) -> None:
+            if not isinstance(item, TrainStep):
+                bar.set_postfix_str(item.text)
+                return
             bar.update(1)
-            postfix = f"loss {step.loss:.4f}"
-            if step.best_score is not None:
-                postfix += f" val {step.best_score:.3f}"
+            postfix = f"loss {item.loss:.4f}"
+            if item.val_score is not None:
+                postfix += f" held-out {item.val_score:.3f}"
             bar.set_postfix_str(postfix)
 
         result = run_to_end(generator, show)
     save_bundle(result.bundle, output, overwrite=args.overwrite, half=args.half)
-    before = "n/a" if result.initial_score is None else f"{result.initial_score:.3f}"
-    after = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
-    print(
-        f"saved {output}: {len(samples)} planes, {len(result.history)} steps, validation score {before} -> {after} ({result.reason})"
-    )
+    print(f"saved {output}: {len(samples)} planes, {len(result.history)} steps ({result.reason})")
+    if result.comparison is not None:
+        start = base.name if base.path else "the untrained start"
+        print(result.comparison.describe(start, output.stem))
     return 0
 
 

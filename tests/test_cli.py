@@ -112,7 +112,7 @@ def test_train_evaluate_models_info(tmp_path, models_dir, capsys):
         str(out),
     ]
     assert main(args) == 0
-    assert "validation score" in capsys.readouterr().out
+    assert "AP@0.5 the untrained start 0.00 -> disks" in capsys.readouterr().out
     assert main(args) == 1  # exists
     assert main(["models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)

@@ -17,13 +17,15 @@ from napari_unet.core.bundle import load_bundle, save_bundle
 from napari_unet.core.dataset import TrainingSet
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import PredictOptions, predict
+from napari_unet.core.options import TrainSettings
 from napari_unet.core.registry import list_models
-from napari_unet.core.training import TrainingSample, TrainSettings, iter_finetune
+from napari_unet.core.samples import TrainingSample
+from napari_unet.core.training import iter_finetune
 from tests.conftest import tiny_bundle
 from tests.synthetic import disks
 
 SETTINGS = TrainSettings(
-    steps=16, patch_size=32, batch_size=2, val_every=4, learning_rate=3e-3, device="cpu"
+    steps=16, patch_size=32, batch_size=2, val_fraction=0.0, learning_rate=3e-3, device="cpu"
 )
 
 
@@ -34,7 +36,9 @@ def test_stop_at_twenty_random_steps_leaves_a_working_model(tmp_path):
     for number, stop_at in enumerate(stops):
         event = threading.Event()
         generator = iter_finetune(tiny_bundle(), samples, SETTINGS, stop=event)
-        result = run_to_end(generator, lambda step, k=stop_at, e=event: k == step.step and e.set())
+        result = run_to_end(
+            generator, lambda item, k=stop_at, e=event: getattr(item, "step", 0) == k and e.set()
+        )
         assert len(result.history) == stop_at
         assert result.stopped == (stop_at < SETTINGS.steps)
         path = save_bundle(result.bundle, tmp_path / f"stopped{number}.safetensors")

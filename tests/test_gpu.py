@@ -13,7 +13,9 @@ import torch
 from napari_unet.core.bundle import load_bundle
 from napari_unet.core.inference import PredictOptions, predict
 from napari_unet.core.metrics import instance_scores
-from napari_unet.core.training import TrainingSample, TrainSettings, iter_finetune
+from napari_unet.core.options import TrainSettings
+from napari_unet.core.samples import TrainingSample
+from napari_unet.core.training import iter_finetune
 from tests.synthetic import disks
 
 pytestmark = [

@@ -2,13 +2,17 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from napari_unet.core import training
-from napari_unet.core.bundle import load_bundle, save_bundle
+from napari_unet.core.bundle import clone_bundle, load_bundle, save_bundle
 from napari_unet.core.errors import TrainingDataError
+from napari_unet.core.heldout import held_out_regions
 from napari_unet.core.inference import PredictOptions, predict
+from napari_unet.core.options import TrainSettings
+from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import IGNORE, border_weights, instance_classes, training_target
-from napari_unet.core.training import TrainingSample, TrainSettings, iter_finetune
+from napari_unet.core.training import TrainStatus, TrainStep, iter_finetune
 from tests.conftest import tiny_bundle
 from tests.synthetic import disks
 
@@ -18,53 +22,110 @@ QUICK = TrainSettings(
 
 
 def run(generator, send_at=None):
+    """Drive a fine-tune; returns its TrainSteps (statuses dropped) and its result."""
     steps = []
     value = None
     while True:
         try:
-            step = generator.send(value)
+            item = generator.send(value)
         except StopIteration as finished:
             return steps, finished.value
-        steps.append(step)
-        value = "stop" if send_at is not None and step.step == send_at else None
+        value = None
+        if isinstance(item, TrainStep):
+            steps.append(item)
+            value = "stop" if send_at is not None and item.step == send_at else None
 
 
 def samples(n=3, seed=0):
     return [TrainingSample(*disks((96, 96), seed=seed + i), source=f"disks{i}") for i in range(n)]
 
 
-def test_training_learns_disks(tmp_path):
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny model trained from scratch on disks: (its steps, its result)."""
     settings = TrainSettings(
-        steps=60, patch_size=64, batch_size=4, val_every=20, learning_rate=5e-3, device="cpu"
+        steps=100, patch_size=64, batch_size=4, val_every=50, learning_rate=5e-3, device="cpu"
     )
-    steps, result = run(iter_finetune(tiny_bundle(), samples(4), settings))
-    assert [s.step for s in steps] == list(range(1, 61))
+    return run(iter_finetune(tiny_bundle(), samples(4), settings))
+
+
+def test_training_learns_disks(tmp_path, trained):
+    steps, result = trained
+    assert [s.step for s in steps] == list(range(1, 101))
     assert not result.stopped and result.reason == "finished"
-    assert result.best_score > result.initial_score + 0.2
+    comparison = result.comparison
+    assert comparison.new_score > comparison.base_score + 0.2
+    assert comparison.verdict == "better" and steps[0].initial_score == comparison.base_score
     first = np.mean([s.loss for s in steps[:5]])
     last = np.mean([s.loss for s in steps[-5:]])
     assert last < first
     path = save_bundle(result.bundle, tmp_path / "m.safetensors")
     loaded = load_bundle(path)
     history = loaded.config["training"]["history"][-1]
-    assert history["best_val_score"] == pytest.approx(result.best_score)
+    assert history["comparison"]["new_score"] == pytest.approx(comparison.new_score)
+    assert history["comparison"]["verdict"] == "better"
     assert history["samples"] == ["disks0", "disks1", "disks2", "disks3"]
     image, _ = disks((96, 96), seed=99)
     assert predict(image, loaded, PredictOptions(device="cpu")).labels.max() > 0
 
 
-def test_no_improvement_keeps_the_base_weights_and_says_so(monkeypatch):
-    scores = iter([0.9, 0.5, 0.6, 0.4])  # the base model, then every validation: all worse
-    monkeypatch.setattr(training, "validation_score", lambda *args: next(scores))
-    base = tiny_bundle()
-    steps, result = run(iter_finetune(base, samples(3), QUICK))
-    assert steps[0].initial_score == 0.9
-    assert result.best_step == 0 and result.best_score == 0.9
-    assert result.reason.startswith("finished; no step beat the base model")
-    for kept, original in zip(
-        result.bundle.network.state_dict().values(), base.network.state_dict().values(), strict=True
-    ):
-        np.testing.assert_array_equal(kept.numpy(), original.numpy())
+def test_a_deliberately_worse_version_is_ranked_worse(trained):
+    """The held-out comparison ranks a damaged copy of a good model below the model."""
+    good = trained[1].bundle
+    worse = clone_bundle(good)
+    with torch.no_grad():
+        for parameter in worse.network.parameters():
+            parameter.add_(torch.randn_like(parameter) * parameter.std() * 0.7)
+    image, labels = disks((160, 160), n=20, seed=42)
+    known = np.zeros(labels.shape, bool)
+    known[:, 80:] = True
+    validation = training._Validation(
+        [TrainingSample(image, labels, known)],
+        held_out_regions([labels.shape], [known], 0.5, np.random.default_rng(0)),
+        good.config,
+        TrainSettings(device="cpu"),
+    )
+    validation.base_labels = validation.predict(good.network)
+    comparison = validation.compare(validation.predict(worse.network))
+    assert comparison.new_score < comparison.base_score
+    assert comparison.verdict in ("not better", "too few")
+
+
+def test_context_outside_the_known_mask_is_down_weighted():
+    image, labels = disks((64, 64))
+    known = np.zeros(labels.shape, bool)
+    known[:32] = True
+    sample = TrainingSample(image, labels, known)
+    config = tiny_bundle().config
+    prepared = training.prepare_sample(sample, config, TrainSettings(context_weight=0.25))
+    assert (prepared.weights[:32] == 1.0).all() and (prepared.weights[32:] == 0.25).all()
+    assert (prepared.target != IGNORE).all()
+    ignored = training.prepare_sample(sample, config, TrainSettings(context_weight=0.0))
+    assert (ignored.target[32:] == IGNORE).all() and (ignored.target[:32] != IGNORE).all()
+
+
+def test_samples_added_during_training_join_it():
+    extra = TrainingSample(*disks((96, 96), seed=7), source="extra")
+    offered = [[], [], [extra]]
+
+    def more():
+        return offered.pop(0) if offered else []
+
+    steps, result = run(iter_finetune(tiny_bundle(), samples(1), QUICK, more_samples=more))
+    assert len(steps) == QUICK.steps
+    assert result.bundle.config["training"]["history"][-1]["samples"] == ["disks0", "extra"]
+
+
+def test_statuses_come_before_the_first_step_and_after_the_last():
+    items = []
+    generator = iter_finetune(tiny_bundle(), samples(3), QUICK)
+    while True:
+        try:
+            items.append(next(generator))
+        except StopIteration:
+            break
+    assert isinstance(items[0], TrainStatus) and isinstance(items[-1], TrainStatus)
+    assert [i.step for i in items if isinstance(i, TrainStep)] == list(range(1, QUICK.steps + 1))
 
 
 def test_training_is_deterministic():
@@ -80,12 +141,14 @@ def test_stop_returns_complete_model(tmp_path, stop_at):
     steps = []
     while True:
         try:
-            steps.append(next(generator))
+            item = next(generator)
         except StopIteration as finished:
             result = finished.value
             break
-        if steps[-1].step == stop_at:
-            event.set()
+        if isinstance(item, TrainStep):
+            steps.append(item)
+            if item.step == stop_at:
+                event.set()
     assert len(steps) == stop_at and result.stopped and "user" in result.reason
     path = save_bundle(result.bundle, tmp_path / "s.safetensors")
     assert predict(
@@ -177,7 +240,7 @@ def test_semantic_training_and_valid_padding():
     steps, result = run(
         iter_finetune(bundle, [TrainingSample(image, (labels > 0).astype(np.uint8))], QUICK)
     )
-    assert result.best_score is not None and len(steps) == QUICK.steps
+    assert result.comparison.metric == "mean IoU" and len(steps) == QUICK.steps
 
 
 def test_border_weights_emphasise_gaps():

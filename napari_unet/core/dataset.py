@@ -24,8 +24,8 @@ import numpy as np
 
 from napari_unet.core.atomic import atomic_write_bytes, atomic_write_text
 from napari_unet.core.errors import TrainingDataError
+from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import check_labels
-from napari_unet.core.training import TrainingSample
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -1,8 +1,13 @@
-"""Settings of a prediction, importable without torch (the CLI's and GUI's defaults)."""
+"""Settings of a prediction and of a training run, importable without torch.
+
+The CLI's and the GUI's defaults come from here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from napari_unet.core.augment import AugmentSettings
 
 
 @dataclass(frozen=True)
@@ -58,3 +63,34 @@ class PredictOptions:
     post_workers: int | None = None
     device: str = "auto"
     precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training schedule and options. The defaults are the GUI's one-click fine-tune.
+
+    ``context_weight`` is the loss weight of the pixels outside a sample's known-mask: there
+    the labels are what the base model predicted and the person left as it was, so they teach
+    the network what it should keep doing (0 ignores them, as when training from scratch on
+    partial labels). ``anchor_weight`` pulls the weights towards the base model's (L2-SP:
+    ``anchor_weight * sum((w - w_base) ** 2)``), so a few corrections cannot drag the network
+    far from what it knew.
+    """
+
+    steps: int = 150
+    learning_rate: float = 1e-4  # at most the base's final rate: fresh Adam moments overshoot
+    patch_size: int = 256
+    batch_size: int = 4
+    val_fraction: float = 0.25
+    val_every: int = 25
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    border_weights: bool = False
+    dice: bool = False
+    optimizer: str = "adamw"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channel: int | None = None
+    annotated_fraction: float = 0.9  # share of patches centred on known pixels
+    context_weight: float = 0.3
+    anchor_weight: float = 0.0

@@ -1,9 +1,17 @@
 """Fine-tune (or train from scratch) a model bundle on labelled planes.
 
 :func:`iter_finetune` is a generator that yields a :class:`TrainStep` after every optimiser
-step and returns a :class:`TrainResult` holding a complete bundle with the best weights.
-Stopping is cooperative: set the ``stop`` event, or send ``"stop"`` into the generator, and
-it returns the best-so-far result at the next step.
+step and returns a :class:`TrainResult` holding a complete bundle, compared with the base
+model on held-out labels (:mod:`napari_unet.core.heldout`). Stopping is cooperative: set the
+``stop`` event, or send ``"stop"`` into the generator, and it returns the result so far.
+
+Fine-tuning on a few corrections must not make a model worse elsewhere. Training only on the
+corrected regions tells the network nothing about the untouched background, and it learns to
+fire everywhere; so the labels the person left as predicted are trained on too, with a lower
+weight (``context_weight``), and the weights are pulled towards the base model's (L2-SP,
+``anchor_weight``).
+
+Inside napari, run it through :mod:`napari_unet.core.training_process` (a child process).
 """
 
 from __future__ import annotations
@@ -13,87 +21,58 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_unet.core.augment import AugmentSettings, augment
+from napari_unet.core.augment import augment
 from napari_unet.core.bundle import Bundle, clone_bundle, network_state
 from napari_unet.core.devices import Compute, resolve_compute, usable_cores
 from napari_unet.core.errors import EngineError, TrainingDataError
-from napari_unet.core.generators import run_to_end
-from napari_unet.core.inference import NetworkPredictor
-from napari_unet.core.metrics import class_iou
+from napari_unet.core.heldout import (
+    HeldOut,
+    VersionComparison,
+    compare_classes,
+    compare_instances,
+    held_out_regions,
+)
+from napari_unet.core.inference import predict
+from napari_unet.core.options import PredictOptions, TrainSettings
 from napari_unet.core.preprocess import prepare_plane
+from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import IGNORE, border_weights, check_labels, training_target
-from napari_unet.core.tiling import iter_predict_plane, plan_axis
 
 OPTIMIZERS = ("adamw", "sgd")
 MAX_BAD_STEPS = 5
-_CONTEXT = 32  # pixels of context around validation regions
+_HOLD_OUT_MARGIN = 16  # pixels around a held-out region that are not trained on either
 
 
 @dataclass(frozen=True)
-class TrainingSample:
-    """One labelled plane.
+class TrainStatus:
+    """A phase of a training job without optimiser steps (start-up, scoring), for display."""
 
-    Attributes
-    ----------
-    image : ndarray
-        Raw pixels with axes ``plane_axes`` (``"YX"``, optionally followed by C and/or S).
-    labels : ndarray of shape (Y, X)
-        Instance ids or class indices.
-    known : ndarray of shape (Y, X) or None
-        Nonzero where ``labels`` are trusted; None = everywhere.
-    plane_axes : str
-    source : str
-        Where it came from (file and plane), recorded in the model's provenance.
-    """
-
-    image: np.ndarray
-    labels: np.ndarray
-    known: np.ndarray | None = None
-    plane_axes: str = "YX"
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Training schedule and options. The defaults are the GUI's one-click schedule."""
-
-    steps: int = 150
-    learning_rate: float = 1e-4  # at most the base's final rate: fresh Adam moments overshoot
-    patch_size: int = 256
-    batch_size: int = 4
-    val_fraction: float = 0.2
-    val_every: int = 25
-    augment: AugmentSettings = field(default_factory=AugmentSettings)
-    border_weights: bool = False
-    dice: bool = False
-    optimizer: str = "adamw"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    channel: int | None = None
-    annotated_fraction: float = 0.9  # share of patches centred on known pixels
+    text: str
 
 
 @dataclass(frozen=True)
 class TrainStep:
-    """Progress of training after one optimiser step."""
+    """Progress of training after one optimiser step.
+
+    ``val_score`` (at validation steps) and ``initial_score`` (the base model's) are the
+    held-out score of :class:`~napari_unet.core.heldout.VersionComparison`.
+    """
 
     step: int
     total: int
     loss: float
     val_score: float | None
-    best_score: float | None
     elapsed: float
     skipped: bool = False
-    initial_score: float | None = None  # the base model's validation score, before step 1
+    initial_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,140 +82,83 @@ class TrainResult:
     Attributes
     ----------
     bundle : Bundle
-        The trained model with the best weights (not yet saved).
+        The trained model with its final weights (not yet saved).
     history : list of dict
         One record per step: ``step``, ``loss``, ``val_score`` (or None).
     stopped : bool
         True when the run ended before its last step (user stop or failure).
     reason : str
         Why it ended.
-    initial_score, best_score : float or None
-        Validation score (mean IoU of the non-background classes on held-out labelled
-        pixels) before training and at the kept weights.
-    best_step : int
+    comparison : VersionComparison or None
+        The base model against the new weights on the held-out labels (None when nothing
+        was held out).
     """
 
     bundle: Bundle
     history: list[dict[str, Any]]
     stopped: bool
     reason: str
-    initial_score: float | None
-    best_score: float | None
-    best_step: int
+    comparison: VersionComparison | None
 
 
 @dataclass
 class _Prepared:
     x: np.ndarray  # (C, Y, X) float32, normalised
-    target: np.ndarray  # (Y, X) int64 with IGNORE
-    weights: np.ndarray | None
-    known_index: np.ndarray  # flat indices of trainable pixels
+    target: np.ndarray  # (Y, X) int64, IGNORE where the weight is 0
+    weights: np.ndarray  # (Y, X) float32 loss weight per pixel
+    known_index: np.ndarray  # flat indices of person-labelled pixels (patch centres)
 
 
-def prepare_samples(
-    samples: Sequence[TrainingSample], config: dict[str, Any], settings: TrainSettings
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Normalise images and build targets for a list of samples (checked)."""
-    if not samples:
+def prepare_sample(
+    sample: TrainingSample, config: dict[str, Any], settings: TrainSettings
+) -> _Prepared:
+    """Normalise one sample's image and build its target and per-pixel loss weights."""
+    labels = np.asarray(sample.labels)
+    if labels.ndim != 2:
         raise TrainingDataError(
-            "the training set is empty: label or correct at least one plane first"
+            f"labels must be one plane (Y, X), got shape {labels.shape} ({sample.source})"
         )
     mode = config["mode"]
-    n_classes = len(config["class_names"])
-    prepared = []
-    for sample in samples:
-        labels = np.asarray(sample.labels)
-        if labels.ndim != 2:
-            raise TrainingDataError(
-                f"labels must be one plane (Y, X), got shape {labels.shape} ({sample.source})"
-            )
-        check_labels(labels, mode, n_classes)
-        labels = labels.astype(np.int64)
-        x = prepare_plane(sample.image, sample.plane_axes, config, settings.channel)
-        if x.shape[1:] != labels.shape:
-            raise TrainingDataError(
-                f"labels of shape {labels.shape} do not match the image plane {x.shape[1:]} ({sample.source})"
-            )
-        target = training_target(labels, sample.known, mode)
-        weights = (
-            border_weights(labels) if settings.border_weights and mode == "instances" else None
+    check_labels(labels, mode, len(config["class_names"]))
+    labels = labels.astype(np.int64)
+    x = prepare_plane(sample.image, sample.plane_axes, config, settings.channel)
+    if x.shape[1:] != labels.shape:
+        raise TrainingDataError(
+            f"labels of shape {labels.shape} do not match the image plane {x.shape[1:]} ({sample.source})"
         )
-        prepared.append((x, target, weights))
-    if all((t == IGNORE).all() for _, t, _ in prepared):
-        raise TrainingDataError("no labelled pixels: every known-mask is empty")
-    return prepared
+    target = training_target(labels, None, mode)
+    if sample.known is None:
+        known = np.ones(labels.shape, bool)
+    else:
+        if sample.known.shape != labels.shape:
+            raise TrainingDataError(
+                f"the known-mask shape {sample.known.shape} differs from the labels' {labels.shape}"
+            )
+        known = np.asarray(sample.known) != 0
+    weights = np.where(known, 1.0, settings.context_weight).astype(np.float32)
+    if settings.border_weights and mode == "instances":
+        weights *= border_weights(labels)
+    target[weights == 0] = IGNORE
+    return _Prepared(x, target, weights, np.flatnonzero(known))
 
 
-def split_validation(
-    prepared: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-    fraction: float,
-    rng: np.random.Generator,
-) -> tuple[
-    list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], list[tuple[np.ndarray, np.ndarray]]
-]:
-    """Hold out whole planes (3 or more planes) or a strip of each plane's known region.
+def _hold_out(item: _Prepared, region: np.ndarray) -> _Prepared:
+    """The item with ``region`` (grown by a margin against leaks) removed from training."""
+    from scipy import ndimage as ndi
 
-    Returns the training items (with held-out pixels ignored) and the validation items as
-    ``(image crop, target crop)`` with context around the held-out pixels.
-    """
-    if fraction <= 0:
-        return prepared, []
-    if len(prepared) >= 3:
-        n_val = max(1, int(round(fraction * len(prepared))))
-        order = rng.permutation(len(prepared))
-        val_ids = set(order[:n_val].tolist())
-        train = [p for i, p in enumerate(prepared) if i not in val_ids]
-        val = [_crop_to_known(prepared[i][0], prepared[i][1]) for i in sorted(val_ids)]
-        return train, [v for v in val if v is not None]
-    train, val = [], []
-    for x, target, weights in prepared:
-        rows, cols = np.nonzero(target != IGNORE)
-        if rows.size < 64:
-            train.append((x, target, weights))
-            continue
-        vertical = (cols.max() - cols.min()) >= (rows.max() - rows.min())
-        coordinate = cols if vertical else rows
-        cut = np.quantile(coordinate, 1.0 - fraction)
-        held = np.zeros(target.shape, bool)
-        if vertical:
-            held[:, int(cut) :] = True
-        else:
-            held[int(cut) :, :] = True
-        held &= target != IGNORE
-        val_target = np.where(held, target, IGNORE)
-        train_target = np.where(held, IGNORE, target)
-        if (train_target != IGNORE).any():
-            train.append((x, train_target, weights))
-        cropped = _crop_to_known(x, val_target)
-        if cropped is not None:
-            val.append(cropped)
-    return train, val
-
-
-def _crop_to_known(x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    rows, cols = np.nonzero(target != IGNORE)
-    if rows.size == 0:
-        return None
-    r0, r1 = max(rows.min() - _CONTEXT, 0), min(rows.max() + 1 + _CONTEXT, target.shape[0])
-    c0, c1 = max(cols.min() - _CONTEXT, 0), min(cols.max() + 1 + _CONTEXT, target.shape[1])
-    return x[:, r0:r1, c0:c1], target[r0:r1, c0:c1]
-
-
-def _to_prepared(items: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> list[_Prepared]:
-    return [_Prepared(x, t, w, np.flatnonzero(t != IGNORE)) for x, t, w in items]
+    held = ndi.binary_dilation(region, iterations=_HOLD_OUT_MARGIN)
+    weights = np.where(held, 0.0, item.weights).astype(np.float32)
+    target = np.where(held, IGNORE, item.target)
+    return _Prepared(item.x, target, weights, item.known_index[~held.ravel()[item.known_index]])
 
 
 def _extract(
     p: _Prepared, top: int, left: int, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Patch at (top, left) in coordinates of the plane padded by ``size`` on every side."""
     x = _padded(p.x, size, "symmetric")[:, top : top + size, left : left + size]
     t = _padded(p.target, size, IGNORE)[top : top + size, left : left + size]
-    w = (
-        None
-        if p.weights is None
-        else _padded(p.weights, size, 0.0)[top : top + size, left : left + size]
-    )
+    w = _padded(p.weights, size, 0.0)[top : top + size, left : left + size]
     return x, t, w
 
 
@@ -250,12 +172,19 @@ def _padded(a: np.ndarray, size: int, how: Any) -> np.ndarray:
 def iter_patches(
     items: list[_Prepared], settings: TrainSettings, size: int, crop: int, seed: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Endless batches (x, target, weights) of augmented patches, preferring labelled pixels."""
+    """Endless batches (x, target, weights) of augmented patches, mostly centred on labels.
+
+    ``items`` may grow while batches are drawn (corrections made during training): the
+    sampling chances are recomputed when it does.
+    """
     rng = np.random.default_rng(seed)
-    usable = [p for p in items if p.known_index.size]
-    sizes = np.array([p.known_index.size for p in usable], dtype=np.float64)
-    chances = sizes / sizes.sum()
+    seen = -1
     while True:
+        if len(items) != seen:
+            seen = len(items)
+            usable = [p for p in items[:seen] if p.known_index.size]
+            sizes = np.array([p.known_index.size for p in usable], dtype=np.float64)
+            chances = sizes / sizes.sum()
         xs, ts, ws = [], [], []
         for _ in range(settings.batch_size):
             p = usable[int(rng.choice(len(usable), p=chances))]
@@ -269,14 +198,12 @@ def iter_patches(
                 cy, cx = int(rng.integers(height)), int(rng.integers(width))
             top = int(np.clip(cy - size // 2, -size // 2, max(height - size // 2, 0))) + size
             left = int(np.clip(cx - size // 2, -size // 2, max(width - size // 2, 0))) + size
-            x, t, w = _extract(p, top, left, size)
-            x, t, w = augment(x, t, w, rng, settings.augment)
+            x, t, w = augment(*_extract(p, top, left, size), rng, settings.augment)
             if crop:
-                t = t[crop:-crop, crop:-crop]
-                w = None if w is None else w[crop:-crop, crop:-crop]
+                t, w = t[crop:-crop, crop:-crop], w[crop:-crop, crop:-crop]
             xs.append(x)
             ts.append(t)
-            ws.append(np.ones(t.shape, np.float32) if w is None else w)
+            ws.append(w)
         yield np.stack(xs), np.stack(ts), np.stack(ws)
 
 
@@ -344,33 +271,54 @@ def patch_workers(compute: Compute) -> int:
     return max(1, min(4, usable_cores() - 1))
 
 
-def validation_score(
-    network: torch.nn.Module,
-    compute: Compute,
-    val: list[tuple[np.ndarray, np.ndarray]],
-    n_classes: int,
-) -> float | None:
-    """Mean IoU of the non-background classes over the held-out labelled pixels."""
-    if not val:
-        return None
-    was_training = network.training
-    network.eval()
-    predictor = NetworkPredictor(network, compute)
-    tile = network.fit_input_size(256)
-    crop = network.crop_per_side(tile)
-    predictions, truths = [], []
-    for x, target in val:
-        rows = plan_axis(x.shape[1], tile, max(crop, 16), crop=crop, fit=network.fit_input_size)
-        cols = plan_axis(x.shape[2], tile, max(crop, 16), crop=crop, fit=network.fit_input_size)
-        probabilities = run_to_end(
-            iter_predict_plane(x, predictor, rows, cols, n_classes=n_classes, batch_size=4)
+class _Validation:
+    """Held-out parts of the labelled planes, scored by predicting them as inference does.
+
+    Both versions are judged the way the user meets them: whole planes through
+    :func:`~napari_unet.core.inference.iter_predict` (normalisation, tiling, post-processing),
+    then compared object by object with the user's labels in the held-out regions.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[TrainingSample],
+        held: list[HeldOut],
+        config: dict[str, Any],
+        settings: TrainSettings,
+    ) -> None:
+        self.samples = [samples[h.sample] for h in held]
+        self.regions = [h.region for h in held]
+        self.truths = [np.asarray(s.labels) for s in self.samples]
+        self.config = config
+        self.options = PredictOptions(
+            device=settings.device,
+            precision=settings.precision,
+            channel=settings.channel,
+            post_workers=0,
         )
-        keep = target != IGNORE
-        predictions.append(np.argmax(probabilities, axis=0)[keep])
-        truths.append(target[keep])
-    network.train(was_training)
-    iou = class_iou(np.concatenate(predictions), np.concatenate(truths), n_classes)[1:]
-    return float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
+        self.base_labels: list[np.ndarray] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.samples)
+
+    def predict(self, network: torch.nn.Module) -> list[np.ndarray]:
+        """Labels of every held-out plane predicted by ``network`` (left in its mode)."""
+        was_training = network.training
+        bundle = Bundle(network=network.eval(), config=self.config)
+        try:
+            return [
+                predict(s.image, bundle, self.options, axes=s.plane_axes).labels
+                for s in self.samples
+            ]
+        finally:
+            network.train(was_training)
+
+    def compare(self, labels: list[np.ndarray]) -> VersionComparison:
+        """The base model's labels against ``labels`` on the held-out regions."""
+        if self.config["mode"] == "instances":
+            return compare_instances(self.truths, self.base_labels, labels, self.regions)
+        n_classes = len(self.config["class_names"])
+        return compare_classes(self.truths, self.base_labels, labels, self.regions, n_classes)
 
 
 def _loss(
@@ -378,21 +326,34 @@ def _loss(
 ) -> torch.Tensor:
     logits = logits.float()
     per_pixel = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
-    known = (target != IGNORE).float()
-    loss = (per_pixel * weights * known).sum() / known.sum().clamp_min(1.0)
+    counted = (weights > 0).float()
+    loss = (per_pixel * weights).sum() / counted.sum().clamp_min(1.0)
     if use_dice:
         probabilities = torch.softmax(logits, dim=1)
         one_hot = F.one_hot(target.clamp_min(0), logits.shape[1]).permute(0, 3, 1, 2).float()
-        mask = known.unsqueeze(1)
+        mask = counted.unsqueeze(1)
         intersection = (probabilities * one_hot * mask).sum((0, 2, 3))
         total = ((probabilities + one_hot) * mask).sum((0, 2, 3))
         loss = loss + 1.0 - ((2 * intersection + 1.0) / (total + 1.0)).mean()
     return loss
 
 
+def _anchor_penalty(
+    network: torch.nn.Module, anchor: list[tuple[torch.nn.Parameter, torch.Tensor]], weight: float
+) -> torch.Tensor | float:
+    """L2-SP: ``weight * sum((w - w_base) ** 2)`` over the network's parameters."""
+    if not weight:
+        return 0.0
+    return weight * sum(((p - p0) ** 2).sum() for p, p0 in anchor)
+
+
 def _optimizer(network: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "adamw":
-        return torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+        # weight decay pulls towards zero; with an anchor the pull is towards the base instead
+        decay = 0.0 if settings.anchor_weight else 1e-4
+        return torch.optim.AdamW(
+            network.parameters(), lr=settings.learning_rate, weight_decay=decay
+        )
     if settings.optimizer == "sgd":
         return torch.optim.SGD(network.parameters(), lr=settings.learning_rate, momentum=0.99)
     raise TrainingDataError(
@@ -415,7 +376,8 @@ def iter_finetune(
     settings: TrainSettings | None = None,
     *,
     stop: threading.Event | None = None,
-) -> Generator[TrainStep, Any, TrainResult]:
+    more_samples: Callable[[], Sequence[TrainingSample]] | None = None,
+) -> Generator[TrainStatus | TrainStep, Any, TrainResult]:
     """Train a copy of ``base`` on labelled planes.
 
     Parameters
@@ -425,54 +387,68 @@ def iter_finetune(
         :func:`~napari_unet.core.bundle.bundle_from_config` to train from scratch). It is
         not modified.
     samples : sequence of TrainingSample
-        Labelled planes; unknown pixels (``known == 0``) are ignored by the loss.
+        Labelled planes. Inside a sample's known-mask the labels weigh fully; outside it they
+        weigh ``settings.context_weight``.
     settings : TrainSettings, optional
     stop : threading.Event, optional
         Set it to stop at the next step; sending ``"stop"`` into the generator does the same.
+    more_samples : callable, optional
+        Called before every step; the samples it returns join the training data from that
+        step on (the held-out part stays as it was chosen at the start).
 
     Yields
     ------
+    TrainStatus
+        Before the first step, while the held-out labels are scored with the base model.
     TrainStep
         After every optimiser step (also after skipped, non-finite ones).
 
     Returns
     -------
     TrainResult
-        Always holds a complete, loadable bundle: the best weights seen (or the base
-        weights when no step succeeded).
+        Always holds a complete, loadable bundle: the final weights (or the last good ones
+        after repeated non-finite losses), compared with the base model on held-out labels.
     """
     settings = settings or TrainSettings()
-    if settings.steps < 1:
-        raise TrainingDataError(f"steps must be at least 1, got {settings.steps}")
-    if not 0.0 <= settings.val_fraction < 1.0:
-        raise TrainingDataError(
-            f"validation fraction must be in [0, 1), got {settings.val_fraction}"
-        )
+    _check_settings(settings)
     bundle = clone_bundle(base)
     config = bundle.config
-    n_classes = len(config["class_names"])
-    prepared = prepare_samples(samples, config, settings)
+    if not samples:
+        raise TrainingDataError(
+            "the training set is empty: label or correct at least one plane first"
+        )
+    prepared = [prepare_sample(s, config, settings) for s in samples]
+    if all(p.known_index.size == 0 for p in prepared):
+        raise TrainingDataError("no labelled pixels: every known-mask is empty")
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
-    train_items, val_items = split_validation(prepared, settings.val_fraction, rng)
-    train = _to_prepared(train_items)
-    if not any(p.known_index.size for p in train):
-        raise TrainingDataError("nothing left to train on after holding out validation pixels")
+    held = held_out_regions(
+        [p.target.shape for p in prepared],
+        [s.known for s in samples],
+        settings.val_fraction,
+        rng,
+    )
+    train = _training_items(prepared, held)
+    validation = _Validation(samples, held, config, settings)
     compute = resolve_compute(settings.device, settings.precision)
     network = bundle.network.to(compute.device)
     if compute.channels_last:
         network = network.to(memory_format=torch.channels_last)
     size = network.fit_input_size(settings.patch_size)
     crop = network.crop_per_side(size)
-    optimizer = _optimizer(network, settings)
     start = time.perf_counter()
-    initial_score = validation_score(network, compute, val_items, n_classes)
-    best_score, best_step = initial_score, 0
-    best_state = network_state(network)
-    good_state = best_state
+    initial_score = None
+    if validation:
+        yield TrainStatus("scoring the base model on the held-out labels")
+        validation.base_labels = validation.predict(network)
+        initial_score = validation.compare(validation.base_labels).base_score
+    anchor = [(p, p.detach().clone()) for p in network.parameters()]
+    optimizer = _optimizer(network, settings)
+    good_state = network_state(network)
     history: list[dict[str, Any]] = []
     bad_in_row = 0
     reason, stopped = "finished", False
+    added: list[TrainingSample] = []
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
     scaler = torch.amp.GradScaler(
         compute.device.type, enabled=compute.autocast_dtype == torch.float16
@@ -487,6 +463,10 @@ def iter_finetune(
     network.train()
     try:
         for step in range(1, settings.steps + 1):
+            if more_samples is not None:
+                for sample in more_samples():
+                    train.append(prepare_sample(sample, config, settings))
+                    added.append(sample)
             for group in optimizer.param_groups:
                 group["lr"] = settings.learning_rate * _learning_rate_factor(
                     step - 1, settings.steps
@@ -504,7 +484,8 @@ def iter_finetune(
                 loss_value = float(loss.detach())  # the one host sync per step, before the yield
                 skipped = not math.isfinite(loss_value)
                 if not skipped:
-                    scaler.scale(loss).backward()
+                    total = loss + _anchor_penalty(network, anchor, settings.anchor_weight)
+                    scaler.scale(total).backward()
                     scaler.step(optimizer)
                     scaler.update()
             except RuntimeError as error:
@@ -521,17 +502,16 @@ def iter_finetune(
             else:
                 bad_in_row = 0
                 if step % settings.val_every == 0 or step == settings.steps:
-                    val_score = validation_score(network, compute, val_items, n_classes)
                     good_state = network_state(network)
-                    if val_score is not None and (best_score is None or val_score >= best_score):
-                        best_score, best_step, best_state = val_score, step, good_state
+                    if validation:
+                        labels = validation.predict(network)
+                        val_score = validation.compare(labels).new_score
             history.append({"step": step, "loss": loss_value, "val_score": val_score})
             request = yield TrainStep(
                 step=step,
                 total=settings.steps,
                 loss=loss_value,
                 val_score=val_score,
-                best_score=best_score,
                 elapsed=time.perf_counter() - start,
                 skipped=skipped,
                 initial_score=initial_score,
@@ -543,32 +523,48 @@ def iter_finetune(
                 break
     finally:
         prefetcher.close()
-    diverged = bad_in_row >= MAX_BAD_STEPS
-    if not val_items:
-        best_state = good_state if diverged else network_state(network)
-        best_step = best_step if diverged else len(history)
-    elif stopped and not diverged and history and history[-1]["val_score"] is None:
-        score = validation_score(network, compute, val_items, n_classes)
-        if score is not None and (best_score is None or score >= best_score):
-            best_score, best_step, best_state = score, len(history), network_state(network)
-    if val_items and best_step == 0 and history:
-        reason += "; no step beat the base model on the held-out pixels, so its weights were kept"
-    network.load_state_dict(best_state)
-    network = network.to("cpu", memory_format=torch.contiguous_format).eval()
-    bundle.network = network
+    network = network.eval()
+    comparison = None
+    if validation:
+        yield TrainStatus("scoring the new version on the held-out labels")
+        comparison = validation.compare(validation.predict(network))
+    bundle.network = network.to("cpu", memory_format=torch.contiguous_format)
     _record(
         bundle,
         base,
-        samples,
+        [*samples, *added],
         settings,
         history,
-        initial_score,
-        best_score,
-        best_step,
+        comparison,
         reason,
         time.perf_counter() - start,
     )
-    return TrainResult(bundle, history, stopped, reason, initial_score, best_score, best_step)
+    return TrainResult(bundle, history, stopped, reason, comparison)
+
+
+def _check_settings(settings: TrainSettings) -> None:
+    if settings.steps < 1:
+        raise TrainingDataError(f"steps must be at least 1, got {settings.steps}")
+    if not 0.0 <= settings.val_fraction < 1.0:
+        raise TrainingDataError(
+            f"validation fraction must be in [0, 1), got {settings.val_fraction}"
+        )
+    if settings.context_weight < 0 or settings.anchor_weight < 0:
+        raise TrainingDataError("context and anchor weights cannot be negative")
+
+
+def _training_items(prepared: list[_Prepared], held: list[HeldOut]) -> list[_Prepared]:
+    """The prepared planes with the held-out regions (and whole held-out planes) removed."""
+    regions = {h.sample: h for h in held}
+    train = []
+    for index, item in enumerate(prepared):
+        h = regions.get(index)
+        if h is not None and h.whole_plane:
+            continue
+        train.append(item if h is None else _hold_out(item, h.region))
+    if not any(p.known_index.size for p in train):
+        raise TrainingDataError("nothing left to train on after holding out validation pixels")
+    return train
 
 
 def _record(
@@ -577,9 +573,7 @@ def _record(
     samples: Sequence[TrainingSample],
     settings: TrainSettings,
     history: list[dict[str, Any]],
-    initial_score: float | None,
-    best_score: float | None,
-    best_step: int,
+    comparison: VersionComparison | None,
     reason: str,
     seconds: float,
 ) -> None:
@@ -590,11 +584,17 @@ def _record(
         "parent": base.name if base.path else None,
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("device",)},
         "samples": [s.source for s in samples],
+        "corrected_pixels": int(
+            sum(s.labels.size if s.known is None else np.count_nonzero(s.known) for s in samples)
+        ),
         "steps_run": len(history),
         "seconds": round(seconds, 1),
-        "initial_val_score": initial_score,
-        "best_val_score": best_score,
-        "best_step": best_step,
+        "comparison": None
+        if comparison is None
+        else {
+            **asdict(comparison),
+            "verdict": comparison.verdict,
+        },
         "end": reason,
         "loss": [round(h["loss"], 5) for h in history[:: max(1, len(history) // 200)]],
     }

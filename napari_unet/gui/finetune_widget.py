@@ -30,7 +30,7 @@ from napari_unet.gui.session import (
     samples_from_planes,
     save_planes,
 )
-from napari_unet.gui.workers import start_worker
+from napari_unet.gui.workers import start_worker, worker_thread_count
 
 SAVE_DELAY_MS = 2000  # corrections are saved this long after the last brush stroke
 
@@ -66,7 +66,9 @@ class FinetunePanel(QWidget):
 
     trained = Signal(str, str)  # new model name, previous model name
     resegment_requested = Signal(str)  # model name
-    previous_kept = Signal(str)  # the base model the user kept instead of the new version
+    # the version every panel should use: the new one when it scored better on the held-out
+    # labels or the user picks it, the base one when the user keeps it
+    model_chosen = Signal(str)
 
     def __init__(self, viewer: Any, session: Session, settings: QSettings) -> None:
         super().__init__()
@@ -109,7 +111,8 @@ class FinetunePanel(QWidget):
         self.result.setWordWrap(True)
         self.resegment_button = QPushButton("Re-segment with new model")
         self.keep_button = QPushButton("Keep previous model")
-        for button in (self.resegment_button, self.keep_button):
+        self.use_button = QPushButton("Use new model")
+        for button in self._choice_buttons():
             button.setEnabled(False)
 
         self.advanced = collapsible_form(
@@ -131,7 +134,8 @@ class FinetunePanel(QWidget):
         layout.addWidget(self.eta)
         layout.addWidget(self.plot)
         layout.addWidget(self.result)
-        layout.addLayout(button_row(self.resegment_button, self.keep_button))
+        layout.addLayout(button_row(self.resegment_button))
+        layout.addLayout(button_row(self.keep_button, self.use_button))
         layout.addStretch()
 
         self._save_timer = QTimer(self)
@@ -155,6 +159,7 @@ class FinetunePanel(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.resegment_button.clicked.connect(self._resegment)
         self.keep_button.clicked.connect(self._keep_previous)
+        self.use_button.clicked.connect(self._use_new)
         self.labels_combo.currentIndexChanged.connect(self._labels_changed)
         self.planes.itemChanged.connect(self._plane_ticked)
         viewer.layers.events.removed.connect(self._layer_removed)
@@ -491,18 +496,19 @@ class FinetunePanel(QWidget):
         source = segmentation.source
 
         def job() -> Any:
-            from napari_unet.core.bundle import load_bundle, save_bundle
-            from napari_unet.core.training import iter_finetune
+            from napari_unet.core.training_process import iter_finetune_in_child
 
             save_planes(training_set, segmentation, planes, stale)
             others = [r for r in training_set.planes.values() if r.image != segmentation.image_key]
             samples = samples_from_planes(planes, source) + [
                 training_set.load_plane(r) for r in others
             ]
-            base = load_bundle(base_name)
-            result = yield from iter_finetune(base, samples, settings, stop=stop)
-            path = next_version_path(base.name)
-            save_bundle(result.bundle, path)
+            path = next_version_path(base_name)
+            # in a child process: torch.optim would load triton, which crashes napari on
+            # software OpenGL (see core/training_process.py)
+            result = yield from iter_finetune_in_child(
+                base_name, samples, settings, path, threads=worker_thread_count(), stop=stop
+            )
             return result, path
 
         self.previous_model = base_name
@@ -527,10 +533,15 @@ class FinetunePanel(QWidget):
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
-        for button in (self.resegment_button, self.keep_button):
+        for button in self._choice_buttons():
             button.setEnabled(False)
 
     def _on_step(self, step: Any) -> None:
+        from napari_unet.core.training import TrainStatus
+
+        if isinstance(step, TrainStatus):
+            self.eta.setText(step.text[:1].upper() + step.text[1:] + "...")
+            return
         if not self.plot.steps and step.initial_score is not None:
             self.plot.add_validation(0, step.initial_score)  # the base model, before training
         self.plot.add(step.step, step.loss, step.val_score)
@@ -543,17 +554,29 @@ class FinetunePanel(QWidget):
     def _on_result(self, outcome: Any) -> None:
         result, path = outcome
         self.new_model = path.name.removesuffix(".safetensors")
-        before = "n/a" if result.initial_score is None else f"{result.initial_score:.3f}"
-        after = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
+        comparison = result.comparison
+        verdict = (
+            "Nothing was held out to compare the versions (validation share 0)."
+            if comparison is None
+            else comparison.describe(self.previous_model or "base", self.new_model)
+        )
+        better = comparison is not None and comparison.verdict == "better"
+        kept = self.new_model if better else self.previous_model
         self.result.setText(
-            f"Saved {self.new_model} ({result.reason}).\n"
-            "Validation IoU on held-out corrected pixels (the curve's orange dots):\n"
-            f"{self.previous_model} {before} -> {self.new_model} {after}"
+            f"Saved {self.new_model} ({result.reason}).\n{verdict}\n"
+            + (
+                f"{self.new_model} is now selected; Keep previous model goes back."
+                if better
+                else f"{kept} stays selected; Use new model switches to {self.new_model}."
+            )
         )
         self.eta.setText(f"Done in {time.perf_counter() - self._started:.0f} s.")
         self.refresh_models()
         self.trained.emit(self.new_model, self.previous_model or "")
-        for button in (self.resegment_button, self.keep_button):
+        if better:
+            self.refresh_models(select=self.new_model)
+            self.model_chosen.emit(self.new_model)
+        for button in self._choice_buttons():
             button.setEnabled(True)
 
     def _on_error(self, error: BaseException) -> None:
@@ -581,6 +604,17 @@ class FinetunePanel(QWidget):
             show_info(
                 f"Keeping {self.previous_model}; {self.new_model} stays on disk for later comparison."
             )
-            self.previous_kept.emit(self.previous_model)
-        for button in (self.resegment_button, self.keep_button):
+            self.model_chosen.emit(self.previous_model)
+        for button in self._choice_buttons():
             button.setEnabled(False)
+
+    def _use_new(self) -> None:
+        """Use the new version: here, in the Segment panel and in the remembered settings."""
+        if self.new_model:
+            self.refresh_models(select=self.new_model)
+            self.model_chosen.emit(self.new_model)
+        for button in self._choice_buttons():
+            button.setEnabled(False)
+
+    def _choice_buttons(self) -> tuple[QPushButton, ...]:
+        return (self.resegment_button, self.keep_button, self.use_button)

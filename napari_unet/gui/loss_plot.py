@@ -20,7 +20,11 @@ _TEXT_HEIGHT = 16
 
 
 class LossPlot(QWidget):
-    """Training loss (blue, 0 to its maximum) and validation score (orange dots, 0 to 1) by step."""
+    """Training loss (blue, 0 to its maximum) and held-out score (orange dots, 0 to 1) by step.
+
+    The first held-out score is the base model's (step 0); the others are the network's as
+    it trains, scored as the final comparison scores it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -125,7 +129,7 @@ class LossPlot(QWidget):
             painter.drawText(
                 top,
                 Qt.AlignmentFlag.AlignRight,
-                f"validation IoU {self.val_scores[-1]:.3f} (best {max(self.val_scores):.3f})",
+                f"held-out score {self.val_scores[-1]:.2f} (base {self.val_scores[0]:.2f})",
             )
         painter.setPen(text_color)
         painter.drawText(bottom, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignBottom, "0")

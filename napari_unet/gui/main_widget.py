@@ -44,7 +44,7 @@ class UnetWidget(QWidget):
         self.segment.segmented.connect(self.finetune.track)
         self.finetune.trained.connect(self._trained)
         self.finetune.resegment_requested.connect(self._resegment)
-        self.finetune.previous_kept.connect(self.segment.select_model)
+        self.finetune.model_chosen.connect(self.segment.select_model)
         napari_viewer.dims.events.current_step.connect(self._dims_changed)
         self.destroyed.connect(self._stop_workers_of(self.segment, self.finetune))
         app = QApplication.instance()

@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_unet.core.dataset import TrainingSet, image_fingerprint
 from napari_unet.core.preprocess import iter_planes, labels_axes_of
-from napari_unet.core.training import TrainingSample
+from napari_unet.core.samples import TrainingSample
 from napari_unet.gui.corrections import CorrectionTracker, PlaneIndex
 from napari_unet.gui.layers import layer_key
 

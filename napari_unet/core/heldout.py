@@ -1,0 +1,248 @@
+"""Hold out part of the user's labelled planes and compare model versions on it, object by object.
+
+Scoring only the objects a person corrected is biased: the base model got them wrong by
+definition, so any new version looks better. The comparison here counts every object in the
+held-out regions: the ones the base model got wrong (the person repainted, added or erased
+them) and the ones it got right (the person left them as predicted). Both versions are judged
+with the same instance metric, AP@0.5 = TP / (TP + FP + FN), summed over the held-out regions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_unet.core.metrics import class_iou, match_objects
+
+MIN_WRONG = 3  # fewer objects the base model got wrong than this: too few to tell
+MIN_OBJECTS = 8  # fewer held-out objects than this: too few to tell
+CONTEXT = 32  # pixels around the labelled area that still count as looked at
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out pixels of one labelled plane.
+
+    Attributes
+    ----------
+    sample : int
+        Index of the plane in the training samples.
+    region : ndarray of bool, shape (Y, X)
+        Pixels held out of training and scored.
+    whole_plane : bool
+        True when the whole plane is held out (it is then not trained on at all).
+    """
+
+    sample: int
+    region: np.ndarray
+    whole_plane: bool
+
+
+@dataclass(frozen=True)
+class ObjectCounts:
+    """Object matches of one model version against the user's labels in held-out regions."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def __add__(self, other: ObjectCounts) -> ObjectCounts:
+        return ObjectCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+
+    @property
+    def ap(self) -> float:
+        """AP@0.5: TP / (TP + FP + FN); 1.0 when there is nothing to find and nothing found."""
+        total = self.tp + self.fp + self.fn
+        return 1.0 if total == 0 else self.tp / total
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """The base model against the new version on the held-out part of the user's labels.
+
+    Attributes
+    ----------
+    metric : str
+        ``"AP@0.5"`` (instances: TP / (TP + FP + FN) over objects) or ``"mean IoU"``
+        (semantic classes, over pixels).
+    base_score, new_score : float
+    n_items : int
+        Held-out objects (instances) or pixels (semantic) in the user's labels.
+    n_wrong : int
+        Of those, the ones the base model got wrong: objects it missed or that the person
+        erased (instances), or pixels of another class (semantic).
+    unit : {"objects", "pixels"}
+    """
+
+    metric: str
+    base_score: float
+    new_score: float
+    n_items: int
+    n_wrong: int
+    unit: str
+
+    @property
+    def enough(self) -> bool:
+        """Whether the held-out sample is large enough to tell the versions apart."""
+        low_wrong, low_items = (MIN_WRONG, MIN_OBJECTS) if self.unit == "objects" else (200, 2000)
+        return self.n_wrong >= low_wrong and self.n_items >= low_items
+
+    @property
+    def verdict(self) -> str:
+        """``"better"``, ``"not better"`` or ``"too few"`` (not enough held-out corrections)."""
+        if not self.enough:
+            return "too few"
+        return "better" if self.new_score > self.base_score else "not better"
+
+    def describe(self, base_name: str, new_name: str) -> str:
+        """What the user is told: the verdict, both scores and the sample they rest on."""
+        sample = (
+            f"{self.n_items} held-out {self.unit}, {self.n_wrong} of which {base_name} got wrong"
+        )
+        scores = (
+            f"{self.metric} {base_name} {self.base_score:.2f} -> {new_name} {self.new_score:.2f}"
+        )
+        if self.verdict == "too few":
+            return f"Too few corrections to tell whether {new_name} is better ({sample}). {scores}."
+        if self.verdict == "better":
+            return f"{new_name} is better on {sample}: {scores}."
+        return f"{new_name} is not better than {base_name} on {sample}: {scores}."
+
+
+def held_out_regions(
+    shapes: Sequence[tuple[int, int]],
+    known: Sequence[np.ndarray | None],
+    fraction: float,
+    rng: np.random.Generator,
+) -> list[HeldOut]:
+    """Choose what to hold out: whole planes when there are 3 or more, else a strip of each.
+
+    Parameters
+    ----------
+    shapes : sequence of (Y, X)
+        Plane shapes.
+    known : sequence of ndarray or None
+        Where each plane was labelled by a person (None = everywhere).
+    fraction : float
+        Share of the labelled pixels (or planes) to hold out; 0 holds out nothing.
+    rng : numpy Generator
+        Picks the held-out planes.
+
+    Returns
+    -------
+    list of HeldOut
+        Regions restricted to the labelled area of each plane grown by ``CONTEXT`` pixels
+        (objects next to a correction were looked at; far ones maybe not).
+    """
+    if fraction <= 0:
+        return []
+    looked_at = [_looked_at(shape, k) for shape, k in zip(shapes, known, strict=True)]
+    if len(shapes) >= 3:
+        n_val = max(1, int(round(fraction * len(shapes))))
+        chosen = sorted(rng.permutation(len(shapes))[:n_val].tolist())
+        return [HeldOut(i, looked_at[i], True) for i in chosen if looked_at[i].any()]
+    held = []
+    for i, (shape, k) in enumerate(zip(shapes, known, strict=True)):
+        labelled = np.ones(shape, bool) if k is None else k.astype(bool)
+        rows, cols = np.nonzero(labelled)
+        if rows.size < 64:
+            continue
+        strip = np.zeros(shape, bool)
+        if (cols.max() - cols.min()) >= (rows.max() - rows.min()):
+            strip[:, int(np.quantile(cols, 1.0 - fraction)) :] = True
+        else:
+            strip[int(np.quantile(rows, 1.0 - fraction)) :, :] = True
+        held.append(HeldOut(i, strip & looked_at[i], False))
+    return held
+
+
+def _looked_at(shape: tuple[int, int], known: np.ndarray | None) -> np.ndarray:
+    """Bounding box of the labelled pixels grown by ``CONTEXT`` (the whole plane if None)."""
+    region = np.zeros(shape, bool)
+    if known is None:
+        region[:] = True
+        return region
+    rows, cols = np.nonzero(known)
+    if rows.size:
+        region[
+            max(rows.min() - CONTEXT, 0) : rows.max() + 1 + CONTEXT,
+            max(cols.min() - CONTEXT, 0) : cols.max() + 1 + CONTEXT,
+        ] = True
+    return region
+
+
+def count_objects(prediction: np.ndarray, truth: np.ndarray, region: np.ndarray) -> ObjectCounts:
+    """Match objects (IoU > 0.5, one to one) and count those whose centre lies in ``region``.
+
+    A true object in the region is a TP when matched, else an FN; a predicted object in the
+    region that matches no true object is an FP.
+    """
+    matches = match_objects(prediction, truth, min_iou=0.5 + 1e-9)
+    matched_pred = {p for p, _, _ in matches}
+    matched_true = {t for _, t, _ in matches}
+    true_inside = _ids_centred_in(truth, region)
+    pred_inside = _ids_centred_in(prediction, region)
+    tp = sum(1 for t in true_inside if t in matched_true)
+    return ObjectCounts(
+        tp=tp,
+        fp=sum(1 for p in pred_inside if p not in matched_pred),
+        fn=len(true_inside) - tp,
+    )
+
+
+def compare_instances(
+    truths: Sequence[np.ndarray],
+    base: Sequence[np.ndarray],
+    new: Sequence[np.ndarray],
+    regions: Sequence[np.ndarray],
+) -> VersionComparison:
+    """Score the base model's and the new version's instance labels on held-out regions."""
+    base_counts, new_counts = ObjectCounts(), ObjectCounts()
+    n_objects = 0
+    for truth, base_labels, new_labels, region in zip(truths, base, new, regions, strict=True):
+        base_counts = base_counts + count_objects(base_labels, truth, region)
+        new_counts = new_counts + count_objects(new_labels, truth, region)
+        n_objects += len(_ids_centred_in(truth, region))
+    return VersionComparison(
+        "AP@0.5",
+        base_counts.ap,
+        new_counts.ap,
+        n_objects,
+        base_counts.fn + base_counts.fp,
+        "objects",
+    )
+
+
+def compare_classes(
+    truths: Sequence[np.ndarray],
+    base: Sequence[np.ndarray],
+    new: Sequence[np.ndarray],
+    regions: Sequence[np.ndarray],
+    n_classes: int,
+) -> VersionComparison:
+    """Score the base model's and the new version's class maps on held-out regions."""
+    truth = np.concatenate([t[r] for t, r in zip(truths, regions, strict=True)])
+    scores = []
+    for labels in (base, new):
+        predicted = np.concatenate([p[r] for p, r in zip(labels, regions, strict=True)])
+        iou = class_iou(predicted, truth, n_classes)[1:]
+        scores.append(float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0)
+    wrong = sum(int((p[r] != t[r]).sum()) for p, t, r in zip(base, truths, regions, strict=True))
+    return VersionComparison("mean IoU", scores[0], scores[1], int(truth.size), wrong, "pixels")
+
+
+def _ids_centred_in(labels: np.ndarray, region: np.ndarray) -> set[int]:
+    """Ids of the objects whose centroid (rounded) lies in ``region``."""
+    flat = labels.ravel().astype(np.int64)
+    if not flat.any():
+        return set()
+    rows, cols = np.indices(labels.shape)
+    counts = np.bincount(flat)
+    present = np.flatnonzero(counts)
+    present = present[present > 0]
+    cy = np.rint(np.bincount(flat, rows.ravel())[present] / counts[present]).astype(int)
+    cx = np.rint(np.bincount(flat, cols.ravel())[present] / counts[present]).astype(int)
+    inside = region[np.clip(cy, 0, labels.shape[0] - 1), np.clip(cx, 0, labels.shape[1] - 1)]
+    return {int(i) for i in present[inside]}
