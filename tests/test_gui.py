@@ -477,6 +477,31 @@ def test_docked_finetune_then_resegment_and_keep_previous(qtbot, docked, plugin_
     assert plugin_settings().value("segment/model") == "tiny"
 
 
+def test_corrections_made_while_training_join_it(qtbot, docked, plugin_dirs):
+    """Paint during a fine-tune: the plane is sent to the running training, which uses it."""
+    viewer, widget = docked
+    image, _ = disks((128, 128), n=14, seed=3)
+    viewer.add_image(image, name="cells")
+    labels = _click_segment(qtbot, viewer, widget, "cells labels")
+    labels.paint((64, 64), 40)
+    wait_corrected(qtbot, widget.session.find(labels).tracker, [()])
+    finetune = widget.finetune
+    finetune.steps_spin.setValue(100_000)
+    steps = []
+    worker = finetune.start()
+    worker.yielded.connect(lambda item: steps.append(getattr(item, "step", None)))
+    qtbot.waitUntil(lambda: any(steps), timeout=60_000)
+    labels.paint((20, 100), 41)  # a second correction while it trains
+    qtbot.waitUntil(lambda: finetune.planes_sent == 1, timeout=10_000)  # sent with the save
+    qtbot.waitUntil(finetune._live.empty, timeout=5_000)  # taken by the job
+    sent_at = len(steps)
+    qtbot.waitUntil(lambda: len(steps) > sent_at + 10, timeout=60_000)
+    finetune.stop()
+    wait_idle(qtbot, finetune)
+    history = load_bundle(plugin_dirs / "tiny-ft1.safetensors").config["training"]["history"][-1]
+    assert len(history["samples"]) == 2 and history["samples"][0] == history["samples"][1]
+
+
 def test_worker_errors_become_notifications(qtbot, dock):
     from napari.utils.notifications import notification_manager
 

@@ -7,7 +7,7 @@ import torch
 from napari_unet.core import training
 from napari_unet.core.bundle import clone_bundle, load_bundle, save_bundle
 from napari_unet.core.errors import TrainingDataError
-from napari_unet.core.heldout import held_out_regions
+from napari_unet.core.heldout import HeldOut, held_out_regions
 from napari_unet.core.inference import PredictOptions, predict
 from napari_unet.core.options import TrainSettings
 from napari_unet.core.samples import TrainingSample
@@ -114,6 +114,25 @@ def test_samples_added_during_training_join_it():
     steps, result = run(iter_finetune(tiny_bundle(), samples(1), QUICK, more_samples=more))
     assert len(steps) == QUICK.steps
     assert result.bundle.config["training"]["history"][-1]["samples"] == ["disks0", "extra"]
+
+
+def test_a_correction_during_training_replaces_its_plane_outside_the_held_out_part():
+    image, labels = disks((96, 160), n=16, seed=5)
+    known = np.ones(labels.shape, bool)
+    first = TrainingSample(image, labels, known, source="plane")
+    config = tiny_bundle().config
+    held = held_out_regions([labels.shape], [known], 0.25, np.random.default_rng(0))
+    item = training.prepare_sample(first, config, QUICK)
+    moved = training._held_out_of(
+        item, TrainingSample(image, labels, known, source="plane"), {"plane": held[0]}
+    )
+    assert (moved.weights[held[0].region] == 0).all() and moved.weights.sum() > 0
+    other = training._held_out_of(
+        item, TrainingSample(image, labels, source="other"), {"plane": held[0]}
+    )
+    assert other is item
+    whole = training._held_out_of(item, first, {"plane": HeldOut(0, held[0].region, True)})
+    assert whole is None
 
 
 def test_statuses_come_before_the_first_step_and_after_the_last():

@@ -1,5 +1,7 @@
 """Fine-tuning in a child process: results, stop, errors, and no torch._dynamo in the parent."""
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -75,14 +77,14 @@ def test_errors_in_the_child_keep_their_type(base, tmp_path):
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_closing_the_generator_terminates_the_child(base, tmp_path):
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_closing_the_generator_ends_the_child(base, tmp_path):
     settings = TrainSettings(steps=10_000, patch_size=64, batch_size=2, device="cpu")
     generator = iter_finetune_in_child(base, samples(), settings, tmp_path / "c.safetensors")
     for item in generator:
         if isinstance(item, TrainStep):
             break
-    children = _training_children()
-    assert children
+    assert _training_children()
     generator.close()
     deadline = time.monotonic() + 10
     while _training_children() and time.monotonic() < deadline:
@@ -90,22 +92,57 @@ def test_closing_the_generator_terminates_the_child(base, tmp_path):
     assert not _training_children()
 
 
-def test_a_dead_child_is_an_engine_error(base, tmp_path, monkeypatch):
-    import multiprocessing
-
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_a_dead_child_is_an_engine_error(base, tmp_path):
     settings = TrainSettings(steps=10_000, patch_size=64, batch_size=2, device="cpu")
     generator = iter_finetune_in_child(base, samples(), settings, tmp_path / "d.safetensors")
     with pytest.raises(EngineError, match="ended unexpectedly"):
         for item in generator:
             if isinstance(item, TrainStep):
-                for child in multiprocessing.active_children():
-                    child.kill()
+                for pid in _training_children():
+                    os.kill(pid, signal.SIGKILL)
+    assert not (tmp_path / "d.safetensors").exists()
 
 
-def _training_children():
-    import multiprocessing
+def _training_children() -> list[int]:
+    """Live child processes of this one running the training module (Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if fields[1] == str(os.getpid()) and fields[0] != "Z" and b"training_process" in command:
+            found.append(int(entry.name))
+    return found
 
-    return [c for c in multiprocessing.active_children() if c.name == "napari-unet-training"]
+
+def test_a_script_without_a_main_guard_is_not_run_again(tmp_path):
+    """The child must not re-run the user's script (multiprocessing's spawn would)."""
+    script = tmp_path / "user_script.py"
+    marker = tmp_path / "runs.txt"
+    script.write_text(
+        f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+with open({str(marker)!r}, "a") as f:
+    f.write("run\\n")
+from tests.test_training_process import QUICK, samples
+from tests.conftest import tiny_bundle
+from napari_unet.core.bundle import save_bundle
+from napari_unet.core.generators import run_to_end
+from napari_unet.core.training_process import iter_finetune_in_child
+base = save_bundle(tiny_bundle(), {str(tmp_path / "b.safetensors")!r})
+run_to_end(iter_finetune_in_child(base, samples(), QUICK, {str(tmp_path / "n.safetensors")!r}))
+"""
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert marker.read_text().splitlines() == ["run"]
 
 
 def test_the_parent_never_imports_torch_dynamo(tmp_path):

@@ -174,15 +174,16 @@ def iter_patches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Endless batches (x, target, weights) of augmented patches, mostly centred on labels.
 
-    ``items`` may grow while batches are drawn (corrections made during training): the
+    ``items`` may change while batches are drawn (corrections made during training): the
     sampling chances are recomputed when it does.
     """
     rng = np.random.default_rng(seed)
-    seen = -1
+    seen: tuple[int, ...] = ()
     while True:
-        if len(items) != seen:
-            seen = len(items)
-            usable = [p for p in items[:seen] if p.known_index.size]
+        current = list(items)
+        if tuple(map(id, current)) != seen:
+            seen = tuple(map(id, current))
+            usable = [p for p in current if p.known_index.size]
             sizes = np.array([p.known_index.size for p in usable], dtype=np.float64)
             chances = sizes / sizes.sum()
         xs, ts, ws = [], [], []
@@ -393,8 +394,10 @@ def iter_finetune(
     stop : threading.Event, optional
         Set it to stop at the next step; sending ``"stop"`` into the generator does the same.
     more_samples : callable, optional
-        Called before every step; the samples it returns join the training data from that
-        step on (the held-out part stays as it was chosen at the start).
+        Called before every step; the samples it returns join the training data (batches
+        already built, at most the prefetch depth of 4, come first). A sample from a plane
+        with a held-out region (same ``source``) is trained on outside that region only, so
+        the held-out comparison stays fixed and fair.
 
     Yields
     ------
@@ -428,7 +431,8 @@ def iter_finetune(
         settings.val_fraction,
         rng,
     )
-    train = _training_items(prepared, held)
+    train, train_sources = _training_items(prepared, held, samples)
+    held_by = {samples[h.sample].source: h for h in held if samples[h.sample].source}
     validation = _Validation(samples, held, config, settings)
     compute = resolve_compute(settings.device, settings.precision)
     network = bundle.network.to(compute.device)
@@ -465,7 +469,14 @@ def iter_finetune(
         for step in range(1, settings.steps + 1):
             if more_samples is not None:
                 for sample in more_samples():
-                    train.append(prepare_sample(sample, config, settings))
+                    item = _held_out_of(prepare_sample(sample, config, settings), sample, held_by)
+                    if item is None:
+                        continue
+                    if sample.source and sample.source in train_sources:  # a re-corrected plane
+                        train[train_sources.index(sample.source)] = item
+                    else:
+                        train.append(item)
+                        train_sources.append(sample.source)
                     added.append(sample)
             for group in optimizer.param_groups:
                 group["lr"] = settings.learning_rate * _learning_rate_factor(
@@ -553,18 +564,39 @@ def _check_settings(settings: TrainSettings) -> None:
         raise TrainingDataError("context and anchor weights cannot be negative")
 
 
-def _training_items(prepared: list[_Prepared], held: list[HeldOut]) -> list[_Prepared]:
-    """The prepared planes with the held-out regions (and whole held-out planes) removed."""
+def _held_out_of(
+    item: _Prepared, sample: TrainingSample, held_by: dict[str, HeldOut]
+) -> _Prepared | None:
+    """A sample added during training, with the held-out part of its plane removed.
+
+    A correction made while training runs may be in a plane (same ``source``) whose held-out
+    region scores the versions: that region stays out of training, and a plane held out whole
+    is not trained on at all, so the comparison stays fair.
+    """
+    h = held_by.get(sample.source)
+    if h is None:
+        return item
+    if h.whole_plane or h.region.shape != item.target.shape:
+        return None
+    return _hold_out(item, h.region)
+
+
+def _training_items(
+    prepared: list[_Prepared], held: list[HeldOut], samples: Sequence[TrainingSample]
+) -> tuple[list[_Prepared], list[str]]:
+    """The prepared planes with the held-out regions (and whole held-out planes) removed, and
+    their sources."""
     regions = {h.sample: h for h in held}
-    train = []
+    train, sources = [], []
     for index, item in enumerate(prepared):
         h = regions.get(index)
         if h is not None and h.whole_plane:
             continue
         train.append(item if h is None else _hold_out(item, h.region))
+        sources.append(samples[index].source)
     if not any(p.known_index.size for p in train):
         raise TrainingDataError("nothing left to train on after holding out validation pixels")
-    return train
+    return train, sources
 
 
 def _record(

@@ -1,31 +1,41 @@
-"""Run a fine-tune in a spawned child process and follow it as a generator.
+"""Run a fine-tune in a child process and follow it as a generator.
 
 Why a child process: building any ``torch.optim`` optimiser imports ``torch._dynamo``, which
 loads ``triton`` with PyPI's CUDA builds of torch. Loading triton's LLVM into a process that
 already holds Mesa's software OpenGL (llvmpipe: remote desktops, VMs, HPC visualisation nodes,
 Xvfb) crashes that process, and a napari window is exactly such a process. The child is a
-fresh interpreter (``spawn`` on every platform) with no OpenGL in it, so any torch build
-trains safely there; the viewer's process receives only small messages and never imports
-``torch._dynamo``. The child also gives a hard stop: closing the generator (the viewer
-closing) terminates it.
+fresh interpreter (``python -m napari_unet.core.training_process``) with no OpenGL in it, so
+any torch build trains safely there; the viewer's process receives only small messages and
+never imports ``torch._dynamo``. The child also gives a hard stop: closing the generator (the
+viewer closing) terminates it.
 
-The protocol over one :func:`multiprocessing.Pipe`:
+The child is started with :mod:`subprocess`, not :mod:`multiprocessing`: a spawned
+multiprocessing child re-runs the parent's main script, which for a user's napari script
+without a ``__main__`` guard would open a second viewer. Messages are pickled frames (an
+8-byte length, then the pickle) on the child's stdin (parent -> child) and on a duplicate of
+its original stdout (child -> parent); the child's ``sys.stdout`` goes to stderr, so a stray
+print cannot corrupt them. Both ends are this package, so pickle is safe here.
 
-- parent -> child: ``("stop",)`` (cooperative stop: the run returns its result) and
-  ``("add", samples)`` (corrections made while training; see :func:`iter_finetune`).
+- parent -> child: ``("start", base, samples, settings, output, threads)`` first, then
+  ``("stop",)`` (cooperative stop: the run returns its result) and ``("add", samples)``
+  (corrections made while training; see :func:`~napari_unet.core.training.iter_finetune`).
 - child -> parent: ``("status", text)``, ``("step", TrainStep)``, ``("done", TrainResult
   without its network, saved path)`` or ``("error", exception)``.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from napari_unet.core.errors import EngineError, UnetError
 from napari_unet.core.samples import TrainingSample
@@ -39,6 +49,7 @@ from napari_unet.core.training import (
 
 POLL_SECONDS = 0.2  # longest wait between two yields while the child is busy
 EXIT_GRACE_SECONDS = 5.0
+_HEADER = struct.Struct("<Q")
 
 
 def iter_finetune_in_child(
@@ -49,6 +60,7 @@ def iter_finetune_in_child(
     *,
     threads: int | None = None,
     stop: threading.Event | None = None,
+    more_samples: Callable[[], Sequence[TrainingSample]] | None = None,
 ) -> Generator[TrainStatus | TrainStep, Any, TrainResult]:
     """Fine-tune the bundle at ``base`` in a child process and save the result to ``output``.
 
@@ -66,6 +78,9 @@ def iter_finetune_in_child(
     stop : threading.Event, optional
         Set it to stop at the next step; sending ``"stop"`` into the generator does the same.
         The child then returns its result as a normal run does.
+    more_samples : callable, optional
+        Polled at every yield; what it returns is sent to the child, where it joins training
+        as in :func:`~napari_unet.core.training.iter_finetune`.
 
     Yields
     ------
@@ -85,42 +100,45 @@ def iter_finetune_in_child(
         What the child raised (the same type when it is one of the project's errors), or an
         :class:`~napari_unet.core.errors.EngineError` when the child died.
     """
-    context = multiprocessing.get_context("spawn")
-    here, there = context.Pipe(duplex=True)
-    process = context.Process(
-        target=_child_main,
-        args=(there, str(base), list(samples), settings, str(output), threads),
-        name="napari-unet-training",
-        daemon=True,
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_unet.core.training_process"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
-    process.start()
-    there.close()
+    inbox: queue.Queue[Any] = queue.Queue()
+    reader = threading.Thread(
+        target=_read_frames, args=(process.stdout, inbox), name="napari-unet-training-reader"
+    )
+    reader.daemon = True
+    reader.start()
     last: TrainStatus | TrainStep = TrainStatus("starting the training process")
     stop_sent = False
+
+    def send(message: tuple[Any, ...]) -> None:
+        try:
+            _write_frame(process.stdin, message)
+        except OSError:  # the child is gone; its end is reported when its output closes
+            pass
+
     try:
-        yield last
+        send(("start", str(base), list(samples), settings, str(output), threads))
+        request = yield last
         while True:
-            if not stop_sent and stop is not None and stop.is_set():
-                here.send(("stop",))
+            if not stop_sent and (request == "stop" or (stop is not None and stop.is_set())):
+                send(("stop",))
                 stop_sent = True
-            if here.poll(POLL_SECONDS):
-                try:
-                    message = here.recv()
-                except (EOFError, OSError):
-                    message = None
-            elif process.is_alive():
+            extra = list(more_samples()) if more_samples is not None else []
+            if extra:
+                send(("add", extra))
+            try:
+                message = inbox.get(timeout=POLL_SECONDS)
+            except queue.Empty:
                 request = yield last
-                if request == "stop" and not stop_sent:
-                    here.send(("stop",))
-                    stop_sent = True
                 continue
-            else:
-                message = None
-            if message is None:
-                process.join(EXIT_GRACE_SECONDS)
+            if message is None:  # the child's output closed without a result
+                code = process.wait(EXIT_GRACE_SECONDS)
                 raise EngineError(
-                    "the training process ended unexpectedly "
-                    f"(exit code {process.exitcode}); nothing was saved"
+                    f"the training process ended unexpectedly (exit code {code}); nothing was saved"
                 )
             kind, payload = message[0], message[1:]
             if kind == "error":
@@ -132,46 +150,88 @@ def iter_finetune_in_child(
                 return replace(result, bundle=load_bundle(Path(path)))
             last = payload[0] if kind == "step" else TrainStatus(payload[0])
             request = yield last
-            if request == "stop" and not stop_sent:
-                here.send(("stop",))
-                stop_sent = True
     finally:
-        here.close()
-        process.join(EXIT_GRACE_SECONDS if not process.is_alive() else 0.5)
-        if process.is_alive():
-            process.terminate()
-            process.join(EXIT_GRACE_SECONDS)
+        _close_quietly(process.stdin)
+        try:
+            process.wait(EXIT_GRACE_SECONDS if stop_sent else 0.5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(EXIT_GRACE_SECONDS)
+        _close_quietly(process.stdout)
 
 
-def _child_main(
-    connection: Any,
-    base: str,
-    samples: list[TrainingSample],
-    settings: TrainSettings,
-    output: str,
-    threads: int | None,
-) -> None:
+def _write_frame(stream: IO[bytes] | None, message: tuple[Any, ...]) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    assert stream is not None
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> Any:
+    """One message, or None at the end of the stream."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    return None if len(data) < size else pickle.loads(data)
+
+
+def _read_frames(stream: IO[bytes] | None, inbox: queue.Queue[Any]) -> None:
+    """Move the child's messages into ``inbox``; None marks the end."""
+    assert stream is not None
+    try:
+        while (message := _read_frame(stream)) is not None:
+            inbox.put(message)
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+        pass
+    inbox.put(None)
+
+
+def _close_quietly(stream: IO[bytes] | None) -> None:
+    try:
+        if stream is not None:
+            stream.close()
+    except OSError:
+        pass
+
+
+def _child_main() -> None:
     """Entry point of the child: train, save, report; exits when the parent goes away."""
-    stop = threading.Event()
-    incoming: list[TrainingSample] = []
+    requests = sys.stdin.buffer
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # prints go to stderr, not the protocol
     lock = threading.Lock()
+
+    def reply(message: tuple[Any, ...]) -> None:
+        with lock:
+            _write_frame(replies, message)
+
+    start = _read_frame(requests)
+    if start is None or start[0] != "start":
+        os._exit(1)
+    _, base, samples, settings, output, threads = start
+    stop = threading.Event()
+    incoming: queue.SimpleQueue[TrainingSample] = queue.SimpleQueue()
 
     def listen() -> None:
         while True:
             try:
-                message = connection.recv()
-            except (EOFError, OSError):  # the parent is gone: nobody wants the result
+                message = _read_frame(requests)
+            except (OSError, ValueError, EOFError):
+                message = None
+            if message is None:  # the parent is gone: nobody wants the result
                 os._exit(1)
             if message[0] == "stop":
                 stop.set()
             elif message[0] == "add":
-                with lock:
-                    incoming.extend(message[1])
+                for sample in message[1]:
+                    incoming.put(sample)
 
     def take_new_samples() -> list[TrainingSample]:
-        with lock:
-            taken = list(incoming)
-            incoming.clear()
+        taken = []
+        while not incoming.empty():
+            taken.append(incoming.get())
         return taken
 
     threading.Thread(target=listen, name="napari-unet-control", daemon=True).start()
@@ -182,7 +242,7 @@ def _child_main(
 
         if threads:
             torch.set_num_threads(threads)
-        connection.send(("status", "loading the model"))
+        reply(("status", "loading the model"))
         generator = iter_finetune(
             load_bundle(base), samples, settings, stop=stop, more_samples=take_new_samples
         )
@@ -192,14 +252,16 @@ def _child_main(
             except StopIteration as finished:
                 result = finished.value
                 break
-            connection.send(
-                ("status", item.text) if isinstance(item, TrainStatus) else ("step", item)
-            )
+            reply(("status", item.text) if isinstance(item, TrainStatus) else ("step", item))
         path = save_bundle(result.bundle, output)
-        connection.send(("done", replace(result, bundle=None), str(path)))
+        reply(("done", replace(result, bundle=None), str(path)))
     except UnetError as error:
-        connection.send(("error", error))
+        reply(("error", error))
     except BaseException as error:  # torch errors, MemoryError, bugs: the parent reports them
-        connection.send(("error", EngineError(f"{type(error).__name__}: {error}")))
+        reply(("error", EngineError(f"{type(error).__name__}: {error}")))
     finally:
-        connection.close()
+        replies.close()
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Any
@@ -80,6 +81,12 @@ class FinetunePanel(QWidget):
         self.stop_event = threading.Event()
         self.new_model: str | None = None
         self.previous_model: str | None = None
+        # corrections made while a fine-tune runs: the layer it trains on, and a queue its job
+        # drains into the training (see _feed_running_training)
+        self._training_key: str | None = None
+        self._training_edited = False
+        self._live: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.planes_sent = 0  # corrected planes sent to running fine-tunes
         self._tracked: dict[str, Any] = {}  # by layer_key(): the same through napari's proxies
         self._dirty: set[str] = set()
         self._pending: dict[str, set[Any] | None] = {}  # planes to re-read per layer (None: all)
@@ -142,6 +149,7 @@ class FinetunePanel(QWidget):
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(SAVE_DELAY_MS)
         self._save_timer.timeout.connect(self.save_corrections)
+        self._save_timer.timeout.connect(self._feed_running_training)
         # the plane list is refreshed after painting pauses, not on every brush stroke
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
@@ -290,6 +298,8 @@ class FinetunePanel(QWidget):
                 continue
             segmentation.tracker.update(np.asarray(layer.data), planes)
             self._dirty.add(key)
+            if key == self._training_key:
+                self._training_edited = True
             if key == current:
                 self._refresh_timer.start()
             self._save_timer.start()
@@ -494,6 +504,8 @@ class FinetunePanel(QWidget):
         self.stop_event = threading.Event()
         stop = self.stop_event
         source = segmentation.source
+        self._live = live = queue.SimpleQueue()
+        self._training_key, self._training_edited = layer_key(layer), False
 
         def job() -> Any:
             from napari_unet.core.training_process import iter_finetune_in_child
@@ -507,7 +519,13 @@ class FinetunePanel(QWidget):
             # in a child process: torch.optim would load triton, which crashes napari on
             # software OpenGL (see core/training_process.py)
             result = yield from iter_finetune_in_child(
-                base_name, samples, settings, path, threads=worker_thread_count(), stop=stop
+                base_name,
+                samples,
+                settings,
+                path,
+                threads=worker_thread_count(),
+                stop=stop,
+                more_samples=lambda: _drain(live),
             )
             return result, path
 
@@ -524,6 +542,21 @@ class FinetunePanel(QWidget):
             on_finish=self._on_finish,
         )
         return self.worker
+
+    def _feed_running_training(self) -> None:
+        """Send the planes corrected since the fine-tune started to it (2 s after painting
+        pauses, with the save); they join its training within the prefetched batches."""
+        if self.worker is None or not self._training_edited:
+            return
+        self._training_edited = False
+        layer = self._tracked.get(self._training_key)
+        segmentation = self.session.find(layer) if layer is not None else None
+        if segmentation is None:
+            return
+        planes = collect_planes(segmentation, layer.data)
+        for sample in samples_from_planes(planes, segmentation.source):
+            self._live.put(sample)
+            self.planes_sent += 1
 
     def stop(self) -> None:
         """Cooperative stop: training ends at the next step and keeps the best weights so far."""
@@ -587,6 +620,7 @@ class FinetunePanel(QWidget):
 
     def _on_finish(self) -> None:
         self.worker = None
+        self._training_key = None
         self.train_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self.plot.redraw()
@@ -618,3 +652,13 @@ class FinetunePanel(QWidget):
 
     def _choice_buttons(self) -> tuple[QPushButton, ...]:
         return (self.resegment_button, self.keep_button, self.use_button)
+
+
+def _drain(items: queue.SimpleQueue[Any]) -> list[Any]:
+    """Everything waiting in ``items`` (called from the job's thread)."""
+    taken = []
+    while True:
+        try:
+            taken.append(items.get_nowait())
+        except queue.Empty:
+            return taken
