@@ -18,7 +18,6 @@ from napari_unet.core.metrics import class_iou, match_objects
 
 MIN_WRONG = 3  # fewer objects the base model got wrong than this: too few to tell
 MIN_OBJECTS = 8  # fewer held-out objects than this: too few to tell
-CONTEXT = 32  # pixels around the labelled area that still count as looked at
 
 
 @dataclass(frozen=True)
@@ -133,8 +132,8 @@ def held_out_regions(
     Returns
     -------
     list of HeldOut
-        Regions restricted to the labelled area of each plane grown by ``CONTEXT`` pixels
-        (objects next to a correction were looked at; far ones maybe not).
+        Regions restricted to where each plane was labelled (objects next to a correction
+        were looked at; far ones maybe not).
     """
     if fraction <= 0:
         return []
@@ -159,18 +158,14 @@ def held_out_regions(
 
 
 def _looked_at(shape: tuple[int, int], known: np.ndarray | None) -> np.ndarray:
-    """Bounding box of the labelled pixels grown by ``CONTEXT`` (the whole plane if None)."""
-    region = np.zeros(shape, bool)
+    """Where the person looked: the known-mask (edits and their margin), or the whole plane.
+
+    Objects far from any edit were left as predicted but maybe never looked at, so they are
+    not scored: counting them would reward a version for repeating unchecked mistakes.
+    """
     if known is None:
-        region[:] = True
-        return region
-    rows, cols = np.nonzero(known)
-    if rows.size:
-        region[
-            max(rows.min() - CONTEXT, 0) : rows.max() + 1 + CONTEXT,
-            max(cols.min() - CONTEXT, 0) : cols.max() + 1 + CONTEXT,
-        ] = True
-    return region
+        return np.ones(shape, bool)
+    return np.asarray(known) != 0
 
 
 def count_objects(prediction: np.ndarray, truth: np.ndarray, region: np.ndarray) -> ObjectCounts:

@@ -1,0 +1,82 @@
+"""The held-out comparison of two model versions, checked against hand-counted cases."""
+
+import numpy as np
+
+from napari_unet.core.heldout import (
+    MIN_OBJECTS,
+    MIN_WRONG,
+    ObjectCounts,
+    compare_classes,
+    compare_instances,
+    count_objects,
+    held_out_regions,
+)
+
+
+def squares(positions, shape=(100, 100), size=8):
+    """Label image with one square object per (row, col), ids 1, 2, ..."""
+    labels = np.zeros(shape, np.uint16)
+    for i, (r, c) in enumerate(positions, start=1):
+        labels[r : r + size, c : c + size] = i
+    return labels
+
+
+GRID = [(r, c) for r in range(5, 95, 15) for c in range(5, 95, 15)]  # 36 objects
+
+
+def test_counts_follow_centroids_in_the_region():
+    truth = squares(GRID[:4])
+    prediction = squares([GRID[0], GRID[1], (80, 80)])  # two right, one false, two missed
+    region = np.ones(truth.shape, bool)
+    assert count_objects(prediction, truth, region) == ObjectCounts(tp=2, fp=1, fn=2)
+    left = np.zeros(truth.shape, bool)
+    left[:, :15] = True  # only GRID[0] (5, 5) is centred here
+    assert count_objects(prediction, truth, left) == ObjectCounts(tp=1, fp=0, fn=0)
+    assert ObjectCounts(tp=2, fp=1, fn=2).ap == 2 / 5
+    assert ObjectCounts().ap == 1.0
+
+
+def test_fixing_the_corrections_ranks_better_and_breaking_accepted_objects_ranks_worse():
+    truth = squares(GRID)  # what the user left: 36 objects
+    base = squares(GRID[5:])  # the base model missed the first 5 (the user painted them)
+    region = np.ones(truth.shape, bool)
+    fixed = compare_instances([truth], [base], [squares(GRID)], [region])
+    assert fixed.base_score == 31 / 36 and fixed.new_score == 1.0
+    assert fixed.n_items == 36 and fixed.n_wrong == 5 and fixed.verdict == "better"
+    # a deliberately worse model: it finds the corrected ones but loses 10 accepted objects
+    worse = compare_instances([truth], [base], [squares(GRID[:26])], [region])
+    assert worse.new_score == 26 / 36 < worse.base_score and worse.verdict == "not better"
+    text = worse.describe("nuclei", "nuclei-ft1")
+    assert "not better" in text and "36 held-out objects, 5 of which nuclei got wrong" in text
+
+
+def test_too_few_corrections_to_tell():
+    truth = squares(GRID[: MIN_OBJECTS - 1])
+    base = squares(GRID[MIN_WRONG : MIN_OBJECTS - 1])
+    result = compare_instances([truth], [base], [truth], [np.ones(truth.shape, bool)])
+    assert result.new_score > result.base_score and result.verdict == "too few"
+    assert result.describe("a", "b").startswith("Too few corrections to tell")
+
+
+def test_semantic_versions_compare_by_class_iou():
+    truth = np.zeros((60, 60), np.uint8)
+    truth[:, 30:] = 1
+    base = np.zeros_like(truth)  # misses the whole class
+    region = np.ones(truth.shape, bool)
+    result = compare_classes([truth], [base], [truth], [region], n_classes=2)
+    assert result.base_score == 0.0 and result.new_score == 1.0
+    assert result.n_items == 3600 and result.n_wrong == 1800 and result.verdict == "better"
+
+
+def test_held_out_regions_stay_inside_what_was_labelled():
+    rng = np.random.default_rng(0)
+    known = np.zeros((100, 200), bool)
+    known[10:60, 20:180] = True
+    (held,) = held_out_regions([known.shape], [known], 0.25, rng)
+    assert not held.whole_plane and held.region.any()
+    assert not (held.region & ~known).any()  # only labelled pixels are scored
+    share = held.region.sum() / known.sum()
+    assert 0.2 <= share <= 0.3
+    planes = held_out_regions([(50, 50)] * 4, [None] * 4, 0.25, rng)
+    assert len(planes) == 1 and planes[0].whole_plane and planes[0].region.all()
+    assert held_out_regions([(50, 50)], [None], 0.0, rng) == []
