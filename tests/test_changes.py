@@ -73,6 +73,24 @@ def test_split_and_merge_stay_visible():
     np.testing.assert_array_equal(merged.labels, expected)
 
 
+def test_nested_changes_stay_visible():
+    old = np.zeros((12, 12), np.uint8)
+    new = np.zeros_like(old)
+    old[4:8, 4:8] = 1  # grew far beyond IoU 0.5: it vanished, and a bigger one appeared
+    new[2:10, 2:10] = 1
+    grown = compare_labels(old, new)
+    assert grown.changes == (
+        Change(1, APPEARED, (), 0, 1, 0.0, 64),
+        Change(2, VANISHED, (), 1, 0, 0.0, 16),
+    )
+    expected = np.zeros(old.shape, np.uint32)
+    expected[2:10, 2:10], expected[4:8, 4:8] = 1, 2
+    np.testing.assert_array_equal(grown.labels, expected)
+    shrunk = compare_labels(new, old)
+    expected[2:10, 2:10], expected[4:8, 4:8] = 2, 1
+    np.testing.assert_array_equal(shrunk.labels, expected)
+
+
 def test_stacks_are_compared_plane_by_plane():
     old = np.zeros((3, 10, 10), np.uint32)
     new = np.zeros_like(old)

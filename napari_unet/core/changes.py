@@ -7,10 +7,10 @@ one of the old labels without a match VANISHED, and a matched pair whose IoU is 
 :data:`CHANGED_IOU` CHANGED shape. Semantic labels: every pixel whose class differs changed,
 one entry per plane and (old class, new class) pair.
 
-The change map is a label image with one id per change. Where changes overlap, it shows an
-appeared object over a vanished one over a changed one (a changed object covers both its old
-and new pixels, so a split shows the new part, a merge the lost object); the table lists
-every change whether or not it is visible.
+The change map is a label image with one id per change; a changed object covers its old and
+its new pixels. Where changes overlap (a split, a merge, an object replaced by a much bigger or
+smaller one), the smaller change is drawn on top (on a tie: appeared, vanished, changed), so
+nested changes stay visible. The table lists every change.
 """
 
 from __future__ import annotations
@@ -225,11 +225,10 @@ def _instance_plane(
     changes: list[Change] = []
 
     def add(kind: str, a: int, b: int, iou: float, pixels: int) -> int:
-        label = first + len(changes) + 1
-        changes.append(Change(label, kind, index, a, b, iou, pixels))
-        return label
+        changes.append(Change(first + len(changes) + 1, kind, index, a, b, iou, pixels))
+        return len(changes)  # numbered from 1 in this plane until the end
 
-    # look-up tables from object id to change label, one per kind and version
+    # look-up tables from object id to change number, one per kind and version
     appeared_new = np.zeros(sizes_new.size, np.uint32)
     vanished_old = np.zeros(sizes_old.size, np.uint32)
     changed_old = np.zeros(sizes_old.size, np.uint32)
@@ -243,10 +242,15 @@ def _instance_plane(
         union = both - round(iou * both / (1 + iou))  # intersection = iou * union
         changed_old[a] = changed_new[b] = add(CHANGED, a, b, iou, union)
 
-    # painted in reverse priority: changed (old, then new pixels), vanished, appeared
-    shown = changed_old[old]
-    for layer in (changed_new[new], vanished_old[old], appeared_new[new]):
-        np.copyto(shown, layer, where=layer > 0)
+    # every pixel shows the smallest change it belongs to (the first of these on a tie)
+    sizes = np.array([np.iinfo(np.uint32).max] + [c.pixels for c in changes], np.uint32)
+    shown = appeared_new[new]
+    shown_size = sizes[shown]
+    for candidate in (vanished_old[old], changed_new[new], changed_old[old]):
+        smaller = sizes[candidate] < shown_size
+        shown[smaller] = candidate[smaller]
+        shown_size[smaller] = sizes[candidate[smaller]]
+    shown[shown > 0] += np.uint32(first)
     return changes, shown
 
 
