@@ -414,6 +414,63 @@ def test_resegment_compares_and_keep_previous_restores_the_model(qtbot, docked, 
     assert widget.session.find(viewer.layers["cells labels (tiny)"]).model == "tiny"
 
 
+def test_resegment_shows_what_changed_from_the_previous_version(qtbot, docked, plugin_dirs):
+    """After Re-segment, a layer shows the objects that appeared, vanished or changed from the
+    previous version's own output (not the user's corrections), coloured by kind."""
+    import torch
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_unet.core.changes import KINDS, compare_labels
+    from napari_unet.gui.change_map import KIND_COLOURS
+
+    bundle = load_bundle("nuclei")
+    with torch.no_grad():
+        bundle.network.head.bias[2] += 4.0  # more boundary: objects split, shrink and vanish
+    save_bundle(bundle, plugin_dirs / "nuclei-ft1.safetensors")
+    viewer, widget = docked
+    seen = _notifications()
+    viewer.add_image(np.stack([disks((128, 128), n=14, seed=i)[0] for i in range(2)]), name="cells")
+    widget.segment.axes_edit.setText("ZYX")
+    widget.segment.refresh_models(select="nuclei")
+    labels = _click_segment(qtbot, viewer, widget, "cells labels")
+    prediction = np.array(labels.data)
+    labels.data_setitem((np.array([0]), np.array([2]), np.array([2])), 999)  # a correction
+    wait_corrected(qtbot, widget.session.find(labels).tracker, [(0,)])
+    finetune = widget.finetune
+    finetune.previous_model, finetune.new_model = "nuclei", "nuclei-ft1"
+    finetune.resegment_button.setEnabled(True)
+
+    finetune.resegment_button.click()
+    name = "cells changes (nuclei -> nuclei-ft1)"
+    qtbot.waitUntil(lambda: name in viewer.layers, timeout=60_000)
+    new = np.array(viewer.layers["cells labels (nuclei-ft1)"].data)
+    changes = viewer.layers[name]
+    expected = compare_labels(prediction, new, axes="ZYX")
+    counts = expected.counts()
+    assert all(counts[kind] > 0 for kind in KINDS), counts
+    np.testing.assert_array_equal(changes.data, expected.labels)
+    assert changes.features["index"].tolist() == [c.label for c in expected.changes]
+    assert changes.features["kind"].tolist() == [c.kind for c in expected.changes]
+    assert changes.features["z"].tolist() == [c.plane[0] for c in expected.changes]
+    assert changes.features["old_id"].tolist() == [c.old for c in expected.changes]
+    assert changes.features["new_id"].tolist() == [c.new for c in expected.changes]
+    for change in expected.changes:
+        colour = changes.colormap.map(np.array([change.label]))[0]
+        np.testing.assert_allclose(colour, transform_color(KIND_COLOURS[change.kind])[0])
+    assert changes.scale.tolist() == labels.scale.tolist()
+    message = (
+        f"{counts['appeared']} appeared, {counts['vanished']} vanished, {counts['changed']} changed"
+    )
+    qtbot.waitUntil(lambda: any(message in m for m in seen), timeout=2_000)
+    assert labels.data[0, 2, 2] == 999  # the corrections stay, and were not compared
+    # re-segmenting again updates the same change layer instead of adding another
+    widget.tabs.setCurrentWidget(finetune)
+    finetune.resegment_button.click()
+    wait_idle(qtbot, widget.segment)
+    qtbot.waitUntil(lambda: widget.changes.worker is None, timeout=10_000)
+    assert [layer.name for layer in viewer.layers].count(name) == 1
+
+
 def test_base_model_picker_offers_only_compatible_models(qtbot, docked, plugin_dirs):
     from tests.conftest import tiny_bundle
 

@@ -8,6 +8,7 @@ from typing import Any
 from qtpy.QtCore import QSettings
 from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
+from napari_unet.gui.change_map import ChangeMapper, Previous, previous_labels
 from napari_unet.gui.finetune_widget import FinetunePanel
 from napari_unet.gui.segment_widget import SegmentPanel
 from napari_unet.gui.session import Session
@@ -35,6 +36,9 @@ class UnetWidget(QWidget):
         settings = plugin_settings()
         self.segment = SegmentPanel(napari_viewer, self.session, settings)
         self.finetune = FinetunePanel(napari_viewer, self.session, settings)
+        self.changes = ChangeMapper(napari_viewer)
+        # what the next re-segmentation is compared with, and with which model it runs
+        self._compare_with: tuple[Previous, str] | None = None
         self.tabs = QTabWidget()
         self.tabs.addTab(self.segment, "Segment")
         self.tabs.addTab(self.finetune, "Fine-tune")
@@ -42,11 +46,12 @@ class UnetWidget(QWidget):
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.tabs)
         self.segment.segmented.connect(self.finetune.track)
+        self.segment.segmented.connect(self._show_changes)
         self.finetune.trained.connect(self._trained)
         self.finetune.resegment_requested.connect(self._resegment)
         self.finetune.model_chosen.connect(self.segment.select_model)
         napari_viewer.dims.events.current_step.connect(self._dims_changed)
-        self.destroyed.connect(self._stop_workers_of(self.segment, self.finetune))
+        self.destroyed.connect(self._stop_workers_of(self.segment, self.finetune, self.changes))
         app = QApplication.instance()
         if app is not None:  # closing napari quits the app: stop jobs and save corrections first
             app.aboutToQuit.connect(self.close_workers)
@@ -59,9 +64,15 @@ class UnetWidget(QWidget):
         self.segment.refresh_models()
 
     def _resegment(self, model: str) -> None:
-        """Segment the fine-tuned layer's image with the new model, into a layer of its own."""
+        """Segment the fine-tuned layer's image with the new model, into a layer of its own;
+        then show what changed from the previous version's output."""
         layer = self.finetune.current_layer()
         segmentation = self.session.find(layer) if layer is not None else None
+        previous = (
+            previous_labels(self.session, layer, self.finetune.previous_model or "")
+            if layer is not None
+            else None
+        )
         if (
             segmentation is not None
             and self.segment.image_combo.findText(segmentation.image_name) >= 0
@@ -69,7 +80,26 @@ class UnetWidget(QWidget):
             self.segment.image_combo.setCurrentText(segmentation.image_name)
         self.segment.refresh_models(select=model)
         self.tabs.setCurrentWidget(self.segment)
-        self.segment.run(model=model, new_layer=True)
+        self._compare_with = (previous, model) if previous is not None else None
+        if self.segment.run(model=model, new_layer=True) is None:
+            self._compare_with = None
+
+    def _show_changes(self, layer: Any) -> None:
+        """A segmentation arrived: if it is the re-segmentation asked for, map the changes."""
+        pending, self._compare_with = self._compare_with, None
+        segmentation = self.session.find(layer)
+        if pending is None or segmentation is None or not segmentation.comparison:
+            return
+        previous, model = pending
+        if segmentation.model != model:
+            return
+        self.changes.start(
+            previous,
+            layer,
+            image_name=segmentation.image_name,
+            new_model=model,
+            mode=segmentation.mode,
+        )
 
     @staticmethod
     def _stop_workers_of(*panels: Any) -> Any:
@@ -88,6 +118,7 @@ class UnetWidget(QWidget):
         self.finetune.save_corrections()
         stop_panel(self.segment)
         stop_panel(self.finetune)
+        stop_panel(self.changes)
 
 
 def stop_panel(panel: Any) -> None:
