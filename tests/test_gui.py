@@ -471,6 +471,117 @@ def test_resegment_shows_what_changed_from_the_previous_version(qtbot, docked, p
     assert [layer.name for layer in viewer.layers].count(name) == 1
 
 
+def _save_version(models_dir, name, parent, verdict="better"):
+    """A fine-tuned version's file with the history training writes (see training._record)."""
+    from tests.conftest import tiny_bundle
+
+    bundle = tiny_bundle()
+    bundle.config["parent"] = parent
+    bundle.config["training"] = {
+        "history": [
+            {
+                "date": "2025-01-02T03:04:05+00:00",
+                "parent": parent,
+                "settings": {"steps": 8, "seed": 3},
+                "samples": ["cells[0]", "cells[1]"],
+                "corrected_pixels": 1234,
+                "steps_run": 6,
+                "seconds": 2.0,
+                "comparison": {
+                    "metric": "AP@0.5",
+                    "base_score": 0.5,
+                    "new_score": 0.75,
+                    "n_items": 20,
+                    "n_wrong": 5,
+                    "unit": "objects",
+                    "verdict": verdict,
+                },
+                "end": "finished",
+            }
+        ]
+    }
+    return save_bundle(bundle, models_dir / f"{name}.safetensors")
+
+
+def test_versions_list_their_provenance_and_delete_after_confirmation(qtbot, docked, plugin_dirs):
+    from superqt import QCollapsible
+
+    from napari_unet.core.registry import BUNDLED_DIR
+    from napari_unet.gui.versions import format_size
+
+    first = _save_version(plugin_dirs, "tiny-ft1", "tiny")
+    second = _save_version(plugin_dirs, "tiny-ft2", "tiny-ft1", verdict="not better")
+    _save_version(plugin_dirs, "other-ft1", "other")  # another family
+    viewer, widget = docked
+    seen = _notifications()
+    finetune, versions = widget.finetune, widget.finetune.versions
+    assert "Versions" in [c.text() for c in finetune.findChildren(QCollapsible)]
+    finetune.refresh_models(select="tiny")
+    widget.segment.select_model("tiny")
+
+    def rows():
+        tree = versions.tree
+        return [
+            [tree.topLevelItem(i).text(c) for c in range(4)]
+            for i in range(tree.topLevelItemCount())
+        ]
+
+    qtbot.waitUntil(lambda: len(rows()) == 2, timeout=2_000)
+    size = format_size(first.stat().st_size)
+    assert rows() == [
+        ["tiny-ft2", "2025-01-02", "not better 0.50→0.75", format_size(second.stat().st_size)],
+        ["tiny-ft1", "2025-01-02", "better 0.50→0.75", size],
+    ]
+    tip = versions.tree.topLevelItem(0).toolTip(0)
+    for fact in (
+        "from tiny-ft1",
+        "6 of 8 steps",
+        "seed 3",
+        "2 corrected plane(s), 1,234 corrected pixels",
+        "AP@0.5 0.500 → 0.750 on 20 held-out objects (5 the parent got wrong)",
+    ):
+        assert fact in tip
+    total = sum(p.stat().st_size for p in plugin_dirs.glob("*-ft*.safetensors"))
+    assert versions.total.text() == (
+        f"tiny: 2 versions, {format_size(first.stat().st_size + second.stat().st_size)} on "
+        f"disk. All yours: 3 versions, {format_size(total)}."
+    )
+
+    asked = []
+    answer = [False]
+    versions.confirm = lambda title, text: asked.append(text) or answer[0]
+    # the Segment panel's model is refused without asking; bundled models always are
+    widget.tabs.setCurrentWidget(widget.segment)
+    widget.segment.select_model("tiny-ft2")
+    widget.tabs.setCurrentWidget(finetune)
+    qtbot.waitUntil(lambda: rows()[0][0] == "tiny-ft2 (in use)", timeout=2_000)
+    assert not versions.delete("tiny-ft2") and second.is_file() and not asked
+    assert any("tiny-ft2 is in use" in message for message in seen)
+    assert not versions.delete("nuclei") and (BUNDLED_DIR / "nuclei.safetensors").is_file()
+    assert not asked
+    # a No keeps the file; a Yes deletes it, and every model picker forgets it
+    versions.select("tiny-ft1")
+    assert versions.delete_button.isEnabled()
+    versions.delete_button.click()
+    assert first.is_file() and len(asked) == 1 and f"Delete tiny-ft1 ({size})" in asked[0]
+    answer[0] = True
+    versions.delete_button.click()
+    assert not first.is_file() and len(asked) == 2
+    assert [row[0] for row in rows()] == ["tiny-ft2 (in use)"]
+    assert "tiny-ft1" not in _items(widget.segment.model_combo)
+    assert "tiny-ft1" not in _items(finetune.base_combo)
+    assert any(f"Deleted tiny-ft1 ({size})" in message for message in seen)
+
+    # a finished fine-tune lists its version at once
+    _save_version(plugin_dirs, "tiny-ft3", "tiny-ft2")
+    finetune.trained.emit("tiny-ft3", "tiny-ft2")
+    assert [row[0] for row in rows()] == ["tiny-ft3", "tiny-ft2 (in use)"]
+    # the list follows the base model's family
+    finetune.base_combo.setCurrentText("nuclei")
+    qtbot.waitUntil(lambda: rows() == [], timeout=2_000)
+    assert versions.total.text().startswith("No fine-tuned versions of nuclei yet.")
+
+
 def test_base_model_picker_offers_only_compatible_models(qtbot, docked, plugin_dirs):
     from tests.conftest import tiny_bundle
 
@@ -521,6 +632,9 @@ def test_docked_finetune_then_resegment_and_keep_previous(qtbot, docked, plugin_
     assert finetune.new_model == "tiny-ft1"
     assert (plugin_dirs / "tiny-ft1.safetensors").is_file()
     assert finetune.resegment_button.isEnabled() and finetune.keep_button.isEnabled()
+    listed = finetune.versions.tree.topLevelItem(0)  # listed with what training recorded
+    assert listed.text(0) == "tiny-ft1" and "from tiny," in listed.toolTip(0)
+    assert "of 6 steps" in listed.toolTip(0) and "seed 0" in listed.toolTip(0)
     corrected = np.array(labels.data)
     finetune.resegment_button.click()
     qtbot.waitUntil(lambda: "cells labels (tiny-ft1)" in viewer.layers, timeout=60_000)
@@ -529,6 +643,7 @@ def test_docked_finetune_then_resegment_and_keep_previous(qtbot, docked, plugin_
     assert widget.session.find(compared).model == "tiny-ft1"
     assert widget.session.find(compared).tracker.corrected_planes() == []
     np.testing.assert_array_equal(labels.data, corrected)  # corrections untouched
+    qtbot.waitUntil(lambda: "cells changes (tiny -> tiny-ft1)" in viewer.layers, timeout=10_000)
     finetune.keep_button.click()
     assert widget.segment.model == "tiny" and finetune.base_combo.currentText() == "tiny"
     assert plugin_settings().value("segment/model") == "tiny"

@@ -43,13 +43,18 @@ def form(rows: list[tuple[str, QWidget]], parent: QWidget | None = None) -> QFor
     return layout
 
 
+def collapsible(title: str, content: QWidget) -> QCollapsible:
+    """A collapsed section holding one widget."""
+    section = QCollapsible(title)
+    section.addWidget(content)
+    return section
+
+
 def collapsible_form(title: str, rows: list[tuple[str, QWidget]]) -> QCollapsible:
     """A collapsed section holding a form of (label, control) rows."""
     content = QWidget()
     form(rows, content)
-    section = QCollapsible(title)
-    section.addWidget(content)
-    return section
+    return collapsible(title, content)
 
 
 def button_row(*buttons: QWidget) -> QHBoxLayout:

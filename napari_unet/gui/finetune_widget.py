@@ -20,7 +20,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet.gui.controls import button_row, collapsible_form, float_spin, form, int_spin
+from napari_unet.gui.controls import (
+    button_row,
+    collapsible,
+    collapsible_form,
+    float_spin,
+    form,
+    int_spin,
+)
 from napari_unet.gui.layers import layer_key
 from napari_unet.gui.loss_plot import LossPlot
 from napari_unet.gui.segment_widget import model_names
@@ -31,6 +38,7 @@ from napari_unet.gui.session import (
     samples_from_planes,
     save_planes,
 )
+from napari_unet.gui.versions import VersionsPanel
 from napari_unet.gui.workers import start_worker, worker_thread_count
 
 SAVE_DELAY_MS = 2000  # corrections are saved this long after the last brush stroke
@@ -121,6 +129,7 @@ class FinetunePanel(QWidget):
         self.use_button = QPushButton("Use new model")
         for button in self._choice_buttons():
             button.setEnabled(False)
+        self.versions = VersionsPanel(self.base_combo.currentText)
 
         self.advanced = collapsible_form(
             "Advanced",
@@ -143,6 +152,7 @@ class FinetunePanel(QWidget):
         layout.addWidget(self.result)
         layout.addLayout(button_row(self.resegment_button))
         layout.addLayout(button_row(self.keep_button, self.use_button))
+        layout.addWidget(collapsible("Versions", self.versions))
         layout.addStretch()
 
         self._save_timer = QTimer(self)
@@ -169,6 +179,8 @@ class FinetunePanel(QWidget):
         self.keep_button.clicked.connect(self._keep_previous)
         self.use_button.clicked.connect(self._use_new)
         self.labels_combo.currentIndexChanged.connect(self._labels_changed)
+        self.base_combo.currentTextChanged.connect(self.versions.schedule_refresh)
+        self.trained.connect(self.versions.refresh)  # a new version is on disk
         self.planes.itemChanged.connect(self._plane_ticked)
         viewer.layers.events.removed.connect(self._layer_removed)
 

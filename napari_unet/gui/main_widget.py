@@ -50,6 +50,13 @@ class UnetWidget(QWidget):
         self.finetune.trained.connect(self._trained)
         self.finetune.resegment_requested.connect(self._resegment)
         self.finetune.model_chosen.connect(self.segment.select_model)
+        versions = self.finetune.versions
+        versions.set_in_use(self._models_in_use)
+        versions.deleted.connect(self._version_deleted)
+        # which version is in use shows in the list: refreshed when it can have changed
+        self.segment.model_combo.currentIndexChanged.connect(versions.schedule_refresh)
+        self.finetune.model_chosen.connect(versions.schedule_refresh)
+        self.tabs.currentChanged.connect(versions.schedule_refresh)
         napari_viewer.dims.events.current_step.connect(self._dims_changed)
         self.destroyed.connect(self._stop_workers_of(self.segment, self.finetune, self.changes))
         app = QApplication.instance()
@@ -62,6 +69,17 @@ class UnetWidget(QWidget):
 
     def _trained(self, new_model: str, previous_model: str) -> None:
         self.segment.refresh_models()
+
+    def _models_in_use(self) -> set[str]:
+        """Models whose file must stay: the Segment panel's, and the base of a running fine-tune."""
+        used = {self.segment.model}
+        if self.finetune.worker is not None and self.finetune.previous_model:
+            used.add(self.finetune.previous_model)
+        return used
+
+    def _version_deleted(self, name: str) -> None:
+        self.segment.refresh_models()
+        self.finetune.refresh_models()
 
     def _resegment(self, model: str) -> None:
         """Segment the fine-tuned layer's image with the new model, into a layer of its own;
