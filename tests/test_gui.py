@@ -392,6 +392,10 @@ def test_resegment_compares_and_keep_previous_restores_the_model(qtbot, docked, 
     wait_idle(qtbot, widget.segment)
     compared = viewer.layers["cells labels (tiny-ft1)"]
     np.testing.assert_array_equal(compared.data, prediction)
+    # the same weights: a change map with nothing in it
+    changes = "cells changes (tiny -> tiny-ft1)"
+    qtbot.waitUntil(lambda: changes in viewer.layers, timeout=10_000)
+    assert not viewer.layers[changes].data.any()
     assert widget.session.find(compared).tracker.corrected_planes() == []
     assert not any("Restored" in message for message in seen)
     assert labels.data[1, 40, 40] == 7
@@ -762,6 +766,10 @@ def test_end_to_end_on_real_data(qtbot, dock, tmp_path, plugin_dirs):
         np.asarray(viewer.layers[f"{layer.name} labels (tiny-ft1)"].data[2]), truth[2]
     ).at(0.5)
     print(f"held-out plane AP@0.5: {before:.3f} -> {after:.3f}; {finetune.result.text()}")
+    changes = f"{layer.name} changes (tiny -> tiny-ft1)"
+    qtbot.waitUntil(lambda: changes in viewer.layers, timeout=30_000)
+    assert viewer.layers[changes].data.shape == labels.data.shape
+    print(f"change map: {sorted(viewer.layers[changes].features['kind'].value_counts().items())}")
     assert after >= before + 0.2
     np.testing.assert_array_equal(labels.data[:2], truth[:2])  # corrections untouched
 
