@@ -4,7 +4,7 @@
                                         [--one-click-only]
 
 First, the panel's one click: the default fine-tune of a 1024 x 1024 image with 15 corrected
-nuclei in the training child process, with the panel's torch thread count, then its
+nuclei in the training child process, with the panel's torch thread count (all usable cores: the child is its own process), then its
 re-segmentation (target: 3 minutes on 2 CPU cores).
 
 Two 512 x 512 crops of real CTC Fluo-N2DL-HeLa frames with their ground truth (from
@@ -95,7 +95,7 @@ def one_click(data: Path, threads: int) -> dict[str, float]:
     A HeLa frame mirrored to 1024 x 1024 is segmented with ``nuclei``; the 15 true nuclei that
     the prediction matches worst are painted in from the ground truth (the known-mask as the
     GUI's tracker draws it); then the default fine-tune runs in its child process with the
-    panel's torch thread count, and the image is segmented again with the new version.
+    panel's torch thread count (all usable cores: the child is its own process), and the image is segmented again with the new version.
     """
     import numpy as np
 
@@ -161,11 +161,10 @@ def main() -> None:
     import torch
     from machine import device_name
 
-    from napari_unet.core.devices import resolve_compute
+    from napari_unet.core.devices import resolve_compute, usable_cores
     from napari_unet.core.options import TrainSettings
-    from napari_unet.gui.workers import worker_thread_count
 
-    threads = worker_thread_count()
+    threads = usable_cores()
     click = one_click(args.data, threads)
     print(
         f"one click on a 1024x1024 image (child process, {threads} torch thread(s) as in the "

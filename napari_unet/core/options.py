@@ -77,10 +77,12 @@ class TrainSettings:
     far from what it knew.
     """
 
-    steps: int = 150
+    # 100 steps of 2 x 256^2 patches: about 100 s on 2 CPU cores without native bf16
+    # (benchmarks/RESULTS.md); a GPU runs them in seconds
+    steps: int = 100
     learning_rate: float = 1e-4  # at most the base's final rate: fresh Adam moments overshoot
     patch_size: int = 256
-    batch_size: int = 4
+    batch_size: int = 2
     val_fraction: float = 0.25
     val_every: int = 25
     augment: AugmentSettings = field(default_factory=AugmentSettings)

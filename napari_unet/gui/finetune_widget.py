@@ -39,7 +39,7 @@ from napari_unet.gui.session import (
     save_planes,
 )
 from napari_unet.gui.versions import VersionsPanel
-from napari_unet.gui.workers import start_worker, worker_thread_count
+from napari_unet.gui.workers import start_worker
 
 SAVE_DELAY_MS = 2000  # corrections are saved this long after the last brush stroke
 
@@ -520,6 +520,7 @@ class FinetunePanel(QWidget):
         self._training_key, self._training_edited = layer_key(layer), False
 
         def job() -> Any:
+            from napari_unet.core.devices import usable_cores
             from napari_unet.core.training_process import iter_finetune_in_child
 
             save_planes(training_set, segmentation, planes, stale)
@@ -535,7 +536,7 @@ class FinetunePanel(QWidget):
                 samples,
                 settings,
                 path,
-                threads=worker_thread_count(),
+                threads=usable_cores(),  # its own process: the viewer keeps its thread
                 stop=stop,
                 more_samples=lambda: _drain(live),
             )
