@@ -572,9 +572,9 @@ class FinetunePanel(QWidget):
             self.planes_sent += 1
 
     def stop(self) -> None:
-        """Cooperative stop: training ends at the next step and keeps the best weights so far."""
+        """Cooperative stop: training ends at the next step, then both versions are compared."""
         self.stop_event.set()
-        self.eta.setText("Stopping: keeping the best weights so far...")
+        self.eta.setText("Stopping: scoring the weights so far...")
 
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
