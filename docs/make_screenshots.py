@@ -2,7 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
 
-Writes docs/images/segment.png, correct.png and finetune.png. Uses temporary folders for
+Writes docs/images/segment.png, correct.png, finetune.png and changes.png. Uses temporary folders for
 models and training sets so your own are untouched.
 """
 
@@ -68,6 +68,16 @@ def main() -> None:
     settle = time.time() + 1.0
     wait(app, lambda: time.time() > settle)  # let the layout grow to the result text
     viewer.screenshot(str(HERE / "images" / "finetune.png"), canvas_only=False)
+
+    # see what changed: the new version's own output and the change map beside the corrections
+    widget.finetune.resegment_button.click()
+    wait(app, lambda: any("changes (" in layer.name for layer in viewer.layers))
+    wait(app, lambda: widget.segment.worker is None)
+    for layer in viewer.layers:
+        layer.visible = layer.name == "nuclei" or "changes (" in layer.name
+    settle = time.time() + 1.0
+    wait(app, lambda: time.time() > settle)
+    viewer.screenshot(str(HERE / "images" / "changes.png"), canvas_only=False)
     viewer.close()
 
 

@@ -96,8 +96,7 @@ class UnetWidget(QWidget):
             and self.segment.image_combo.findText(segmentation.image_name) >= 0
         ):
             self.segment.image_combo.setCurrentText(segmentation.image_name)
-        self.segment.refresh_models(select=model)
-        self.tabs.setCurrentWidget(self.segment)
+        self.tabs.setCurrentWidget(self.segment)  # the picker keeps the chosen model
         self._compare_with = (previous, model) if previous is not None else None
         if self.segment.run(model=model, new_layer=True) is None:
             self._compare_with = None
