@@ -104,6 +104,9 @@ def iter_finetune_in_child(
         [sys.executable, "-m", "napari_unet.core.training_process"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=None if sys.stderr is not None else subprocess.DEVNULL,  # pythonw has none
+        env=_child_environment(),
+        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console on Windows
     )
     inbox: queue.Queue[Any] = queue.Queue()
     reader = threading.Thread(
@@ -160,6 +163,12 @@ def iter_finetune_in_child(
         _close_quietly(process.stdout)
 
 
+def _child_environment() -> dict[str, str]:
+    """The parent's environment, with its import path, so the child imports the same code."""
+    paths = [p for p in sys.path if p and Path(p).exists()]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def _write_frame(stream: IO[bytes] | None, message: tuple[Any, ...]) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     assert stream is not None
@@ -200,7 +209,10 @@ def _child_main() -> None:
     """Entry point of the child: train, save, report; exits when the parent goes away."""
     requests = sys.stdin.buffer
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # prints go to stderr, not the protocol
+    try:  # prints go to stderr, never into the protocol
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # no stderr (pythonw): drop them
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     lock = threading.Lock()
 
     def reply(message: tuple[Any, ...]) -> None:
