@@ -48,6 +48,7 @@ def test_child_trains_saves_and_reports(base, tmp_path):
     output = tmp_path / "new.safetensors"
     items, result = drive(iter_finetune_in_child(base, samples(), QUICK, output, threads=1))
     assert isinstance(items[0], TrainStatus)
+    # every step once, however often the parent had to wait for the child
     assert [i.step for i in items if isinstance(i, TrainStep)] == list(range(1, 9))
     assert output.is_file() and result.bundle.path == output
     assert result.comparison is not None and not result.stopped

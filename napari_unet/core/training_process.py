@@ -50,6 +50,7 @@ from napari_unet.core.training import (
 POLL_SECONDS = 0.2  # longest wait between two yields while the child is busy
 EXIT_GRACE_SECONDS = 5.0
 _HEADER = struct.Struct("<Q")
+HEARTBEAT = TrainStatus("")  # yielded while waiting for the child: nothing new to show
 
 
 def iter_finetune_in_child(
@@ -86,8 +87,9 @@ def iter_finetune_in_child(
     ------
     TrainStatus or TrainStep
         A status while the child starts and scores, a step after every optimiser step, and
-        the last item again at least every ``POLL_SECONDS`` while the child is busy, so a
-        consumer can close the generator promptly.
+        a heartbeat (``TrainStatus("")``: nothing new to show) at least every
+        ``POLL_SECONDS`` while the child is busy, so a consumer can close the generator
+        promptly. Every step is yielded once.
 
     Returns
     -------
@@ -114,7 +116,6 @@ def iter_finetune_in_child(
     )
     reader.daemon = True
     reader.start()
-    last: TrainStatus | TrainStep = TrainStatus("starting the training process")
     stop_sent = False
 
     def send(message: tuple[Any, ...]) -> None:
@@ -125,7 +126,7 @@ def iter_finetune_in_child(
 
     try:
         send(("start", str(base), list(samples), settings, str(output), threads))
-        request = yield last
+        request = yield TrainStatus("starting the training process")
         while True:
             if not stop_sent and (request == "stop" or (stop is not None and stop.is_set())):
                 send(("stop",))
@@ -136,7 +137,7 @@ def iter_finetune_in_child(
             try:
                 message = inbox.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                request = yield last
+                request = yield HEARTBEAT
                 continue
             if message is None:  # the child's output closed without a result
                 code = process.wait(EXIT_GRACE_SECONDS)
@@ -151,8 +152,7 @@ def iter_finetune_in_child(
                 from napari_unet.core.bundle import load_bundle
 
                 return replace(result, bundle=load_bundle(Path(path)))
-            last = payload[0] if kind == "step" else TrainStatus(payload[0])
-            request = yield last
+            request = yield payload[0] if kind == "step" else TrainStatus(payload[0])
     finally:
         _close_quietly(process.stdin)
         try:
@@ -273,6 +273,11 @@ def _child_main() -> None:
         reply(("error", EngineError(f"{type(error).__name__}: {error}")))
     finally:
         replies.close()
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        # not a normal interpreter exit: the control thread is blocked reading stdin, and
+        # finalising the interpreter under it aborts ("could not acquire lock for stdin")
+        os._exit(0)
 
 
 if __name__ == "__main__":

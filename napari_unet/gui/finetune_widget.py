@@ -586,7 +586,8 @@ class FinetunePanel(QWidget):
         from napari_unet.core.training import TrainStatus
 
         if isinstance(step, TrainStatus):
-            self.eta.setText(step.text[:1].upper() + step.text[1:] + "...")
+            if step.text:  # an empty status is the job's heartbeat: nothing new
+                self.eta.setText(step.text[:1].upper() + step.text[1:] + "...")
             return
         if not self.plot.steps and step.initial_score is not None:
             self.plot.add_validation(0, step.initial_score)  # the base model, before training
