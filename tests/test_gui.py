@@ -362,8 +362,7 @@ def _as_after_a_finetune(widget, models_dir):
     finetune.previous_model, finetune.new_model = finetune.base_combo.currentText(), "tiny-ft1"
     finetune.refresh_models()
     finetune.trained.emit("tiny-ft1", "tiny")
-    for button in (finetune.resegment_button, finetune.keep_button):
-        button.setEnabled(True)
+    finetune._show_choice("tiny")  # as when the new version is not better: the old stays
 
 
 def test_resegment_compares_and_keep_previous_restores_the_model(qtbot, docked, plugin_dirs):
@@ -400,15 +399,19 @@ def test_resegment_compares_and_keep_previous_restores_the_model(qtbot, docked, 
     assert not any("Restored" in message for message in seen)
     assert labels.data[1, 40, 40] == 7
     assert finetune.current_layer().name == "cells labels"
-    assert widget.segment.model == "tiny-ft1"
-    assert plugin_settings().value("segment/model") == "tiny-ft1"
+    # re-segmenting compares; it does not choose: the Segment panel keeps its model
+    assert widget.segment.model == "tiny"
 
-    # Keep previous: the base model again in both pickers and in the remembered settings
+    # Use new model, then Keep previous: both pickers and the remembered setting follow
+    finetune.use_button.click()
+    assert widget.segment.model == "tiny-ft1" and finetune.base_combo.currentText() == "tiny-ft1"
+    assert plugin_settings().value("segment/model") == "tiny-ft1"
+    assert finetune.keep_button.isEnabled() and not finetune.use_button.isEnabled()
     finetune.keep_button.click()
     assert widget.segment.model == "tiny"
     assert finetune.base_combo.currentText() == "tiny"
     assert plugin_settings().value("segment/model") == "tiny"
-    assert not finetune.keep_button.isEnabled() and not finetune.resegment_button.isEnabled()
+    assert not finetune.keep_button.isEnabled() and finetune.use_button.isEnabled()
     next_session = UnetWidget(viewer)
     assert next_session.segment.model == "tiny"
     next_session.close_workers()
@@ -635,7 +638,11 @@ def test_docked_finetune_then_resegment_and_keep_previous(qtbot, docked, plugin_
     wait_idle(qtbot, finetune, timeout=120_000)
     assert finetune.new_model == "tiny-ft1"
     assert (plugin_dirs / "tiny-ft1.safetensors").is_file()
-    assert finetune.resegment_button.isEnabled() and finetune.keep_button.isEnabled()
+    # the verdict chose: the new version when it scored better, else the old one stays
+    better = " is better on " in finetune.result.text()
+    assert widget.segment.model == ("tiny-ft1" if better else "tiny")
+    assert finetune.resegment_button.isEnabled()
+    assert finetune.keep_button.isEnabled() == better and finetune.use_button.isEnabled() != better
     listed = finetune.versions.tree.topLevelItem(0)  # listed with what training recorded
     assert listed.text(0) == "tiny-ft1" and "from tiny," in listed.toolTip(0)
     assert "of 6 steps" in listed.toolTip(0) and "seed 0" in listed.toolTip(0)
@@ -648,6 +655,9 @@ def test_docked_finetune_then_resegment_and_keep_previous(qtbot, docked, plugin_
     assert widget.session.find(compared).tracker.corrected_planes() == []
     np.testing.assert_array_equal(labels.data, corrected)  # corrections untouched
     qtbot.waitUntil(lambda: "cells changes (tiny -> tiny-ft1)" in viewer.layers, timeout=10_000)
+    if not better:
+        finetune.use_button.click()
+        assert widget.segment.model == "tiny-ft1"
     finetune.keep_button.click()
     assert widget.segment.model == "tiny" and finetune.base_combo.currentText() == "tiny"
     assert plugin_settings().value("segment/model") == "tiny"
@@ -665,13 +675,13 @@ def test_corrections_made_while_training_join_it(qtbot, docked, plugin_dirs):
     finetune.steps_spin.setValue(100_000)
     steps = []
     worker = finetune.start()
-    worker.yielded.connect(lambda item: steps.append(getattr(item, "step", None)))
+    worker.yielded.connect(lambda item: hasattr(item, "step") and steps.append(item.step))
     qtbot.waitUntil(lambda: any(steps), timeout=60_000)
     labels.paint((20, 100), 41)  # a second correction while it trains
     qtbot.waitUntil(lambda: finetune.planes_sent == 1, timeout=10_000)  # sent with the save
     qtbot.waitUntil(finetune._live.empty, timeout=5_000)  # taken by the job
     sent_at = len(steps)
-    qtbot.waitUntil(lambda: len(steps) > sent_at + 10, timeout=60_000)
+    qtbot.waitUntil(lambda: len(steps) > sent_at + 10, timeout=60_000)  # optimiser steps
     finetune.stop()
     wait_idle(qtbot, finetune)
     history = load_bundle(plugin_dirs / "tiny-ft1.safetensors").config["training"]["history"][-1]

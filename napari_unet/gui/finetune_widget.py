@@ -623,8 +623,7 @@ class FinetunePanel(QWidget):
         if better:
             self.refresh_models(select=self.new_model)
             self.model_chosen.emit(self.new_model)
-        for button in self._choice_buttons():
-            button.setEnabled(True)
+        self._show_choice(kept)
 
     def _on_error(self, error: BaseException) -> None:
         from napari.utils.notifications import show_error
@@ -653,16 +652,20 @@ class FinetunePanel(QWidget):
                 f"Keeping {self.previous_model}; {self.new_model} stays on disk for later comparison."
             )
             self.model_chosen.emit(self.previous_model)
-        for button in self._choice_buttons():
-            button.setEnabled(False)
+            self._show_choice(self.previous_model)
 
     def _use_new(self) -> None:
         """Use the new version: here, in the Segment panel and in the remembered settings."""
         if self.new_model:
             self.refresh_models(select=self.new_model)
             self.model_chosen.emit(self.new_model)
-        for button in self._choice_buttons():
-            button.setEnabled(False)
+            self._show_choice(self.new_model)
+
+    def _show_choice(self, chosen: str | None) -> None:
+        """After a fine-tune: the button that would switch to the other version stays on."""
+        self.resegment_button.setEnabled(bool(self.new_model))
+        self.keep_button.setEnabled(chosen == self.new_model)
+        self.use_button.setEnabled(chosen != self.new_model)
 
     def _choice_buttons(self) -> tuple[QPushButton, ...]:
         return (self.resegment_button, self.keep_button, self.use_button)
