@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from napari_unet.core.errors import EngineError, UnetError
+from napari_unet.core.generators import run_to_end
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.training import (
     TrainResult,
@@ -258,13 +259,12 @@ def _child_main() -> None:
         generator = iter_finetune(
             load_bundle(base), samples, settings, stop=stop, more_samples=take_new_samples
         )
-        while True:
-            try:
-                item = next(generator)
-            except StopIteration as finished:
-                result = finished.value
-                break
-            reply(("status", item.text) if isinstance(item, TrainStatus) else ("step", item))
+        result = run_to_end(
+            generator,
+            lambda item: reply(
+                ("status", item.text) if isinstance(item, TrainStatus) else ("step", item)
+            ),
+        )
         path = save_bundle(result.bundle, output)
         reply(("done", replace(result, bundle=None), str(path)))
     except UnetError as error:
