@@ -3,11 +3,17 @@
 Reproducible: the data split is fixed by a seed and written to benchmarks/splits/, the
 settings are below, and the command that ran is printed.
 
-    python benchmarks/train_bundled.py nuclei [--minutes-hint] [--steps N]
+    python benchmarks/train_bundled.py nuclei [--steps N]
     python benchmarks/train_bundled.py em-membranes [--steps N]
+    python benchmarks/train_bundled.py nuclei --replay-only
 
 Training sets are written to a scratch folder as napari-unet training sets, then
-``napari-unet train --dataset ... --from-scratch`` trains and saves the bundle.
+``napari-unet train --dataset ... --from-scratch`` trains and saves the bundle. For ``nuclei``
+a replay set is then attached to the bundle: one 256 x 256 patch from each of 24 training
+images (seeded), which fine-tuning rehearses (``TrainSettings.replay_fraction``). The DSB data
+are CC0, so they may ship inside the BSD package; the ISBI EM data are for non-commercial
+research only, so ``em-membranes`` ships without a replay set. ``--replay-only`` attaches the
+replay set to the existing bundle without retraining (the weights stay bit-identical).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +82,51 @@ def build_nuclei_set(folder: Path, ids: list[str]) -> None:
         training_set.put_plane(image_id, (), grey, labels, None, fully_checked=True)
 
 
+def replay_set(ids: list[str], patches: int = 24, size: int = 256) -> Any:
+    """One seeded ``size``-square crop with at least 3 whole nuclei from each of the first
+    ``patches`` suitable training images (in a seeded order)."""
+    from skimage.segmentation import relabel_sequential
+
+    from napari_unet.core.bundle import ReplaySet
+    from napari_unet.core.io import read_image
+
+    rng = np.random.default_rng(SEED)
+    images, labels, used = [], [], []
+    for image_id in rng.permutation(ids):
+        grey = read_image(DATA / "dsb2018_train" / "images" / f"{image_id}.png").data[..., 0]
+        truth = read_image(DATA / "dsb2018_train" / "labels" / f"{image_id}.tif").data
+        if min(grey.shape) < size:
+            continue
+        top = int(rng.integers(grey.shape[0] - size + 1))
+        left = int(rng.integers(grey.shape[1] - size + 1))
+        crop = truth[top : top + size, left : left + size]
+        edge = np.unique(np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]]))
+        if len(np.setdiff1d(np.unique(crop), edge)) < 3:
+            continue
+        images.append(grey[top : top + size, left : left + size])
+        labels.append(relabel_sequential(crop)[0])
+        used.append(str(image_id))
+        if len(images) == patches:
+            break
+    stacked = np.stack(labels)
+    dtype = np.uint8 if stacked.max() < 256 else np.int16
+    source = (
+        f"{len(used)} crops of {size}x{size} from DSB 2018 stage-1 training images "
+        f"(CC0; BBBC038v1), ids {' '.join(used)}"
+    )
+    return ReplaySet(np.stack(images).astype(np.uint8), stacked.astype(dtype), source)
+
+
+def attach_replay(path: Path) -> None:
+    """Store the nuclei replay set in the bundle at ``path`` (weights unchanged)."""
+    from napari_unet.core.bundle import load_bundle, save_bundle
+
+    bundle = load_bundle(path)
+    bundle.replay = replay_set(dsb_split()["train"])
+    save_bundle(bundle, path, overwrite=True, half=True)
+    print(f"attached {len(bundle.replay.labels)} replay patches to {path}", flush=True)
+
+
 def build_em_set(folder: Path, sections: list[str]) -> None:
     from napari_unet.core.dataset import TrainingSet
     from napari_unet.core.io import read_image
@@ -99,7 +151,18 @@ def main() -> int:
         "--limit", type=int, help="use only this many training images (quick checks)"
     )
     parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--replay-only",
+        action="store_true",
+        help="attach the replay set to the existing nuclei bundle without retraining",
+    )
     args = parser.parse_args()
+    output = args.output or ROOT / "napari_unet" / "models" / f"{args.model}.safetensors"
+    if args.replay_only:
+        if args.model != "nuclei":
+            parser.error("only the nuclei model ships a replay set (the EM data's licence)")
+        attach_replay(output)
+        return 0
     scratch = Path(tempfile.mkdtemp(prefix=f"napari-unet-{args.model}-"))
     # the settings the bundled models were trained with (see their model cards)
     common = ["--base-channels", "16", "--depth", "4", "--learning-rate", "2e-3"]
@@ -112,7 +175,6 @@ def main() -> int:
         steps = args.steps or 2000
         extra = [*common, "--mode", "semantic", "--class-names", "background,membrane"]
         extra += ["--val-fraction", "0.2", "--val-every", "250"]
-    output = args.output or ROOT / "napari_unet" / "models" / f"{args.model}.safetensors"
     command = [
         sys.executable,
         "-m",
@@ -132,7 +194,10 @@ def main() -> int:
         *extra,
     ]
     print("running:", " ".join(command[2:]), flush=True)
-    return subprocess.call(command)
+    status = subprocess.call(command)
+    if status == 0 and args.model == "nuclei":
+        attach_replay(output)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 import struct
 
@@ -136,3 +137,60 @@ def test_registry_resolves_and_versions(models_dir, instance_bundle):
         resolve_model("nope")
     assert split_version("a-b-ft12") == ("a-b", 12)
     assert read_bundle_config(models_dir / "cells-ft1.safetensors")["name"] == "cells-ft1"
+
+
+def _replay(n=3, size=32):
+    from napari_unet.core.bundle import ReplaySet
+    from tests.synthetic import disks
+
+    pairs = [disks((size, size), seed=i) for i in range(n)]
+    images = np.stack([np.clip(p[0] * 255, 0, 255) for p in pairs]).astype(np.uint8)
+    labels = np.stack([p[1] for p in pairs]).astype(np.uint8)
+    return ReplaySet(images, labels, "synthetic disks, public domain")
+
+
+def test_replay_set_round_trips_and_survives_fine_tuned_copies(tmp_path, instance_bundle):
+    from napari_unet.core.bundle import clone_bundle
+
+    instance_bundle.replay = _replay()
+    loaded = load_bundle(save_bundle(instance_bundle, tmp_path / "m.safetensors"))
+    assert np.array_equal(loaded.replay.images, instance_bundle.replay.images)
+    assert np.array_equal(loaded.replay.labels, instance_bundle.replay.labels)
+    assert loaded.replay.source == "synthetic disks, public domain"
+    assert loaded.config["replay"]["patches"] == 3
+    [sample] = loaded.replay.samples()[:1]
+    assert sample.known is None and sample.plane_axes == "YX" and sample.labels.shape == (32, 32)
+    copy = load_bundle(save_bundle(clone_bundle(loaded), tmp_path / "m-ft1.safetensors"))
+    assert np.array_equal(copy.replay.labels, loaded.replay.labels)
+    loaded.replay = None  # a bundle saved without its replay set loses the config entry too
+    plain = load_bundle(save_bundle(loaded, tmp_path / "plain.safetensors"))
+    assert plain.replay is None and "replay" not in plain.config
+
+
+def test_inconsistent_replay_data_is_refused(tmp_path, instance_bundle):
+    from napari_unet.core.bundle import ReplaySet
+
+    instance_bundle.replay = _replay()
+    path = save_bundle(instance_bundle, tmp_path / "m.safetensors")
+    _rewrite_config(path, lambda c: c["replay"].update(patches=5))
+    with pytest.raises(BundleError, match="announces 5 replay patches"):
+        load_bundle(path)
+    _rewrite_config(path, lambda c: c.pop("replay"))
+    with pytest.raises(BundleError, match="replay data is incomplete"):
+        load_bundle(path)
+    with pytest.raises(BundleError, match="must be"):
+        ReplaySet(np.zeros((2, 8, 8), np.uint8), np.zeros((3, 8, 8), np.uint8), "")
+    with pytest.raises(BundleError, match="uint16"):
+        ReplaySet(np.zeros((2, 8, 8), np.uint16), np.zeros((2, 8, 8), np.uint8), "")
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path, instance_bundle):
+    umask = os.umask(0o027)
+    try:
+        path = save_bundle(instance_bundle, tmp_path / "m.safetensors")
+        assert path.stat().st_mode & 0o777 == 0o640
+        path.chmod(0o604)
+        save_bundle(instance_bundle, path, overwrite=True)
+        assert path.stat().st_mode & 0o777 == 0o604  # replacing keeps the old file's mode
+    finally:
+        os.umask(umask)

@@ -1,4 +1,5 @@
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -268,3 +269,40 @@ def test_border_weights_emphasise_gaps():
     classes = instance_classes(labels)
     assert weights.shape == labels.shape and weights.dtype == np.float32
     assert weights[classes == 0].max() > 5 * np.median(weights[classes == 0])
+
+
+def _with_replay(bundle, n=4):
+    from napari_unet.core.bundle import ReplaySet
+
+    pairs = [disks((64, 64), seed=20 + i) for i in range(n)]
+    images = np.stack([np.clip(p[0] * 255, 0, 255) for p in pairs]).astype(np.uint8)
+    bundle.replay = ReplaySet(images, np.stack([p[1] for p in pairs]).astype(np.uint8), "disks")
+    return bundle
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.75])
+def test_replay_patches_make_up_their_share_of_batches(fraction):
+    config = tiny_bundle().config
+    settings = TrainSettings(batch_size=8, replay_fraction=fraction, augment=QUICK.augment)
+    own = [training.prepare_sample(s, config, settings) for s in samples(2)]
+    replay = [
+        training.prepare_sample(s, config, settings)
+        for s in _with_replay(tiny_bundle()).replay.samples()
+    ]
+    for item in replay:  # mark replay pixels so that a batch tells where each patch came from
+        item.weights[:] = 0.5
+    batches = training.iter_patches(own, settings, 32, 0, seed=3, replay=replay)
+    drawn = [bool((w == 0.5).any()) for _ in range(50) for w in next(batches)[2]]
+    assert np.mean(drawn) == pytest.approx(fraction, abs=0.06)
+
+
+def test_fine_tuning_rehearses_the_replay_set_and_records_it():
+    base = _with_replay(tiny_bundle())
+    _, result = run(iter_finetune(base, samples(1), QUICK))
+    run_record = result.bundle.config["training"]["history"][-1]
+    assert run_record["replay_patches"] == 4 and run_record["settings"]["replay_fraction"] == 0.25
+    assert result.bundle.replay is base.replay
+    _, without = run(iter_finetune(base, samples(1), replace(QUICK, replay_fraction=0.0)))
+    assert without.bundle.config["training"]["history"][-1]["replay_patches"] == 0
+    with pytest.raises(TrainingDataError, match="replay fraction"):
+        run(iter_finetune(base, samples(1), replace(QUICK, replay_fraction=1.0)))

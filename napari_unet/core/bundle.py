@@ -2,6 +2,11 @@
 
 The config lives in the file's ``__metadata__`` under the key ``napari_unet``. Loading never
 unpickles anything; saving is atomic (temporary file in the same folder, fsync, replace).
+
+A bundle may also carry a small replay set: patches of the data its network was trained on
+(tensors ``replay.images`` and ``replay.labels``, described by the config's ``replay`` entry),
+which fine-tuning rehearses so that a few corrections do not make the network forget what it
+knew. Only data whose licence allows redistribution may go in.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -20,13 +26,58 @@ from safetensors.torch import save_file
 from napari_unet.core.atomic import atomic_path
 from napari_unet.core.errors import BundleError
 from napari_unet.core.model import UNet, build_unet
+from napari_unet.core.samples import TrainingSample
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional replay tensors
 METADATA_KEY = "napari_unet"
 MODES = ("instances", "semantic")
 INSTANCE_CLASSES = ["background", "interior", "boundary"]
 DEFAULT_NORMALIZATION = {"low": 1.0, "high": 99.8, "scope": "slice"}
 DEFAULT_INPUT = {"channels": 1, "rgb": "luminance"}
+REPLAY_PREFIX = "replay."
+# dtypes every supported torch (>= 2.2) stores; uint16 is not among them before 2.3
+_REPLAY_DTYPES = (np.uint8, np.int16, np.int32, np.float16, np.float32)
+
+
+@dataclass(frozen=True)
+class ReplaySet:
+    """Labelled patches of a model's own training data, shipped inside its bundle.
+
+    Attributes
+    ----------
+    images : ndarray of shape (N, Y, X) or (N, Y, X, C)
+        Raw pixels, normalised like any input when used.
+    labels : ndarray of shape (N, Y, X)
+        Labels in the model's mode (instance ids or class indices), all checked by a person.
+    source : str
+        Where the patches come from and under which licence.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        n, *plane = self.labels.shape
+        if self.labels.ndim != 3 or self.images.shape[:3] != (n, *plane) or self.images.ndim > 4:
+            raise BundleError(
+                f"replay images {self.images.shape} and labels {self.labels.shape} must be "
+                "(N, Y, X[, C]) and (N, Y, X)"
+            )
+        for array in (self.images, self.labels):
+            if array.dtype not in _REPLAY_DTYPES:
+                raise BundleError(f"replay data of dtype {array.dtype} cannot be stored")
+
+    @property
+    def plane_axes(self) -> str:
+        return "YXC" if self.images.ndim == 4 else "YX"
+
+    def samples(self) -> list[TrainingSample]:
+        """The patches as fully known training samples."""
+        return [
+            TrainingSample(image, labels, None, self.plane_axes, f"replay {index}")
+            for index, (image, labels) in enumerate(zip(self.images, self.labels, strict=True))
+        ]
 
 
 @dataclass
@@ -43,11 +94,14 @@ class Bundle:
         ``parent``, ``created``, ``name``, ``package_version``, ``format_version``.
     path : Path or None
         The file it was loaded from or saved to.
+    replay : ReplaySet or None
+        Patches of the training data, rehearsed during fine-tuning; kept by fine-tuned copies.
     """
 
     network: UNet
     config: dict[str, Any]
     path: Path | None = field(default=None)
+    replay: ReplaySet | None = field(default=None)
 
     @property
     def name(self) -> str:
@@ -150,8 +204,13 @@ def save_bundle(
     config = dict(bundle.config)
     config["format_version"] = FORMAT_VERSION
     config["name"] = path.name.removesuffix(".safetensors")  # the file name is the identity
-    _check_config(config, source=str(path))
+    config.pop("replay", None)
     tensors = {}
+    if bundle.replay is not None:
+        config["replay"] = {"patches": len(bundle.replay.labels), "source": bundle.replay.source}
+        tensors[REPLAY_PREFIX + "images"] = torch.from_numpy(bundle.replay.images.copy())
+        tensors[REPLAY_PREFIX + "labels"] = torch.from_numpy(bundle.replay.labels.copy())
+    _check_config(config, source=str(path))
     for key, value in bundle.network.state_dict().items():
         value = value.detach().cpu()
         if half and value.is_floating_point():
@@ -199,6 +258,7 @@ def load_bundle(name_or_path: str | os.PathLike[str], *, models_dir: Path | None
             state = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # safetensors raises its own error type on corrupt data
         raise BundleError(f"{path}: the weights are damaged or truncated ({error})") from error
+    replay = _pop_replay(state, config, path)
     expected = network.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -216,7 +276,35 @@ def load_bundle(name_or_path: str | os.PathLike[str], *, models_dir: Path | None
             )
         state[key] = tensor.to(expected[key].dtype)
     network.load_state_dict(state)
-    return Bundle(network=network.eval(), config=config, path=path)
+    return Bundle(network=network.eval(), config=config, path=path, replay=replay)
+
+
+def _pop_replay(
+    state: dict[str, torch.Tensor], config: dict[str, Any], path: Path
+) -> ReplaySet | None:
+    """Take the replay tensors out of ``state``; check they agree with the config."""
+    tensors = {key: state.pop(key) for key in list(state) if key.startswith(REPLAY_PREFIX)}
+    described = config.get("replay")
+    if not tensors and described is None:
+        return None
+    if set(tensors) != {REPLAY_PREFIX + "images", REPLAY_PREFIX + "labels"} or not isinstance(
+        described, dict
+    ):
+        raise BundleError(
+            f"{path}: its replay data is incomplete (tensors {sorted(tensors)}, "
+            f"config entry {described!r})"
+        )
+    replay = ReplaySet(
+        tensors[REPLAY_PREFIX + "images"].numpy(),
+        tensors[REPLAY_PREFIX + "labels"].numpy(),
+        str(described.get("source", "")),
+    )
+    if described.get("patches") != len(replay.labels):
+        raise BundleError(
+            f"{path}: the config announces {described.get('patches')} replay patches, "
+            f"the file holds {len(replay.labels)}"
+        )
+    return replay
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -285,6 +373,7 @@ def clone_bundle(bundle: Bundle) -> Bundle:
         network=copy.deepcopy(bundle.network),
         config=json.loads(json.dumps(bundle.config)),
         path=bundle.path,
+        replay=bundle.replay,  # read-only arrays, shared
     )
 
 

@@ -74,7 +74,9 @@ class TrainSettings:
     the network what it should keep doing (0 ignores them, as when training from scratch on
     partial labels). ``anchor_weight`` pulls the weights towards the base model's (L2-SP:
     ``anchor_weight * sum((w - w_base) ** 2)``), so a few corrections cannot drag the network
-    far from what it knew.
+    far from what it knew. ``replay_fraction`` is the share of training patches drawn from the
+    base bundle's replay set (patches of its own training data), when it has one: rehearsing
+    them keeps the network from forgetting what it did well.
     """
 
     # 100 steps of 2 x 256^2 patches: about 100 s on 2 CPU cores without native bf16
@@ -96,3 +98,4 @@ class TrainSettings:
     annotated_fraction: float = 0.9  # share of patches centred on known pixels
     context_weight: float = 0.3
     anchor_weight: float = 0.0
+    replay_fraction: float = 0.25

@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -170,12 +170,18 @@ def _padded(a: np.ndarray, size: int, how: Any) -> np.ndarray:
 
 
 def iter_patches(
-    items: list[_Prepared], settings: TrainSettings, size: int, crop: int, seed: int
+    items: list[_Prepared],
+    settings: TrainSettings,
+    size: int,
+    crop: int,
+    seed: int,
+    replay: Sequence[_Prepared] = (),
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Endless batches (x, target, weights) of augmented patches, mostly centred on labels.
 
     ``items`` may change while batches are drawn (corrections made during training): the
-    sampling chances are recomputed when it does.
+    sampling chances are recomputed when it does. With a ``replay`` set, each patch comes
+    from one of its items (chosen uniformly) with chance ``settings.replay_fraction``.
     """
     rng = np.random.default_rng(seed)
     seen: tuple[int, ...] = ()
@@ -188,7 +194,10 @@ def iter_patches(
             chances = sizes / sizes.sum()
         xs, ts, ws = [], [], []
         for _ in range(settings.batch_size):
-            p = usable[int(rng.choice(len(usable), p=chances))]
+            if replay and rng.random() < settings.replay_fraction:
+                p = replay[int(rng.integers(len(replay)))]
+            else:
+                p = usable[int(rng.choice(len(usable), p=chances))]
             height, width = p.target.shape
             if rng.random() < settings.annotated_fraction:
                 flat = int(p.known_index[rng.integers(p.known_index.size)])
@@ -432,6 +441,7 @@ def iter_finetune(
         rng,
     )
     train, train_sources = _training_items(prepared, held, samples)
+    replay = _replay_items(base, settings)
     held_by = {samples[h.sample].source: h for h in held if samples[h.sample].source}
     validation = _Validation(samples, held, config, settings)
     compute = resolve_compute(settings.device, settings.precision)
@@ -459,7 +469,7 @@ def iter_finetune(
     )
     prefetcher = _Prefetcher(
         [
-            iter_patches(train, settings, size, crop, settings.seed + 1 + worker)
+            iter_patches(train, settings, size, crop, settings.seed + 1 + worker, replay)
             for worker in range(patch_workers(compute))
         ],
         pin_memory=compute.device.type == "cuda",
@@ -562,6 +572,20 @@ def _check_settings(settings: TrainSettings) -> None:
         )
     if settings.context_weight < 0 or settings.anchor_weight < 0:
         raise TrainingDataError("context and anchor weights cannot be negative")
+    if not 0.0 <= settings.replay_fraction < 1.0:
+        raise TrainingDataError(
+            f"replay fraction must be in [0, 1), got {settings.replay_fraction}"
+        )
+
+
+def _replay_items(base: Bundle, settings: TrainSettings) -> list[_Prepared]:
+    """The base bundle's replay patches, prepared for training (none if it has no replay set
+    or ``settings.replay_fraction`` is 0). Their labels are complete: no context weighting,
+    and the user's channel choice does not apply to them."""
+    if base.replay is None or not settings.replay_fraction:
+        return []
+    own = replace(settings, channel=None, border_weights=False)
+    return [prepare_sample(sample, base.config, own) for sample in base.replay.samples()]
 
 
 def _held_out_of(
@@ -616,6 +640,9 @@ def _record(
         "parent": base.name if base.path else None,
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("device",)},
         "samples": [s.source for s in samples],
+        "replay_patches": len(base.replay.labels)
+        if base.replay is not None and settings.replay_fraction
+        else 0,
         "corrected_pixels": int(
             sum(s.labels.size if s.known is None else np.count_nonzero(s.known) for s in samples)
         ),
