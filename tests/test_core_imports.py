@@ -19,7 +19,7 @@ def test_core_imports_no_gui():
         "import napari_unet.core.io, napari_unet.core.model, napari_unet.core.bundle, napari_unet.core.registry, "
         "napari_unet.core.devices, napari_unet.core.tiling, napari_unet.core.inference, napari_unet.core.postprocess, "
         "napari_unet.core.targets, napari_unet.core.augment, napari_unet.core.dataset, napari_unet.core.training, "
-        "napari_unet.core.metrics, napari_unet.cli"
+        "napari_unet.core.metrics, napari_unet.core.review, napari_unet.cli"
     )
     leaked = sorted(m for m in loaded if m.split(".")[0] in GUI)
     assert not leaked, f"core imports GUI modules: {leaked[:5]}"
