@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from napari_unet.core.errors import InputError
+from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import predict
 from napari_unet.core.options import PredictOptions
 from napari_unet.core.review import (
@@ -14,6 +15,7 @@ from napari_unet.core.review import (
     SPLIT,
     Uncertain,
     iter_review,
+    plane_of,
     rank_plane,
     review,
 )
@@ -181,3 +183,34 @@ def test_scoring_imports_neither_torch_nor_qt():
     loaded = _modules_after("import napari_unet.core.review")
     assert "torch" not in loaded
     assert not any(m.split(".")[0] in GUI for m in loaded)
+
+
+def test_stop_ranks_with_the_views_done_so_far(instance_bundle):
+    import threading
+
+    image = _cells()
+    labels = predict(image, instance_bundle, PredictOptions(), predictor=Tilted(0.1)).labels
+    stop = threading.Event()
+    predictor = Tilted(0.1)
+    generator = iter_review(
+        image, labels, instance_bundle, flips=["left-right", "both"], predictor=predictor, stop=stop
+    )
+    while predictor.calls < 2:  # the left-right view is done, the second has begun
+        next(generator)
+    stop.set()
+    items = run_to_end(generator)
+    assert predictor.calls == 2
+    assert [(item.label, item.reason) for item in items] == [(int(labels[60, 140]), MERGED)]
+    assert items[0].score > 0.5  # one view of one, not two of three
+
+
+def test_plane_of_reads_one_plane_in_any_axis_order():
+    data = np.arange(2 * 3 * 4 * 5).reshape(2, 4, 5, 3)  # Z Y X C
+    plane, axes = plane_of(data, "ZYXC", (1,))
+    assert axes == "YXC"
+    np.testing.assert_array_equal(plane, data[1])
+    moved = np.moveaxis(data, 0, 2)  # Y X Z C
+    plane, axes = plane_of(moved, "YXZC", (1,))
+    np.testing.assert_array_equal(plane, data[1])
+    with pytest.raises(InputError, match="plane"):
+        plane_of(data, "ZYXC", (0, 1))

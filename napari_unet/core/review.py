@@ -30,6 +30,8 @@ from napari_unet.core.metrics import overlap_iou
 from napari_unet.core.preprocess import CHANNEL_AXES, iter_planes, labels_axes_of
 
 if TYPE_CHECKING:
+    from threading import Event
+
     from napari_unet.core.bundle import Bundle
     from napari_unet.core.inference import Progress
     from napari_unet.core.io import Stack
@@ -225,6 +227,7 @@ def iter_review(
     flips: Iterable[str] = tuple(FLIPS),
     min_score: float = MIN_SCORE,
     predictor: Predictor | None = None,
+    stop: Event | None = None,
 ) -> Generator[Progress, None, list[Uncertain]]:
     """Rank the places of an instance segmentation a person should check first.
 
@@ -249,6 +252,9 @@ def iter_review(
         Items scoring less are left out.
     predictor : callable, optional
         Replaces the network (tests).
+    stop : threading.Event, optional
+        Set it to stop at the next yield: the plane being reviewed is ranked with the flipped
+        views finished so far, and the items found until then are returned.
 
     Yields
     ------
@@ -283,6 +289,10 @@ def iter_review(
     total = n_planes * len(flips) * STEPS_PER_VIEW
     found: list[Uncertain] = []
     done = 0
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
     yield Progress(0, total, "checking")
     image_planes = _planes(data, axes, wanted)
     label_planes = _planes(labels, labels_axes, wanted)
@@ -291,6 +301,8 @@ def iter_review(
     ):
         views = []
         for name in flips:
+            if stopped():
+                break
             flipped = np.ascontiguousarray(np.flip(plane, FLIPS[name]))
             run = iter_predict(flipped, bundle, options, axes=plane_axes, predictor=predictor)
             while True:
@@ -303,9 +315,15 @@ def iter_review(
                 yield Progress(
                     done + int(share * (STEPS_PER_VIEW - 1)), total, "checking", step.notice
                 )
+                if stopped():
+                    run.close()
+                    break
             done += STEPS_PER_VIEW
-        found += rank_plane(plane_labels, views, plane=index, min_score=min_score)
+        if views:
+            found += rank_plane(plane_labels, views, plane=index, min_score=min_score)
         yield Progress(done, total, "checking")
+        if stopped():
+            break
     return sorted(found, key=lambda item: -item.score)
 
 
@@ -323,20 +341,35 @@ def _plane_total(shape: tuple[int, ...], axes: str) -> int:
 def _planes(
     data: Any, axes: str, wanted: list[tuple[int, ...]] | None
 ) -> Iterator[tuple[tuple[int, ...], np.ndarray, str]]:
-    """``(index, plane, plane_axes)`` of all planes, or of the ``wanted`` ones only (read
-    without touching the others, so a lazy stack decodes just those)."""
+    """``(index, plane, plane_axes)`` of all planes, or of the ``wanted`` ones only."""
     if wanted is None:
         yield from iter_planes(data, axes)
         return
-    positions = [i for i, a in enumerate(axes) if a not in "YX" + CHANNEL_AXES]
-    rest = "".join(a for i, a in enumerate(axes) if i not in positions)
     for index in wanted:
-        if len(index) != len(positions) or any(
-            not 0 <= i < data.shape[p] for i, p in zip(index, positions, strict=False)
-        ):
-            raise InputError(f"plane {index} is not in a stack of shape {data.shape} ({axes})")
-        key = [slice(None)] * len(axes)
-        for position, i in zip(positions, index, strict=True):
-            key[position] = i
-        ((_, plane, plane_axes),) = iter_planes(data[tuple(key)], rest)
-        yield index, plane, plane_axes
+        yield (index, *plane_of(data, axes, index))
+
+
+def plane_of(data: Any, axes: str, index: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    """One plane of a stack and its axes (``YX`` plus any C, S), read without touching the
+    other planes (a lazy stack decodes just this one).
+
+    Parameters
+    ----------
+    data : array-like
+        The stack (an ndarray, a memory map, a dask array...).
+    axes : str
+        Its axes.
+    index : tuple of int
+        Position along the stack axes (all but Y, X, C and S), in the order of ``axes``.
+    """
+    positions = [i for i, a in enumerate(axes) if a not in "YX" + CHANNEL_AXES]
+    if len(index) != len(positions) or any(
+        not 0 <= i < data.shape[p] for i, p in zip(index, positions, strict=False)
+    ):
+        raise InputError(f"plane {index} is not in a stack of shape {data.shape} ({axes})")
+    key: list[Any] = [slice(None)] * len(axes)
+    for position, i in zip(positions, index, strict=True):
+        key[position] = i
+    rest = "".join(a for i, a in enumerate(axes) if i not in positions)
+    ((_, plane, plane_axes),) = iter_planes(data[tuple(key)], rest)
+    return np.asarray(plane), plane_axes
