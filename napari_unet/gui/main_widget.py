@@ -9,6 +9,7 @@ from qtpy.QtCore import QSettings
 from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
 from napari_unet.gui.change_map import ChangeMapper, Previous, previous_labels
+from napari_unet.gui.correct_next import CorrectNextPanel
 from napari_unet.gui.finetune_widget import FinetunePanel
 from napari_unet.gui.segment_widget import SegmentPanel
 from napari_unet.gui.session import Session
@@ -37,6 +38,10 @@ class UnetWidget(QWidget):
         self.segment = SegmentPanel(napari_viewer, self.session, settings)
         self.finetune = FinetunePanel(napari_viewer, self.session, settings)
         self.changes = ChangeMapper(napari_viewer)
+        self.correct_next = CorrectNextPanel(napari_viewer, self.session)
+        # the list sits below the Segment panel's status, above its stretch
+        segment_layout = self.segment.layout()
+        segment_layout.insertWidget(segment_layout.count() - 1, self.correct_next)
         # what the next re-segmentation is compared with, and with which model it runs
         self._compare_with: tuple[Previous, str] | None = None
         self.tabs = QTabWidget()
@@ -47,6 +52,7 @@ class UnetWidget(QWidget):
         layout.addWidget(self.tabs)
         self.segment.segmented.connect(self.finetune.track)
         self.segment.segmented.connect(self._show_changes)
+        self.segment.segmented.connect(self.correct_next.set_target)
         self.finetune.trained.connect(self._trained)
         self.finetune.resegment_requested.connect(self._resegment)
         self.finetune.model_chosen.connect(self.segment.select_model)
@@ -58,7 +64,9 @@ class UnetWidget(QWidget):
         self.finetune.model_chosen.connect(versions.schedule_refresh)
         self.tabs.currentChanged.connect(versions.schedule_refresh)
         napari_viewer.dims.events.current_step.connect(self._dims_changed)
-        self.destroyed.connect(self._stop_workers_of(self.segment, self.finetune, self.changes))
+        self.destroyed.connect(
+            self._stop_workers_of(self.segment, self.finetune, self.changes, self.correct_next)
+        )
         app = QApplication.instance()
         if app is not None:  # closing napari quits the app: stop jobs and save corrections first
             app.aboutToQuit.connect(self.close_workers)
@@ -136,6 +144,8 @@ class UnetWidget(QWidget):
         stop_panel(self.segment)
         stop_panel(self.finetune)
         stop_panel(self.changes)
+        stop_panel(self.correct_next)
+        self.correct_next.unbind_keys()
 
 
 def stop_panel(panel: Any) -> None:
