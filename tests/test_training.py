@@ -306,3 +306,13 @@ def test_fine_tuning_rehearses_the_replay_set_and_records_it():
     assert without.bundle.config["training"]["history"][-1]["replay_patches"] == 0
     with pytest.raises(TrainingDataError, match="replay fraction"):
         run(iter_finetune(base, samples(1), replace(QUICK, replay_fraction=1.0)))
+
+
+def test_versions_are_compared_with_the_options_the_user_segmented_with(trained):
+    _, result = trained
+    good = result.bundle
+    _, plain = run(iter_finetune(good, samples(2, seed=9), QUICK))
+    assert plain.comparison.base_score > 0.3
+    nothing_kept = PredictOptions(min_size=10**6)  # every object is "too small"
+    _, strict = run(iter_finetune(good, samples(2, seed=9), QUICK, predict_options=nothing_kept))
+    assert strict.comparison.base_score == 0.0 and strict.comparison.new_score == 0.0

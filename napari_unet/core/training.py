@@ -295,12 +295,16 @@ class _Validation:
         held: list[HeldOut],
         config: dict[str, Any],
         settings: TrainSettings,
+        options: PredictOptions | None = None,
     ) -> None:
         self.samples = [samples[h.sample] for h in held]
         self.regions = [h.region for h in held]
         self.truths = [np.asarray(s.labels) for s in self.samples]
         self.config = config
-        self.options = PredictOptions(
+        self.options = replace(
+            options or PredictOptions(),
+            mode=None,
+            link_z=False,
             device=settings.device,
             precision=settings.precision,
             channel=settings.channel,
@@ -387,6 +391,7 @@ def iter_finetune(
     *,
     stop: threading.Event | None = None,
     more_samples: Callable[[], Sequence[TrainingSample]] | None = None,
+    predict_options: PredictOptions | None = None,
 ) -> Generator[TrainStatus | TrainStep, Any, TrainResult]:
     """Train a copy of ``base`` on labelled planes.
 
@@ -407,6 +412,10 @@ def iter_finetune(
         already built, at most the prefetch depth of 4, come first). A sample from a plane
         with a held-out region (same ``source``) is trained on outside that region only, so
         the held-out comparison stays fixed and fair.
+    predict_options : PredictOptions, optional
+        How both versions segment the held-out labels: the options the user segmented with
+        (diameter, threshold, tiles...), so the comparison judges what the user will get.
+        Device, precision and channel come from ``settings``; Z-linking does not apply.
 
     Yields
     ------
@@ -443,7 +452,7 @@ def iter_finetune(
     train, train_sources = _training_items(prepared, held, samples)
     replay = _replay_items(base, settings)
     held_by = {samples[h.sample].source: h for h in held if samples[h.sample].source}
-    validation = _Validation(samples, held, config, settings)
+    validation = _Validation(samples, held, config, settings, predict_options)
     compute = resolve_compute(settings.device, settings.precision)
     network = bundle.network.to(compute.device)
     if compute.channels_last:

@@ -16,7 +16,8 @@ without a ``__main__`` guard would open a second viewer. Messages are pickled fr
 its original stdout (child -> parent); the child's ``sys.stdout`` goes to stderr, so a stray
 print cannot corrupt them. Both ends are this package, so pickle is safe here.
 
-- parent -> child: ``("start", base, samples, settings, output, threads)`` first, then
+- parent -> child: ``("start", base, samples, settings, predict_options, output, threads)``
+  first, then
   ``("stop",)`` (cooperative stop: the run returns its result) and ``("add", samples)``
   (corrections made while training; see :func:`~napari_unet.core.training.iter_finetune`).
 - child -> parent: ``("status", text)``, ``("step", TrainStep)``, ``("done", TrainResult
@@ -39,6 +40,7 @@ from typing import IO, Any
 
 from napari_unet.core.errors import EngineError, UnetError
 from napari_unet.core.generators import run_to_end
+from napari_unet.core.options import PredictOptions
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.training import (
     TrainResult,
@@ -60,6 +62,7 @@ def iter_finetune_in_child(
     settings: TrainSettings,
     output: str | os.PathLike[str],
     *,
+    predict_options: PredictOptions | None = None,
     threads: int | None = None,
     stop: threading.Event | None = None,
     more_samples: Callable[[], Sequence[TrainingSample]] | None = None,
@@ -75,6 +78,9 @@ def iter_finetune_in_child(
     settings : TrainSettings
     output : path-like
         Where the child saves the new bundle (atomically; must not exist).
+    predict_options : PredictOptions, optional
+        How the versions segment the held-out labels, as in
+        :func:`~napari_unet.core.training.iter_finetune`.
     threads : int, optional
         torch threads in the child (default: torch's own choice).
     stop : threading.Event, optional
@@ -126,7 +132,7 @@ def iter_finetune_in_child(
             pass
 
     try:
-        send(("start", str(base), list(samples), settings, str(output), threads))
+        send(("start", str(base), list(samples), settings, predict_options, str(output), threads))
         request = yield TrainStatus("starting the training process")
         while True:
             if not stop_sent and (request == "stop" or (stop is not None and stop.is_set())):
@@ -223,7 +229,7 @@ def _child_main() -> None:
     start = _read_frame(requests)
     if start is None or start[0] != "start":
         os._exit(1)
-    _, base, samples, settings, output, threads = start
+    _, base, samples, settings, predict_options, output, threads = start
     stop = threading.Event()
     incoming: queue.SimpleQueue[TrainingSample] = queue.SimpleQueue()
 
@@ -257,7 +263,12 @@ def _child_main() -> None:
             torch.set_num_threads(threads)
         reply(("status", "loading the model"))
         generator = iter_finetune(
-            load_bundle(base), samples, settings, stop=stop, more_samples=take_new_samples
+            load_bundle(base),
+            samples,
+            settings,
+            stop=stop,
+            more_samples=take_new_samples,
+            predict_options=predict_options,
         )
         result = run_to_end(
             generator,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -509,7 +510,8 @@ class FinetunePanel(QWidget):
                 f"{', '.join(segmentation.class_names)}): segment with a model of that kind first."
             )
             return None
-        settings = self.settings_from_widgets()
+        # the channel the user segmented is the one the network learns from
+        settings = replace(self.settings_from_widgets(), channel=segmentation.options.channel)
         self._save_settings()
         training_set = self.session.training_set(segmentation)
         stale = self._stale_planes(layer_key(layer), planes)
@@ -536,6 +538,7 @@ class FinetunePanel(QWidget):
                 samples,
                 settings,
                 path,
+                predict_options=segmentation.options,
                 threads=usable_cores(),  # its own process: the viewer keeps its thread
                 stop=stop,
                 more_samples=lambda: _drain(live),

@@ -417,7 +417,7 @@ class SegmentPanel(QWidget):
                 model=job["model"],
                 mode=prediction.mode,
                 class_names=prediction.class_names,
-                channel=job["options"].channel,
+                options=job["options"],
                 tracker=tracker,
                 source=str((image.metadata.get(METADATA_KEY) or {}).get("path") or image.name),
                 comparison=job["new_layer"],

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.core.dataset import TrainingSet, image_fingerprint
+from napari_unet.core.options import PredictOptions
 from napari_unet.core.preprocess import iter_planes, labels_axes_of
 from napari_unet.core.samples import TrainingSample
 from napari_unet.gui.corrections import CorrectionTracker, PlaneIndex
@@ -40,7 +41,7 @@ class Segmentation:
     model: str
     mode: str
     class_names: list[str]
-    channel: int | None
+    options: PredictOptions  # what it was segmented with (fine-tuning judges versions alike)
     tracker: CorrectionTracker
     image_key: str = ""
     source: str = ""
