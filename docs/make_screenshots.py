@@ -2,7 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
 
-Writes docs/images/segment.png, correct.png, finetune.png and changes.png. Uses temporary folders for
+Writes docs/images/segment.png, correct_next.png, correct.png, finetune.png and changes.png. Uses temporary folders for
 models and training sets so your own are untouched.
 """
 
@@ -46,6 +46,15 @@ def main() -> None:
     labels = viewer.layers["nuclei labels"]
     labels.opacity = 0.6
     viewer.screenshot(str(HERE / "images" / "segment.png"), canvas_only=False)
+
+    # Correct next: the places the model is least sure of, the first one shown (key N)
+    widget.correct_next.find()
+    wait(app, lambda: widget.correct_next.worker is None)
+    widget.correct_next.next()
+    settle = time.time() + 1.0
+    wait(app, lambda: time.time() > settle)
+    viewer.screenshot(str(HERE / "images" / "correct_next.png"), canvas_only=False)
+    viewer.layers.selection.active = labels
 
     # a correction with the layer's own paint API: paint one nucleus over
     labels.mode = "paint"
