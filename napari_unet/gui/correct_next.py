@@ -169,7 +169,7 @@ class CorrectNextPanel(QWidget):
         labels, _ = plane_of(layer.data, axes, index)
         labels = np.array(labels, copy=True)  # the user may paint meanwhile
         image, image_axes = segmentation.image_data, segmentation.image_axes
-        options = getattr(segmentation, "options", None)
+        options = segmentation.options
         model = segmentation.model
         stop = self.stop_event = threading.Event()
 
