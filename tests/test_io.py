@@ -225,3 +225,16 @@ def test_stack_labels_written_plane_by_plane_round_trip(tmp_path):
     labels[0, 0, 0] = 70_000  # no longer fits uint16: uint32 OME
     write_labels(tmp_path / "l32.tif", labels, axes="ZYX")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "l32.tif"), labels)
+
+
+@pytest.mark.parametrize("axes", ["YX", "ZYX", "TYX", "TZYX", "IYX"])
+@pytest.mark.parametrize("largest", [300, 70000])  # ImageJ uint16 and OME uint32
+def test_written_labels_read_back_with_their_axes(tmp_path, axes, largest):
+    sizes = {"T": 2, "Z": 3, "I": 4, "Y": 24, "X": 20}
+    shape = tuple(sizes[a] for a in axes)
+    labels = (np.arange(np.prod(shape), dtype=np.uint32).reshape(shape) * 97) % (largest + 1)
+    path = write_labels(tmp_path / "l.tif", labels, axes=axes, scale={"X": 0.5, "Y": 0.5})
+    back = read_image(path)
+    assert back.axes == axes
+    np.testing.assert_array_equal(back.data, labels)
+    assert back.scale.get("X") == pytest.approx(0.5)

@@ -260,7 +260,7 @@ def _available_memory() -> int:
 
 def _canonical_tiff_axes(raw: str, tif: Any, series: Any) -> str:
     """Map tifffile's axis letters to ours; axes it cannot know become ``I``."""
-    if tif.is_imagej and raw.replace("C", "", 1) == "YX":
+    if tif.is_imagej and raw == "CYX":
         meta = tif.imagej_metadata or {}
         if meta.get("mode", "grayscale") == "grayscale" and "axes" not in meta:
             # tifffile labels an ImageJ stack without hyperstack axes as channels: unknown
