@@ -1,7 +1,9 @@
 """The ``napari-unet`` command: predict, train, evaluate, models, info, demo.
 
-User mistakes end with one line on stderr and exit status 1 (2 for bad command-line usage);
-nothing here prints a traceback for them.
+Exit statuses: 0 success; 2 a mistake in what was asked or a problem of the environment (a
+malformed command line, as argparse reports it, an unreadable file, an existing output, a
+full or read-only disk), one line on stderr, no traceback; 70 an internal error (a bug, one
+line asking for a report; EX_SOFTWARE in sysexits.h); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from napari_unet.core.options import PredictOptions, TrainSettings
 DEFAULT_MODEL = "nuclei"
 PREDICT_DEFAULTS = PredictOptions()
 TRAIN_DEFAULTS = TrainSettings()
-EXIT_ERROR = 1
-EXIT_BUG = 2  # an unexpected exception: a bug to report
+EXIT_USER = 2  # argparse's usage status, for every mistake and environment fault alike
+EXIT_BUG = 70  # an unexpected exception: a bug to report (EX_SOFTWARE)
+EXIT_INTERRUPTED = 130
 
 
 class _PairAction(argparse.Action):
@@ -48,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-unet",
         description="Segment microscopy images with a U-Net, and train it on your own labels.",
+        epilog=f"exit status: 0 success; {EXIT_USER} a mistake in the request or a problem of "
+        f"the environment (one line on stderr says what to do); {EXIT_BUG} an internal error "
+        f"(a bug: please report it); {EXIT_INTERRUPTED} interrupted",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -252,10 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except UnetError as error:
         print(f"napari-unet {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USER
     except KeyboardInterrupt:
         print(f"napari-unet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:  # a bug: still one clear line, and nothing half-written
         print(
             f"napari-unet {args.command}: unexpected error ({type(error).__name__}: {error}); "

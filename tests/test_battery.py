@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_unet.cli import EXIT_USER
 from tests.battery import CASES, Case, run_cli, simulated_conditions
 
 PREDICT_CASES = [c for c in CASES if c.command == "predict"]
@@ -21,7 +22,7 @@ def test_cli(case: Case, tmp_path, models_dir):
     status, err, out = run_cli(case, tmp_path)
     assert "Traceback" not in err
     if case.expect_error:
-        assert status == 1, err
+        assert status == EXIT_USER, err
         assert re.search(case.expect_error, err), err
         errors = [line for line in err.splitlines() if line.startswith("napari-unet")]
         assert len(errors) == 1 and "error:" in errors[0], err  # one line (beside progress)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.cli import main
+from napari_unet.cli import EXIT_BUG, EXIT_USER, main
 from napari_unet.core.bundle import save_bundle
 from napari_unet.core.io import read_image
 from tests.conftest import tiny_bundle
@@ -57,7 +57,7 @@ def test_predict_writes_labels_with_scale(tmp_path, model, capsys):
         main(
             ["predict", str(tmp_path / "cells.tif"), "-o", str(tmp_path / "out"), "--model", model]
         )
-        == 1
+        == EXIT_USER
     )
     assert "--overwrite" in capsys.readouterr().err
 
@@ -77,7 +77,7 @@ def test_predict_refuses_duplicate_names(tmp_path, model, capsys):
             model,
         ]
     )
-    assert code == 1 and "two inputs" in capsys.readouterr().err
+    assert code == EXIT_USER and "two inputs" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -113,7 +113,7 @@ def test_train_evaluate_models_info(tmp_path, models_dir, capsys):
     ]
     assert main(args) == 0
     assert "AP@0.5 the untrained start 0.00 -> disks" in capsys.readouterr().out
-    assert main(args) == 1  # exists
+    assert main(args) == EXIT_USER  # exists
     assert main(["models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert any(m["name"] == "disks" and m["mode"] == "instances" for m in listed)
@@ -156,7 +156,7 @@ def test_train_evaluate_models_info(tmp_path, models_dir, capsys):
 
 
 def test_train_argument_errors(tmp_path, capsys):
-    assert main(["train", "--from-scratch", "-o", str(tmp_path / "m.safetensors")]) == 1
+    assert main(["train", "--from-scratch", "-o", str(tmp_path / "m.safetensors")]) == EXIT_USER
     assert "nothing to train on" in capsys.readouterr().err
     tifffile.imwrite(tmp_path / "im.tif", np.zeros((32, 32), np.uint8))
     tifffile.imwrite(tmp_path / "lab.tif", np.zeros((16, 16), np.uint8))
@@ -173,7 +173,7 @@ def test_train_argument_errors(tmp_path, capsys):
                 str(tmp_path / "m.safetensors"),
             ]
         )
-        == 1
+        == EXIT_USER
     )
     assert "does not match" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -186,7 +186,7 @@ def test_errors_are_one_line_and_nonzero(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "napari_unet.cli", "info", str(bad)], capture_output=True, text=True
     )
-    assert run.returncode == 1
+    assert run.returncode == EXIT_USER
     assert "Traceback" not in run.stderr and run.stderr.count("\n") == 1
     assert "not a readable TIFF" in run.stderr
     run = subprocess.run(
@@ -204,7 +204,24 @@ def test_errors_are_one_line_and_nonzero(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert run.returncode == 1 and "no model named" in run.stderr
+    assert run.returncode == EXIT_USER and "no model named" in run.stderr
+
+
+def test_usage_errors_share_the_mistake_status_and_bugs_have_their_own(
+    tmp_path, capsys, monkeypatch
+):
+    with pytest.raises(SystemExit) as usage:
+        main(["predict", "--no-such-flag"])
+    assert usage.value.code == EXIT_USER
+    capsys.readouterr()
+
+    def broken(args):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr("napari_unet.cli.run_info", broken)
+    assert main(["info", str(tmp_path)]) == EXIT_BUG != EXIT_USER
+    [line] = capsys.readouterr().err.splitlines()
+    assert "this is a bug" in line and "ZeroDivisionError: boom" in line
 
 
 @pytest.mark.slow
