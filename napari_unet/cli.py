@@ -282,6 +282,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """``napari-unet predict``."""
     from tqdm import tqdm
 
+    from napari_unet.core.atomic import check_output
     from napari_unet.core.bundle import load_bundle
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
@@ -295,11 +296,9 @@ def run_predict(args: argparse.Namespace) -> int:
         target = output / output_name(path)
         if target in targets.values():
             raise InputError(f"two inputs would both write {target}; rename one")
-        if target.exists() and not args.overwrite:
-            raise InputError(f"{target} exists; pass --overwrite to replace it")
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        targets[path] = target
+        targets[path] = check_output(target, inputs, overwrite=args.overwrite)
     bundle = load_bundle(args.model)
     options = PredictOptions(
         mode=args.mode,
@@ -411,6 +410,7 @@ def run_train(args: argparse.Namespace) -> int:
     """``napari-unet train``."""
     from tqdm import tqdm
 
+    from napari_unet.core.atomic import check_output
     from napari_unet.core.bundle import bundle_from_config, load_bundle, new_config, save_bundle
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
@@ -418,10 +418,10 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_unet.core.training import TrainStep, iter_finetune, median_diameter
 
     output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise InputError(f"{output} exists; pass --overwrite to replace it")
     if output.suffix != ".safetensors":
         raise InputError(f"{output}: the model file must end in .safetensors")
+    named_inputs = [path for pair in getattr(args, "pairs", None) or [] for path in pair.values()]
+    check_output(output, named_inputs, overwrite=args.overwrite)
     samples = collect_samples(args)
     if args.from_scratch:
         mode = args.mode or "instances"
@@ -438,6 +438,7 @@ def run_train(args: argparse.Namespace) -> int:
         learning_rate = args.learning_rate or 2e-3
     else:
         base = load_bundle(args.init or DEFAULT_MODEL)
+        check_output(output, [base.path] if base.path else [], overwrite=args.overwrite)
         if args.mode and args.mode != base.mode:
             raise InputError(
                 f"model {base.name!r} is a {base.mode} model; it cannot be trained for {args.mode}"

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,42 @@ def test_dsb_round_trip_from_scratch(tmp_path):
         )
     print(f"AP@0.5 on {len(aps)} held-out DSB images after 200 steps: {np.mean(aps):.3f}")
     assert np.mean(aps) >= 0.4
+
+
+def test_an_output_is_never_one_of_the_inputs(tmp_path, models_dir, capsys):
+    image, labels = disks((64, 64))
+    a, b = tmp_path / "a.tif", tmp_path / "a_labels.tif"
+    tifffile.imwrite(a, image.astype(np.float32))
+    tifffile.imwrite(b, labels.astype(np.uint16))
+    before = {p: p.read_bytes() for p in (a, b)}
+    # predict writes a_labels.tif for a.tif: here that is the second input
+    assert main(["predict", str(a), str(b), "-o", str(tmp_path), "--overwrite"]) == EXIT_USER
+    assert "is one of the inputs" in capsys.readouterr().err
+    link = tmp_path / "out"
+    link.mkdir()
+    (link / "a_labels.tif").symlink_to(b)  # through a symlink too
+    assert main(["predict", str(a), str(b), "-o", str(link), "--overwrite"]) == EXIT_USER
+    model = save_bundle(tiny_bundle(), tmp_path / "m.safetensors")
+    before[model] = model.read_bytes()
+    args = ["train", "--init", str(model), "--image", str(a), "--labels", str(b)]
+    assert main([*args, "-o", str(model), "--overwrite", "--steps", "1"]) == EXIT_USER
+    assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.parametrize("case", ["folder", "parent is a file", "read-only folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, case, monkeypatch):
+    from napari_unet.core.atomic import check_output
+    from napari_unet.core.errors import InputError
+
+    if case == "folder":
+        target, match = tmp_path, "is a folder"
+    elif case == "parent is a file":
+        (tmp_path / "f").write_text("")
+        target, match = tmp_path / "f" / "sub" / "m.safetensors", "is a file, not a folder"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        if os.geteuid() == 0:  # root may write anywhere: make access() answer as for a user
+            monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "ro")
+        target, match = tmp_path / "ro" / "m.safetensors", "read-only"
+    with pytest.raises(InputError, match=match):
+        check_output(target, overwrite=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from napari_unet.core.errors import InputError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -42,6 +44,46 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Refuse, before any work is done, an output that must not or cannot be written.
+
+    Raises :class:`~napari_unet.core.errors.InputError` when ``path`` exists and
+    ``overwrite`` is false, is a folder, is the same file as one of ``inputs`` (through a
+    symlink, a hard link or a case-insensitive file system: a user's file is never written
+    over), or lies in a folder that cannot be created or written to.
+
+    Returns
+    -------
+    Path
+        ``path`` as a Path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name for the output")
+    if path.exists():
+        for source in inputs:
+            if Path(source).exists() and os.path.samefile(path, source):
+                raise InputError(
+                    f"{path} is one of the inputs ({source}); choose another output, "
+                    "napari-unet never writes over its input files"
+                )
+        if not overwrite:
+            raise InputError(f"{path} exists; pass --overwrite to replace it")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: the folder {folder} is read-only for you")
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
