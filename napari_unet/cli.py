@@ -525,9 +525,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_models(args: argparse.Namespace) -> int:
     """``napari-unet models``."""
-    from napari_unet.core.registry import list_models
+    from napari_unet.core.registry import list_models, model_problems
 
     entries = list_models()
+    problems = model_problems()
     if args.json:
         print(
             json.dumps(
@@ -539,18 +540,22 @@ def run_models(args: argparse.Namespace) -> int:
                         "class_names": list(e.class_names),
                         "bundled": e.bundled,
                         "path": str(e.path),
+                        "problem": None,
                     }
                     for e in entries
                 ]
+                + [{"path": str(path), "problem": problem} for path, problem in problems]
             )
         )
         return 0
     if not entries:
         print("no models found")
-        return 0
-    print(f"{'name':<24} {'version':>7}  {'mode':<10} {'classes':<34} path")
+    else:
+        print(f"{'name':<24} {'version':>7}  {'mode':<10} {'classes':<34} path")
     for e in entries:
         print(f"{e.name:<24} {e.version:>7}  {e.mode:<10} {','.join(e.class_names):<34} {e.path}")
+    for path, problem in problems:
+        print(f"not usable: {path}: {problem}")
     return 0
 
 

@@ -194,3 +194,52 @@ def test_saved_files_get_ordinary_permissions(tmp_path, instance_bundle):
         assert path.stat().st_mode & 0o777 == 0o604  # replacing keeps the old file's mode
     finally:
         os.umask(umask)
+
+
+def test_a_config_asking_for_a_huge_network_is_refused_without_building_it(tmp_path):
+    import resource
+
+    path = save_bundle(tiny_bundle(), tmp_path / "m.safetensors")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _rewrite_config(path, lambda c: c["architecture"].update(base_channels=512, depth=8))
+    with pytest.raises(BundleError, match="asks for .* M parameters"):
+        read_bundle_config(path)
+    with pytest.raises(BundleError, match="at most 8"):
+        _rewrite_config(path, lambda c: c["architecture"].update(depth=40))
+        load_bundle(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KiB
+
+
+@pytest.mark.parametrize("fault", ["nan", "int8"])
+def test_weights_that_cannot_predict_are_refused(tmp_path, instance_bundle, fault):
+    from safetensors.torch import load_file, save_file
+
+    path = save_bundle(instance_bundle, tmp_path / "m.safetensors")
+    with open(path, "rb") as handle:
+        (n,) = struct.unpack("<Q", handle.read(8))
+        metadata = json.loads(handle.read(n))["__metadata__"]
+    tensors = load_file(path)
+    key = next(k for k in tensors if k.endswith("weight"))
+    if fault == "nan":
+        tensors[key][0] = float("nan")
+        match = f"{key} holds NaN"
+    else:
+        tensors[key] = tensors[key].to(torch.int8)
+        match = f"{key} is stored as I8"
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(BundleError, match=match):
+        load_bundle(path)
+
+
+def test_broken_or_shadowing_files_are_reported_not_listed(models_dir, instance_bundle):
+    from napari_unet.core.registry import BUNDLED_DIR, model_problems
+
+    save_bundle(instance_bundle, models_dir / "good.safetensors")
+    (models_dir / "broken.safetensors").write_bytes(b"\x00" * 64)
+    save_bundle(instance_bundle, models_dir / "nuclei.safetensors")  # a bundled name
+    names = [e.name for e in list_models() if not e.bundled]
+    assert names == ["good"]
+    problems = {path.name: why for path, why in model_problems()}
+    assert set(problems) == {"broken.safetensors", "nuclei.safetensors"}
+    assert "bundled model" in problems["nuclei.safetensors"]
+    assert resolve_model("nuclei") == BUNDLED_DIR / "nuclei.safetensors"

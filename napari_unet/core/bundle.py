@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from napari_unet.core.atomic import atomic_path
 from napari_unet.core.errors import BundleError
-from napari_unet.core.model import UNet, build_unet
+from napari_unet.core.model import UNet, build_unet, expected_state
 from napari_unet.core.samples import TrainingSample
 
 FORMAT_VERSION = 2  # 2: optional replay tensors
@@ -251,39 +251,65 @@ def load_bundle(name_or_path: str | os.PathLike[str], *, models_dir: Path | None
     from napari_unet.core.registry import resolve_model
 
     path = resolve_model(name_or_path, models_dir=models_dir)
-    config = read_bundle_config(path)
-    network = build_unet(config["architecture"])
+    config = read_bundle_config(path)  # checks the architecture's size without building it
+    expected = expected_state(config["architecture"])
     try:
         with safe_open(str(path), framework="pt") as handle:
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
+            _check_header(handle, expected, path)
+            network = build_unet(config["architecture"])
+            targets = network.state_dict()
+            state = {}
+            for key in expected:  # one tensor at a time: checked before the next is read
+                tensor = handle.get_tensor(key)
+                if not torch.isfinite(tensor).all():
+                    raise BundleError(f"{path}: weight {key} holds NaN or infinite values")
+                state[key] = tensor.to(targets[key].dtype)
+            replay_keys = [key for key in handle.keys() if key.startswith(REPLAY_PREFIX)]
+            replay_tensors = {key: handle.get_tensor(key) for key in replay_keys}
+    except BundleError:
+        raise
     except Exception as error:  # safetensors raises its own error type on corrupt data
         raise BundleError(f"{path}: the weights are damaged or truncated ({error})") from error
-    replay = _pop_replay(state, config, path)
-    expected = network.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    replay = _replay_from(replay_tensors, config, path)
+    network.load_state_dict(state)
+    return Bundle(network=network.eval(), config=config, path=path, replay=replay)
+
+
+_WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+def _check_header(handle: Any, expected: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Compare the file's tensor names, shapes and dtypes with the architecture, reading no
+    weights."""
+    names = [key for key in handle.keys() if not key.startswith(REPLAY_PREFIX)]
+    missing = sorted(set(expected) - set(names))
+    unexpected = sorted(set(names) - set(expected))
     if missing or unexpected:
         raise BundleError(
             f"{path}: the weights do not match the architecture in its config "
             f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
         )
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
+    for key in names:
+        header = handle.get_slice(key)
+        shape, dtype = tuple(header.get_shape()), header.get_dtype()
+        if shape != expected[key]:
             raise BundleError(
-                f"{path}: weight {key} has shape {tuple(tensor.shape)} but the config's "
-                f"architecture needs {tuple(expected[key].shape)}"
+                f"{path}: weight {key} has shape {shape} but the config's architecture needs "
+                f"{expected[key]}"
             )
-        state[key] = tensor.to(expected[key].dtype)
-    network.load_state_dict(state)
-    return Bundle(network=network.eval(), config=config, path=path, replay=replay)
+        is_counter = key.endswith("num_batches_tracked")
+        if not is_counter and dtype not in _WEIGHT_DTYPES:
+            raise BundleError(
+                f"{path}: weight {key} is stored as {dtype}; weights must be floating point "
+                f"({', '.join(_WEIGHT_DTYPES)})"
+            )
 
 
-def _pop_replay(
-    state: dict[str, torch.Tensor], config: dict[str, Any], path: Path
+def _replay_from(
+    tensors: dict[str, torch.Tensor], config: dict[str, Any], path: Path
 ) -> ReplaySet | None:
-    """Take the replay tensors out of ``state``; check they agree with the config."""
-    tensors = {key: state.pop(key) for key in list(state) if key.startswith(REPLAY_PREFIX)}
+    """The replay set held by the file's ``replay.*`` tensors, checked against the config."""
     described = config.get("replay")
     if not tensors and described is None:
         return None
@@ -362,7 +388,7 @@ def _check_config(config: Any, *, source: str) -> None:
         )
     if config["mode"] == "instances" and len(config["class_names"]) != 3:
         raise BundleError(f"{source}: an instance model must have exactly 3 classes")
-    build_unet(architecture)  # raises BundleError naming the valid choices
+    expected_state(architecture)  # shapes only; raises BundleError naming the valid choices
 
 
 def clone_bundle(bundle: Bundle) -> Bundle:

@@ -25,6 +25,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("batch", "group", "none"),
     "upsampling": ("transposed", "bilinear"),
 }
+# upper bounds: far above any useful U-Net, low enough that a config cannot ask for the moon
+LIMITS = {"in_channels": 64, "n_classes": 256, "depth": 8, "base_channels": 512}
+MAX_PARAMETERS = 200_000_000  # 0.8 GB of float32 weights (the paper's U-Net has 31 M)
 ARCHITECTURE_KEYS = (
     "in_channels",
     "n_classes",
@@ -235,10 +238,14 @@ def check_architecture(**options: Any) -> None:
             raise ValueError(
                 f"{key}={options[key]!r} is not valid; choose one of {', '.join(allowed)}"
             )
-    for key in ("in_channels", "n_classes", "depth", "base_channels"):
+    for key, most in LIMITS.items():
         value = options.get(key)
-        if value is not None and (not isinstance(value, int) or value < 1):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if value is not None and value > most:
+            raise ValueError(f"{key} must be at most {most}, got {value}")
     dropout = options.get("dropout", 0.0)
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
@@ -267,6 +274,29 @@ def build_unet(config: dict[str, Any]) -> UNet:
         return UNet(**config)
     except (ValueError, TypeError) as error:
         raise BundleError(f"invalid architecture: {error}") from error
+
+
+def expected_state(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the weights :func:`build_unet` would create, without allocating them.
+
+    The network is built on torch's ``meta`` device (shapes only), so a config that asks for
+    an absurd network is refused before any memory is spent on it.
+
+    Raises
+    ------
+    BundleError
+        As :func:`build_unet`, or when the network would have more than
+        :data:`MAX_PARAMETERS` parameters.
+    """
+    with torch.device("meta"):
+        network = build_unet(config)
+    count = sum(p.numel() for p in network.parameters())
+    if count > MAX_PARAMETERS:
+        raise BundleError(
+            f"the architecture asks for {count / 1e6:.0f} M parameters "
+            f"({4 * count / 2**30:.1f} GiB as float32); at most {MAX_PARAMETERS / 1e6:.0f} M are allowed"
+        )
+    return {key: tuple(value.shape) for key, value in network.state_dict().items()}
 
 
 def fold_batch_norm(network: nn.Module) -> nn.Module:

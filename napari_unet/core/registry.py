@@ -2,6 +2,9 @@
 
 Fine-tuned versions are named ``<base>-ft<n>`` and saved in the user's model folder, which
 is the platform's data folder (``napari-unet/models``) or ``$NAPARI_UNET_MODELS_DIR``.
+Bundled names are reserved: a user's file with a bundled model's name is not used by name
+(it is reported as a problem, and still usable by its path), so it can never silently
+replace the model a colleague's instructions refer to.
 """
 
 from __future__ import annotations
@@ -51,13 +54,24 @@ def split_version(name: str) -> tuple[str, int]:
 
 
 def list_models(models_dir: Path | None = None) -> list[ModelEntry]:
-    """All readable models: bundled first, then the user's, sorted by base and version.
+    """All usable models: bundled first, then the user's, sorted by base and version.
 
-    Unreadable files are skipped (they are reported when loaded by name or path).
+    Files that cannot be used are left out; :func:`model_problems` says which and why.
     """
+    return _scan(models_dir)[0]
+
+
+def model_problems(models_dir: Path | None = None) -> list[tuple[Path, str]]:
+    """Model files in the model folders that cannot be used by name, with the reason."""
+    return _scan(models_dir)[1]
+
+
+def _scan(models_dir: Path | None) -> tuple[list[ModelEntry], list[tuple[Path, str]]]:
     from napari_unet.core.bundle import read_bundle_config
 
-    entries = []
+    entries: list[ModelEntry] = []
+    problems: list[tuple[Path, str]] = []
+    reserved = {p.name for p in BUNDLED_DIR.glob(f"*{SUFFIX}")}
     folders = [(BUNDLED_DIR, True), (models_dir or user_models_dir(), False)]
     for folder, bundled in folders:
         if not folder.is_dir():
@@ -65,9 +79,21 @@ def list_models(models_dir: Path | None = None) -> list[ModelEntry]:
         for path in sorted(folder.glob(f"*{SUFFIX}")):
             if is_partial(path):
                 continue
+            if not bundled and path.name in reserved:
+                problems.append(
+                    (
+                        path,
+                        "has the name of a bundled model, which is used instead; rename it "
+                        "to use it by name",
+                    )
+                )
+                continue
             try:
                 config = read_bundle_config(path)
-            except BundleError:
+            except Exception as error:  # any damage: report it, keep listing the others
+                problems.append(
+                    (path, str(error) if isinstance(error, BundleError) else repr(error))
+                )
                 continue
             name = path.name.removesuffix(SUFFIX)
             base, version = split_version(name)
@@ -82,18 +108,18 @@ def list_models(models_dir: Path | None = None) -> list[ModelEntry]:
                     class_names=tuple(config["class_names"]),
                 )
             )
-    return sorted(entries, key=lambda e: (not e.bundled, e.base, e.version))
+    return sorted(entries, key=lambda e: (not e.bundled, e.base, e.version)), problems
 
 
 def resolve_model(name_or_path: str | os.PathLike[str], models_dir: Path | None = None) -> Path:
-    """Path of a model given a file path or a name; the user's folder wins over bundled."""
+    """Path of a model given a file path or a name; bundled names are reserved."""
     text = str(name_or_path)
     candidate = Path(text).expanduser()
     if candidate.suffix == SUFFIX or os.sep in text or "/" in text:
         if not candidate.is_file():
             raise BundleError(f"model file not found: {candidate}")
         return candidate
-    for folder in (models_dir or user_models_dir(), BUNDLED_DIR):
+    for folder in (BUNDLED_DIR, models_dir or user_models_dir()):
         path = folder / f"{text}{SUFFIX}"
         if path.is_file():
             return path
