@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_unet.core.options import PredictOptions, TrainSettings
+from napari_unet.core.options import (
+    DEVICES,
+    MODES,
+    OPTIMIZERS,
+    PredictOptions,
+    TrainSettings,
+)
 
 DEFAULT_MODEL = "nuclei"
 PREDICT_DEFAULTS = PredictOptions()
@@ -74,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME_OR_PATH",
         help=f"model name or .safetensors file (default: {DEFAULT_MODEL})",
     )
-    p.add_argument("--mode", choices=("instances", "semantic"), help="default: the model's mode")
+    p.add_argument("--mode", choices=MODES, help="default: the model's mode")
     _add_device(p)
     p.add_argument(
         "--tile-size",
@@ -114,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="probability threshold for objects (default 0.5)",
+        default=PREDICT_DEFAULTS.threshold,
+        help=f"probability threshold for objects (default {PREDICT_DEFAULTS.threshold})",
     )
     p.add_argument("--min-size", type=int, metavar="PX", help="smallest object kept, in pixels")
     p.add_argument("--link-z", action="store_true", help="give each object one id through Z")
@@ -156,9 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"model to fine-tune (default: {DEFAULT_MODEL} for instances)",
     )
     start.add_argument("--from-scratch", action="store_true", help="start from random weights")
-    t.add_argument(
-        "--mode", choices=("instances", "semantic"), help="with --from-scratch (default instances)"
-    )
+    t.add_argument("--mode", choices=MODES, help="with --from-scratch (default instances)")
     t.add_argument("--class-names", metavar="A,B,..", help="semantic class names, background first")
     t.add_argument(
         "--depth", type=int, default=4, help="with --from-scratch: U-Net depth (default 4)"
@@ -197,15 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--optimizer",
-        choices=("adamw", "sgd"),
-        default="adamw",
+        choices=OPTIMIZERS,
+        default=TRAIN_DEFAULTS.optimizer,
         help="AdamW (default) or the paper's SGD with momentum 0.99",
     )
     t.add_argument("--axes", metavar="AXES", help="axis letters of the images")
     t.add_argument(
         "--channel", type=int, metavar="K", help="channel to train on in multichannel images"
     )
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
     t.add_argument(
         "--half", action="store_true", help="store the weights as float16 (half the size)"
     )
@@ -216,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = commands.add_parser("evaluate", help="score a label image against ground truth")
     e.add_argument("--prediction", required=True, metavar="P.tif")
     e.add_argument("--truth", required=True, metavar="T.tif")
-    e.add_argument("--mode", choices=("instances", "semantic"), default="instances")
+    e.add_argument("--mode", choices=MODES, default="instances")
     e.add_argument("--json", action="store_true", help="print JSON")
 
     m = commands.add_parser("models", help="list bundled and your own models")
@@ -236,7 +240,7 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         default="auto",
-        choices=("auto", "cpu", "cuda", "mps"),
+        choices=DEVICES,
         help="default auto: cuda > mps > cpu",
     )
 
@@ -289,17 +293,6 @@ def run_predict(args: argparse.Namespace) -> int:
     from napari_unet.core.inference import Progress, iter_predict
     from napari_unet.core.io import read_image, write_labels
 
-    inputs = [Path(p) for p in args.inputs]
-    output = Path(args.output)
-    targets: dict[Path, Path] = {}
-    for path in inputs:
-        target = output / output_name(path)
-        if target in targets.values():
-            raise InputError(f"two inputs would both write {target}; rename one")
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        targets[path] = check_output(target, inputs, overwrite=args.overwrite)
-    bundle = load_bundle(args.model)
     options = PredictOptions(
         mode=args.mode,
         tile_size=args.tile_size,
@@ -312,6 +305,18 @@ def run_predict(args: argparse.Namespace) -> int:
         channel=args.channel,
         device=args.device,
     )
+    options.check()
+    inputs = [Path(p) for p in args.inputs]
+    output = Path(args.output)
+    targets: dict[Path, Path] = {}
+    for path in inputs:
+        target = output / output_name(path)
+        if target in targets.values():
+            raise InputError(f"two inputs would both write {target}; rename one")
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        targets[path] = check_output(target, inputs, overwrite=args.overwrite)
+    bundle = load_bundle(args.model)
     for path, target in targets.items():
         stack = read_image(path, axes=args.axes)
         generator = iter_predict(stack, bundle, options)
@@ -422,32 +427,12 @@ def run_train(args: argparse.Namespace) -> int:
         raise InputError(f"{output}: the model file must end in .safetensors")
     named_inputs = [path for pair in getattr(args, "pairs", None) or [] for path in pair.values()]
     check_output(output, named_inputs, overwrite=args.overwrite)
-    samples = collect_samples(args)
-    if args.from_scratch:
-        mode = args.mode or "instances"
-        class_names = args.class_names.split(",") if args.class_names else None
-        config = new_config(
-            architecture={"depth": args.depth, "base_channels": args.base_channels},
-            mode=mode,
-            class_names=class_names,
-            object_diameter=median_diameter([s.labels for s in samples])
-            if mode == "instances"
-            else None,
-        )
-        base = bundle_from_config(config)
-        learning_rate = args.learning_rate or 2e-3
-    else:
-        base = load_bundle(args.init or DEFAULT_MODEL)
-        check_output(output, [base.path] if base.path else [], overwrite=args.overwrite)
-        if args.mode and args.mode != base.mode:
-            raise InputError(
-                f"model {base.name!r} is a {base.mode} model; it cannot be trained for {args.mode}"
-            )
-        learning_rate = args.learning_rate or TrainSettings().learning_rate
     defaults = TrainSettings()
     settings = TrainSettings(
-        steps=args.steps or defaults.steps,
-        learning_rate=learning_rate,
+        steps=defaults.steps if args.steps is None else args.steps,
+        learning_rate=(2e-3 if args.from_scratch else defaults.learning_rate)
+        if args.learning_rate is None
+        else args.learning_rate,
         # fine-tuning reads labels outside a mask as the base model's accepted prediction;
         # from scratch there is no such prediction, so they are ignored
         context_weight=0.0 if args.from_scratch else defaults.context_weight,
@@ -461,6 +446,27 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         channel=args.channel,
     )
+    settings.check()  # before any file is read
+    samples = collect_samples(args)
+    if args.from_scratch:
+        mode = args.mode or "instances"
+        class_names = args.class_names.split(",") if args.class_names else None
+        config = new_config(
+            architecture={"depth": args.depth, "base_channels": args.base_channels},
+            mode=mode,
+            class_names=class_names,
+            object_diameter=median_diameter([s.labels for s in samples])
+            if mode == "instances"
+            else None,
+        )
+        base = bundle_from_config(config)
+    else:
+        base = load_bundle(args.init or DEFAULT_MODEL)
+        check_output(output, [base.path] if base.path else [], overwrite=args.overwrite)
+        if args.mode and args.mode != base.mode:
+            raise InputError(
+                f"model {base.name!r} is a {base.mode} model; it cannot be trained for {args.mode}"
+            )
     generator = iter_finetune(base, samples, settings)
     with tqdm(total=settings.steps, desc="training", unit="step", file=sys.stderr) as bar:
 

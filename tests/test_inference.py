@@ -153,7 +153,7 @@ def test_diameter_rescales_and_maps_back(instance_bundle):
     )
     assert result.labels.shape == (60, 70)
     assert result.stats["scale_factor"] == pytest.approx(0.5)
-    with pytest.raises(InputError, match="positive"):
+    with pytest.raises(InputError, match="object diameter must be in"):
         predict(image, instance_bundle, PredictOptions(diameter=-1))
 
 

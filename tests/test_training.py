@@ -7,7 +7,7 @@ import torch
 
 from napari_unet.core import training
 from napari_unet.core.bundle import clone_bundle, load_bundle, save_bundle
-from napari_unet.core.errors import TrainingDataError
+from napari_unet.core.errors import InputError, TrainingDataError
 from napari_unet.core.heldout import HeldOut, held_out_regions
 from napari_unet.core.inference import PredictOptions, predict
 from napari_unet.core.options import TrainSettings
@@ -304,7 +304,7 @@ def test_fine_tuning_rehearses_the_replay_set_and_records_it():
     assert result.bundle.replay is base.replay
     _, without = run(iter_finetune(base, samples(1), replace(QUICK, replay_fraction=0.0)))
     assert without.bundle.config["training"]["history"][-1]["replay_patches"] == 0
-    with pytest.raises(TrainingDataError, match="replay fraction"):
+    with pytest.raises(InputError, match="replay fraction"):
         run(iter_finetune(base, samples(1), replace(QUICK, replay_fraction=1.0)))
 
 

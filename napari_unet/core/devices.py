@@ -12,9 +12,7 @@ from pathlib import Path
 import torch
 
 from napari_unet.core.errors import InputError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from napari_unet.core.options import DEVICES, PRECISIONS
 
 
 @dataclass(frozen=True)

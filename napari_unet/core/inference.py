@@ -206,14 +206,11 @@ def iter_predict(
     Prediction
     """
     options = options or PredictOptions()
+    options.check()
     stack = _as_stack(image, axes)
     mode = _resolve_mode(bundle, options.mode)
     config = bundle.config
     check_channels(stack.data.shape, stack.axes, config["input"], options.channel)
-    if not 0.0 <= options.overlap < 1.0:
-        raise InputError(f"overlap must be in [0, 1), got {options.overlap}")
-    if options.diameter is not None and options.diameter <= 0:
-        raise InputError(f"diameter must be positive, got {options.diameter}")
     network = bundle.network
     compute = resolve_compute(options.device, options.precision)
     fallback = MemoryFallback(

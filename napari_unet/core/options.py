@@ -1,13 +1,40 @@
 """Settings of a prediction and of a training run, importable without torch.
 
-The CLI's and the GUI's defaults come from here.
+The CLI's and the GUI's defaults, choices and valid ranges come from here: ``check()`` on
+either settings class refuses a value that cannot work, with the range, before any work.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from napari_unet.core.augment import AugmentSettings
+from napari_unet.core.errors import InputError
+
+MODES = ("instances", "semantic")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BLENDINGS = ("cosine", "none")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def _in_range(
+    name: str, value: Any, low: float, high: float, *, integer: bool = False, low_open: bool = False
+) -> None:
+    """Raise InputError unless ``low <= value <= high`` (``low < value`` when ``low_open``)."""
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise InputError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value) or value > high or (value <= low if low_open else value < low):
+        bracket = "(" if low_open else "["
+        raise InputError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
+
+
+def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"{name} {value!r} is not valid; choose one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +91,33 @@ class PredictOptions:
     device: str = "auto"
     precision: str = "auto"
 
+    def check(self) -> None:
+        """Raise InputError naming the valid range of the first value that cannot work.
+
+        The bounds keep a request from asking for hours or all the memory by mistake: at
+        most 50% overlap (0.99 would mean thousands of tiles), tiles of 16-8192 px, objects
+        of 1-2000 px.
+        """
+        if self.mode is not None:
+            _one_of("mode", self.mode, MODES)
+        _in_range("tile size", self.tile_size, 16, 8192, integer=True)
+        _in_range("overlap", self.overlap, 0.0, 0.5)
+        _in_range("batch size", self.batch_size, 1, 256, integer=True)
+        _in_range("threshold", self.threshold, 0.0, 1.0, low_open=True)
+        if self.threshold == 1.0:
+            raise InputError("threshold must be below 1 (no probability exceeds 1)")
+        if self.min_size is not None:
+            _in_range("minimum object size", self.min_size, 0, 10**8, integer=True)
+        if self.diameter is not None:
+            _in_range("object diameter", self.diameter, 1.0, 2000.0)
+        if self.channel is not None:
+            _in_range("channel", self.channel, 0, 4096, integer=True)
+        _one_of("blending", self.blending, BLENDINGS)
+        if self.post_workers is not None:
+            _in_range("post-processing workers", self.post_workers, 0, 256, integer=True)
+        _one_of("device", self.device.split(":")[0], DEVICES)
+        _one_of("precision", self.precision, PRECISIONS)
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -99,3 +153,22 @@ class TrainSettings:
     context_weight: float = 0.3
     anchor_weight: float = 0.0
     replay_fraction: float = 0.25
+
+    def check(self) -> None:
+        """Raise InputError naming the valid range of the first value that cannot work."""
+        _in_range("steps", self.steps, 1, 10**7, integer=True)
+        _in_range("learning rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        _in_range("patch size", self.patch_size, 16, 2048, integer=True)
+        _in_range("batch size", self.batch_size, 1, 256, integer=True)
+        _in_range("validation fraction", self.val_fraction, 0.0, 0.9)
+        _in_range("validation interval", self.val_every, 1, 10**7, integer=True)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        _in_range("seed", self.seed, 0, 2**32 - 1, integer=True)
+        _one_of("device", self.device.split(":")[0], DEVICES)
+        _one_of("precision", self.precision, PRECISIONS)
+        if self.channel is not None:
+            _in_range("channel", self.channel, 0, 4096, integer=True)
+        _in_range("annotated fraction", self.annotated_fraction, 0.0, 1.0)
+        _in_range("context weight", self.context_weight, 0.0, 100.0)
+        _in_range("anchor weight", self.anchor_weight, 0.0, 1e6)
+        _in_range("replay fraction", self.replay_fraction, 0.0, 0.95)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_unet.core.errors import InputError
+from napari_unet.core.options import BLENDINGS
 
 Predictor = Callable[[np.ndarray], np.ndarray]
-BLENDINGS = ("cosine", "none")
 _MIN_WEIGHT = 1e-3
 
 

@@ -46,7 +46,6 @@ from napari_unet.core.preprocess import prepare_plane
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import IGNORE, border_weights, check_labels, training_target
 
-OPTIMIZERS = ("adamw", "sgd")
 MAX_BAD_STEPS = 5
 _HOLD_OUT_MARGIN = 16  # pixels around a held-out region that are not trained on either
 
@@ -368,11 +367,7 @@ def _optimizer(network: torch.nn.Module, settings: TrainSettings) -> torch.optim
         return torch.optim.AdamW(
             network.parameters(), lr=settings.learning_rate, weight_decay=decay
         )
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(network.parameters(), lr=settings.learning_rate, momentum=0.99)
-    raise TrainingDataError(
-        f"optimizer {settings.optimizer!r} is not valid; choose one of {', '.join(OPTIMIZERS)}"
-    )
+    return torch.optim.SGD(network.parameters(), lr=settings.learning_rate, momentum=0.99)
 
 
 def _learning_rate_factor(step: int, total: int) -> float:
@@ -431,7 +426,7 @@ def iter_finetune(
         after repeated non-finite losses), compared with the base model on held-out labels.
     """
     settings = settings or TrainSettings()
-    _check_settings(settings)
+    settings.check()
     bundle = clone_bundle(base)
     config = bundle.config
     if not samples:
@@ -570,21 +565,6 @@ def iter_finetune(
         time.perf_counter() - start,
     )
     return TrainResult(bundle, history, stopped, reason, comparison)
-
-
-def _check_settings(settings: TrainSettings) -> None:
-    if settings.steps < 1:
-        raise TrainingDataError(f"steps must be at least 1, got {settings.steps}")
-    if not 0.0 <= settings.val_fraction < 1.0:
-        raise TrainingDataError(
-            f"validation fraction must be in [0, 1), got {settings.val_fraction}"
-        )
-    if settings.context_weight < 0 or settings.anchor_weight < 0:
-        raise TrainingDataError("context and anchor weights cannot be negative")
-    if not 0.0 <= settings.replay_fraction < 1.0:
-        raise TrainingDataError(
-            f"replay fraction must be in [0, 1), got {settings.replay_fraction}"
-        )
 
 
 def _replay_items(base: Bundle, settings: TrainSettings) -> list[_Prepared]:

@@ -1,0 +1,121 @@
+"""Every setting's valid range is checked in one place, shared by the CLI and the GUI."""
+
+import math
+
+import pytest
+
+from napari_unet.cli import EXIT_USER, main
+from napari_unet.core.errors import InputError
+from napari_unet.core.options import PredictOptions, TrainSettings
+
+
+def test_the_defaults_are_valid():
+    PredictOptions().check()
+    TrainSettings().check()
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"overlap": 0.99}, r"overlap must be in \[0, 0.5\]"),
+        ({"overlap": -0.1}, "overlap"),
+        ({"tile_size": -256}, "tile size"),
+        ({"tile_size": 10**6}, "tile size"),
+        ({"threshold": math.nan}, "threshold"),
+        ({"threshold": 0.0}, r"threshold must be in \(0, 1\]"),
+        ({"threshold": 1.0}, "below 1"),
+        ({"diameter": 0.0}, "diameter"),
+        ({"diameter": 1e9}, "diameter"),
+        ({"batch_size": 0}, "batch size"),
+        ({"min_size": -1}, "minimum object size"),
+        ({"channel": -1}, "channel"),
+        ({"mode": "panoptic"}, "mode 'panoptic' is not valid"),
+        ({"device": "tpu"}, "device 'tpu' is not valid"),
+        ({"tile_size": 256.5}, "whole number"),
+    ],
+)
+def test_impossible_prediction_settings_are_refused(change, match):
+    with pytest.raises(InputError, match=match):
+        PredictOptions(**change).check()
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": -5}, "steps"),
+        ({"val_every": 0}, "validation interval"),
+        ({"val_fraction": 1.0}, "validation fraction"),
+        ({"learning_rate": math.inf}, "learning rate"),
+        ({"learning_rate": 0.0}, "learning rate"),
+        ({"patch_size": 100_000}, "patch size"),
+        ({"batch_size": 0}, "batch size"),
+        ({"optimizer": "lion"}, "optimizer 'lion' is not valid"),
+        ({"replay_fraction": 1.0}, "replay fraction"),
+        ({"context_weight": -1.0}, "context weight"),
+        ({"precision": "int4"}, "precision"),
+    ],
+)
+def test_impossible_training_settings_are_refused(change, match):
+    with pytest.raises(InputError, match=match):
+        TrainSettings(**change).check()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        (["predict", "missing.tif", "-o", "out", "--overlap", "0.99"], "overlap"),
+        (["predict", "missing.tif", "-o", "out", "--threshold", "nan"], "threshold"),
+        (["predict", "missing.tif", "-o", "out", "--tile-size", "-5"], "tile size"),
+        (
+            [
+                "train",
+                "--image",
+                "a.tif",
+                "--labels",
+                "b.tif",
+                "-o",
+                "m.safetensors",
+                "--steps",
+                "0",
+            ],
+            "steps",
+        ),
+        (
+            [
+                "train",
+                "--image",
+                "a.tif",
+                "--labels",
+                "b.tif",
+                "-o",
+                "m.safetensors",
+                "--val-every",
+                "0",
+            ],
+            "validation interval",
+        ),
+        (
+            [
+                "train",
+                "--image",
+                "a.tif",
+                "--labels",
+                "b.tif",
+                "-o",
+                "m.safetensors",
+                "--patch-size",
+                "100000",
+            ],
+            "patch size",
+        ),
+    ],
+)
+def test_the_cli_refuses_them_before_reading_anything(
+    tmp_path, monkeypatch, capsys, arguments, match
+):
+    monkeypatch.chdir(tmp_path)  # the files named do not exist: the settings fail first
+    assert main(arguments) == EXIT_USER
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert match in line and "error:" in line
+    assert list(tmp_path.iterdir()) == []
