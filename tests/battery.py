@@ -354,13 +354,13 @@ def simulated_conditions(case: Case):
         return
     import napari_unet.core.io as io_module
 
-    saved = io_module.LAZY_BYTES, io_module._available_memory
+    saved = io_module.LAZY_BYTES, io_module.available_memory
     io_module.LAZY_BYTES = 1024
-    io_module._available_memory = lambda: 1024
+    io_module.available_memory = lambda: 1024
     try:
         yield
     finally:
-        io_module.LAZY_BYTES, io_module._available_memory = saved
+        io_module.LAZY_BYTES, io_module.available_memory = saved
 
 
 def run_cli(case: Case, folder: Path, model: str = "nuclei") -> tuple[int, str, Path]:

@@ -323,3 +323,34 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, c
         target, match = tmp_path / "ro" / "m.safetensors", "read-only"
     with pytest.raises(InputError, match=match):
         check_output(target, overwrite=True)
+
+
+def test_a_request_that_cannot_fit_in_memory_is_refused_up_front(tmp_path):
+    import resource
+
+    # 10 GB of pixels declared, 8 kB on disk (sparse): the labels alone would need 40 GB
+    huge = tmp_path / "huge.tif"
+    tifffile.imwrite(huge, shape=(100_000, 100_000), dtype=np.uint8)
+    run = subprocess.run(
+        [sys.executable, "-m", "napari_unet.cli", "predict", str(huge), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == EXIT_USER, run.stderr
+    [line] = [text for text in run.stderr.splitlines() if text.startswith("napari-unet")]
+    assert "needs about" in line and "GiB of memory" in line and "crop it" in line
+    assert not (tmp_path / "o").exists()
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib < 3 * 2**20  # torch's import, not the image: well under 3 GiB
+
+
+def test_memory_estimate_follows_what_is_available(monkeypatch):
+    from napari_unet.core import resources
+    from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.errors import InputError
+    from napari_unet.core.inference import predict
+
+    image = np.zeros((256, 256), np.uint8)
+    monkeypatch.setattr(resources, "available_memory", lambda: 50 * 2**20)
+    with pytest.raises(InputError, match="but 50.0 MiB is available"):
+        predict(image, load_bundle("nuclei"))

@@ -38,6 +38,7 @@ from napari_unet.core.preprocess import (
     plane_count,
     prepare_plane,
 )
+from napari_unet.core.resources import check_fits
 from napari_unet.core.tiling import (
     AxisPlan,
     Predictor,
@@ -229,17 +230,25 @@ def iter_predict(
     labels_shape = tuple(
         n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a in labels_axes
     )
-    labels = np.zeros(labels_shape, dtype=np.uint32)
-    n_planes = plane_count(stack.data.shape, stack.axes)
     plane_shape = (labels_shape[labels_axes.index("Y")], labels_shape[labels_axes.index("X")])
     work_shape = tuple(max(1, round(n * scale_factor)) for n in plane_shape)
+    workers = options.post_workers
+    if workers is None:
+        workers = auto_workers(plane_shape[0] * plane_shape[1])
+    check_fits(
+        prediction_memory(
+            labels_shape, work_shape, config, fallback.tile, options.batch_size, workers
+        ),
+        f"segmenting an image of shape {tuple(stack.data.shape)} ({stack.axes})",
+        "crop it or split the stack into parts, or give a larger object diameter if the "
+        "image is being enlarged",
+    )
+    labels = np.zeros(labels_shape, dtype=np.uint32)
+    n_planes = plane_count(stack.data.shape, stack.axes)
     tiler = _PlaneTiler(fallback, network, options, work_shape, len(bundle.class_names), n_planes)
     to_labels = partial(
         _plane_labels, mode=mode, threshold=options.threshold, min_size=min_size, shape=plane_shape
     )
-    workers = options.post_workers
-    if workers is None:
-        workers = auto_workers(plane_shape[0] * plane_shape[1])
     pipeline = LabelPipeline(to_labels, workers)
     store = _LabelStore(labels, stack.axes, labels_axes, mode)
 
@@ -282,6 +291,33 @@ def iter_predict(
             "objects": next_id - 1 if mode == "instances" else None,
         },
     )
+
+
+def prediction_memory(
+    labels_shape: tuple[int, ...],
+    work_shape: tuple[int, ...],
+    config: dict[str, Any],
+    tile: int,
+    batch_size: int,
+    post_workers: int,
+) -> int:
+    """Bytes of host memory :func:`iter_predict` needs, estimated from shapes alone.
+
+    The uint32 labels of the whole image; per plane in flight (the one being predicted and
+    one per post-processing worker) its normalised input and its blended class
+    probabilities and weights at the working scale, in float32; and the network's
+    activations for one batch of tiles (about 12 feature maps of the first level's width per
+    pixel, an upper bound for a U-Net whose deeper levels are 4x smaller at twice the width).
+    The input image itself is not counted: it is in memory already, or read plane by plane.
+    """
+    architecture = config["architecture"]
+    n_classes = int(architecture.get("n_classes", 1))
+    in_channels = int(architecture.get("in_channels", 1))
+    width = int(architecture.get("base_channels", 32))
+    labels = 4 * int(np.prod(labels_shape, dtype=np.int64))
+    plane = 4 * int(np.prod(work_shape, dtype=np.int64)) * (in_channels + n_classes + 1)
+    tiles = 4 * batch_size * tile * tile * width * 12
+    return labels + (1 + post_workers) * plane + tiles
 
 
 def predict(

@@ -18,6 +18,7 @@ import numpy as np
 
 from napari_unet.core.atomic import atomic_path
 from napari_unet.core.errors import ImageReadError, InputError
+from napari_unet.core.resources import available_memory, format_memory
 from napari_unet.core.tiff_pages import TiffPages
 
 AXIS_LETTERS = "TZCYXSI"
@@ -208,7 +209,7 @@ def _tiff_pixels(
             return mapped.reshape(shape)
     except Exception:  # compressed or not contiguous: cannot be mapped
         pass
-    available = _available_memory()
+    available = available_memory()
     try:
         pages = TiffPages(path)
     except ImageReadError as error:  # data missing from the file
@@ -226,36 +227,19 @@ def _tiff_pixels(
             return pages
         pages.close()
         raise ImageReadError(
-            f"{path}: one page of this compressed TIFF needs {_size(page_bytes)} but only "
-            f"{_size(available)} of memory is free; save it uncompressed (it will be "
+            f"{path}: one page of this compressed TIFF needs {format_memory(page_bytes)} but only "
+            f"{format_memory(available)} of memory is free; save it uncompressed (it will be "
             "memory-mapped) or as smaller tiles"
         )
     if pages is not None:
         pages.close()
     if nbytes > available:
         raise ImageReadError(
-            f"{path}: the image needs {_size(nbytes)} but only {_size(available)} of memory "
+            f"{path}: the image needs {format_memory(nbytes)} but only {format_memory(available)} of memory "
             "is free, and its layout cannot be read plane by plane; save it uncompressed, or "
             "as one page per plane, or split it"
         )
     return series.asarray()
-
-
-def _size(nbytes: int) -> str:
-    """``1536`` -> ``"1.5 KiB"``."""
-    power = 0
-    while nbytes >= 1024 ** (power + 1) and power < 3:
-        power += 1
-    if power == 0:
-        return f"{nbytes} bytes"
-    return f"{nbytes / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
-
-
-def _available_memory() -> int:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
 
 
 def _canonical_tiff_axes(raw: str, tif: Any, series: Any) -> str:
