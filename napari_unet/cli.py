@@ -286,7 +286,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """``napari-unet predict``."""
     from tqdm import tqdm
 
-    from napari_unet.core.atomic import check_output
+    from napari_unet.core.atomic import check_output, remove_stale_partials
     from napari_unet.core.bundle import load_bundle
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
@@ -317,6 +317,7 @@ def run_predict(args: argparse.Namespace) -> int:
             raise InputError(f"{path}: no such file")
         targets[path] = check_output(target, inputs, overwrite=args.overwrite)
     bundle = load_bundle(args.model)
+    remove_stale_partials(output)  # left by runs that were killed
     for path, target in targets.items():
         stack = read_image(path, axes=args.axes)
         generator = iter_predict(stack, bundle, options)
@@ -344,6 +345,26 @@ def run_predict(args: argparse.Namespace) -> int:
             f"{path} -> {target} ({result.axes} {tuple(result.labels.shape)}, {count} {what}, {result.compute})"
         )
     return 0
+
+
+def _keep_safe(bundle: Any, output: Path, half: bool) -> Path | None:
+    """Save a trained bundle that could not be written to ``output`` somewhere else: the
+    user's model folder, else the temporary folder. Returns where, or None if nowhere."""
+    import datetime as dt
+    import tempfile
+
+    from napari_unet.core.bundle import save_bundle
+    from napari_unet.core.registry import user_models_dir
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for folder in (user_models_dir(), Path(tempfile.gettempdir())):
+        try:
+            return save_bundle(
+                bundle, folder / f"{output.stem}-kept-{stamp}.safetensors", half=half
+            )
+        except Exception:  # try the next place; the caller reports the first failure
+            continue
+    return None
 
 
 def collect_samples(args: argparse.Namespace) -> list[Any]:
@@ -417,7 +438,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from napari_unet.core.atomic import check_output
     from napari_unet.core.bundle import bundle_from_config, load_bundle, new_config, save_bundle
-    from napari_unet.core.errors import InputError
+    from napari_unet.core.errors import InputError, UnetError
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.options import TrainSettings
     from napari_unet.core.training import TrainStep, iter_finetune, median_diameter
@@ -481,7 +502,15 @@ def run_train(args: argparse.Namespace) -> int:
             bar.set_postfix_str(postfix)
 
         result = run_to_end(generator, show)
-    save_bundle(result.bundle, output, overwrite=args.overwrite, half=args.half)
+    try:
+        save_bundle(result.bundle, output, overwrite=args.overwrite, half=args.half)
+    except (OSError, UnetError) as error:  # a full disk, a folder gone read-only, a race
+        kept = _keep_safe(result.bundle, output, args.half)
+        raise InputError(
+            f"could not write {output} ({error}); the trained model was kept at {kept}"
+            if kept
+            else f"could not write {output} ({error}), nor a copy elsewhere: the model is lost"
+        ) from error
     print(f"saved {output}: {len(samples)} planes, {len(result.history)} steps ({result.reason})")
     if result.comparison is not None:
         start = base.name if base.path else "the untrained start"

@@ -354,3 +354,33 @@ def test_memory_estimate_follows_what_is_available(monkeypatch):
     monkeypatch.setattr(resources, "available_memory", lambda: 50 * 2**20)
     with pytest.raises(InputError, match="but 50.0 MiB is available"):
         predict(image, load_bundle("nuclei"))
+
+
+def test_a_model_that_cannot_be_saved_is_kept_elsewhere(tmp_path, models_dir, monkeypatch, capsys):
+    import errno
+
+    from napari_unet.core import bundle as bundle_module
+
+    image, labels = disks((64, 64))
+    tifffile.imwrite(tmp_path / "a.tif", image.astype(np.float32))
+    tifffile.imwrite(tmp_path / "b.tif", labels.astype(np.uint16))
+    model = save_bundle(tiny_bundle(), tmp_path / "base.safetensors")
+    output = tmp_path / "out" / "m.safetensors"
+    real_save = bundle_module.save_bundle
+
+    def disk_full_for_output(bundle, path, **kwargs):
+        if Path(path) == output:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(bundle, path, **kwargs)
+
+    monkeypatch.setattr(bundle_module, "save_bundle", disk_full_for_output)
+    arguments = ["train", "--init", str(model), "--image", str(tmp_path / "a.tif")]
+    arguments += ["--labels", str(tmp_path / "b.tif"), "-o", str(output), "--steps", "2"]
+    arguments += ["--patch-size", "32", "--val-fraction", "0", "--device", "cpu"]
+    assert main(arguments) == EXIT_USER
+    [line] = [
+        text for text in capsys.readouterr().err.splitlines() if text.startswith("napari-unet")
+    ]
+    assert "No space left on device" in line and "kept at" in line
+    [kept] = models_dir.glob("m-kept-*.safetensors")
+    assert str(kept) in line and not output.exists()

@@ -138,3 +138,46 @@ def test_kill_while_saving_a_training_set_keeps_every_listed_plane(tmp_path):
         sample = training_set.load_plane(record)  # every listed plane loads whole
         assert sample.labels.shape == (512, 512)
         assert np.all(sample.labels == record.index[0] % 7)
+
+
+def test_a_name_taken_while_writing_is_never_replaced(tmp_path):
+    from napari_unet.core.atomic import atomic_path
+    from napari_unet.core.errors import InputError
+
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(InputError, match="created by another program"):
+        with atomic_path(target, overwrite=False) as tmp:
+            tmp.write_bytes(b"ours")
+            target.write_bytes(b"theirs")  # another run finished first
+    assert target.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    with atomic_path(tmp_path / "new.bin", overwrite=False) as tmp:
+        tmp.write_bytes(b"ours")
+    assert (tmp_path / "new.bin").read_bytes() == b"ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "new.bin"]
+
+
+def test_only_temporary_files_whose_writer_is_gone_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from napari_unet.core.atomic import STALE_SECONDS, remove_stale_partials
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(gone.stdout)
+    dead = tmp_path / f".m.safetensors.pid{dead_pid}-ab12.partial"
+    alive = tmp_path / f".m.safetensors.pid{os.getpid()}-cd34.partial"
+    old = tmp_path / f".x.tif.pid{os.getpid()}-ef56.partial"
+    unnamed = tmp_path / ".y.tif.0123abcd.partial"  # an older release's name: writer unknown
+    user_file = tmp_path / "notes.partial"  # not ours (no leading dot)
+    for path in (dead, alive, old, unnamed, user_file):
+        path.write_bytes(b"x")
+    long_ago = time.time() - STALE_SECONDS - 60
+    os.utime(old, (long_ago, long_ago))
+    removed = remove_stale_partials(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(p.name for p in (dead, old, unnamed))
+    assert alive.exists() and user_file.exists()

@@ -1,20 +1,29 @@
 """Atomic file writes: a temporary file in the same folder, flushed, fsynced, then replaced.
 
 Readers never see a half-written file: the temporary name starts with a dot and ends in
-``.partial`` so that listings skip it, and ``os.replace`` swaps the finished file in.
+``.partial`` so that listings skip it, and ``os.replace`` swaps the finished file in. Without
+``overwrite`` the finished file is hard-linked to its name, which fails if the name was taken
+meanwhile (another run writing the same output): nothing is ever replaced by surprise. The
+temporary name holds the writer's process id, so a temporary file whose writer is gone (a
+killed run) can be told from one still being written and removed
+(:func:`remove_stale_partials`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from napari_unet.core.errors import InputError
 
 PARTIAL_SUFFIX = ".partial"
+STALE_SECONDS = 7 * 24 * 3600  # a temporary file this old is stale whoever wrote it
+_WRITER = re.compile(r"\.pid(?P<pid>\d+)-[0-9a-f]+\.partial$")
 
 
 def is_partial(path: Path) -> bool:
@@ -23,14 +32,22 @@ def is_partial(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it onto ``path``.
 
     The caller writes the whole file to the yielded path. If the block raises, the
     temporary file is removed and ``path`` is left untouched.
+
+    Parameters
+    ----------
+    path : path-like
+        The final name.
+    overwrite : bool
+        Replace an existing ``path``. Without it, a ``path`` that exists when the file is
+        finished (created meanwhile by another writer) raises InputError and is kept.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    tmp = path.with_name(f".{path.name}.pid{os.getpid()}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -39,11 +56,76 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         # some writers (safetensors) create owner-only files: give the file the permissions
         # of the one it replaces, or those a plain open() would give a new file
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
         _fsync_folder(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless ``path`` exists, atomically where the file system
+    has hard links (FAT and some network shares do not: there a last check precedes the
+    rename)."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links here
+        if not path.exists():
+            os.replace(tmp, path)
+            return
+    raise InputError(
+        f"{path} was created by another program while this one worked; nothing was replaced"
+    )
+
+
+def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files of interrupted writes in ``folder`` (not recursive).
+
+    Only our own temporary files (:func:`is_partial`) whose writer process is gone, or that
+    are older than :data:`STALE_SECONDS`, are removed: another run writing at this moment
+    keeps its file.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        if not is_partial(path):
+            continue
+        match = _WRITER.search(path.name)
+        try:
+            old = time.time() - path.stat().st_mtime > STALE_SECONDS
+            if old or match is None or not _process_alive(int(match["pid"])):
+                path.unlink()
+                removed.append(path)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # no signal 0 on Windows: trust the age limit only
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def check_output(

@@ -218,7 +218,7 @@ def save_bundle(
         tensors[key] = value.contiguous()
     metadata = {METADATA_KEY: json.dumps(config)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     bundle.config = config
     bundle.path = path

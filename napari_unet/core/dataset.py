@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.atomic import atomic_write_bytes, atomic_write_text
+from napari_unet.core.atomic import atomic_write_bytes, atomic_write_text, remove_stale_partials
 from napari_unet.core.errors import TrainingDataError
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import check_labels
@@ -93,6 +93,8 @@ class TrainingSet:
         path = folder / MANIFEST
         if not path.is_file():
             raise TrainingDataError(f"{folder} is not a training set (no {MANIFEST})")
+        for part in (folder, folder / "planes"):  # left by writers that were killed
+            remove_stale_partials(part)
         try:
             manifest = json.loads(path.read_text("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:

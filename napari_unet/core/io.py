@@ -351,7 +351,7 @@ def write_labels(
     data = _planes_as(labels, dtype)
     imagej_order = "".join(a for a in "TZYX" if a in axes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         if dtype == np.uint16 and axes == imagej_order:
             metadata: dict[str, Any] = {"axes": axes}
             if "Z" in scale:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_unet.core.atomic import is_partial
+from napari_unet.core.atomic import is_partial, remove_stale_partials
 from napari_unet.core.errors import BundleError
 
 SUFFIX = ".safetensors"
@@ -73,6 +73,7 @@ def _scan(models_dir: Path | None) -> tuple[list[ModelEntry], list[tuple[Path, s
     problems: list[tuple[Path, str]] = []
     reserved = {p.name for p in BUNDLED_DIR.glob(f"*{SUFFIX}")}
     folders = [(BUNDLED_DIR, True), (models_dir or user_models_dir(), False)]
+    remove_stale_partials(folders[1][0])  # left by saves that were killed
     for folder, bundled in folders:
         if not folder.is_dir():
             continue
