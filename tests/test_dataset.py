@@ -54,3 +54,42 @@ def test_fingerprint_is_stable_and_sensitive():
     b = a.copy()
     b[0, 0] = 1
     assert image_fingerprint(a) != image_fingerprint(b)
+
+
+def _saved_set(folder):
+    image, labels = disks((32, 32))
+    training_set = TrainingSet(folder, "instances", ["background", "interior", "boundary"])
+    training_set.add_image("k", source="a.tif", shape=image.shape, axes="YX")
+    training_set.put_plane("k", (), image, labels, None)
+    return folder / "manifest.json"
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda m: m["planes"][0].update(file="../../etc/passwd"), "points outside its folder"),
+        (lambda m: m["planes"][0].update(file="/etc/passwd"), "points outside its folder"),
+        (lambda m: m.pop("mode"), "lacks 'mode'"),
+        (lambda m: m["planes"][0].pop("index"), "lacks 'index'"),
+        (lambda m: m["planes"][0].update(index=["x"]), "is malformed"),
+        (lambda m: m.update(class_names=None), "is malformed"),
+    ],
+)
+def test_a_damaged_or_hostile_manifest_is_refused(tmp_path, damage, match):
+    path = _saved_set(tmp_path / "set")
+    manifest = json.loads(path.read_text())
+    damage(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(TrainingDataError, match=match):
+        TrainingSet.open(tmp_path / "set")
+
+
+def test_a_link_out_of_the_set_is_refused(tmp_path):
+    path = _saved_set(tmp_path / "set")
+    (tmp_path / "outside.npz").write_bytes(b"")
+    (tmp_path / "set" / "planes" / "link.npz").symlink_to(tmp_path / "outside.npz")
+    manifest = json.loads(path.read_text())
+    manifest["planes"][0]["file"] = "planes/link.npz"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(TrainingDataError, match="outside"):
+        TrainingSet.open(tmp_path / "set")

@@ -101,18 +101,22 @@ class TrainingSet:
             raise TrainingDataError(f"{path} is damaged: {error}") from error
         if not isinstance(manifest, dict) or manifest.get("format_version", 0) > FORMAT_VERSION:
             raise TrainingDataError(f"{path} is from a newer napari-unet or not a manifest")
-        training_set = cls(folder, manifest["mode"], manifest["class_names"])
-        training_set.images = dict(manifest.get("images", {}))
-        for record in manifest.get("planes", []):
-            plane = PlaneRecord(
-                image=record["image"],
-                index=tuple(record["index"]),
-                file=record["file"],
-                fully_checked=bool(record.get("fully_checked", False)),
-                n_objects=int(record.get("n_objects", 0)),
-                updated=record.get("updated", ""),
-            )
-            training_set.planes[plane.key] = plane
+        try:
+            training_set = cls(folder, str(manifest["mode"]), list(manifest["class_names"]))
+            training_set.images = dict(manifest.get("images", {}))
+            for record in manifest.get("planes", []):
+                plane = PlaneRecord(
+                    image=str(record["image"]),
+                    index=tuple(int(i) for i in record["index"]),
+                    file=_inside(folder, str(record["file"]), path),
+                    fully_checked=bool(record.get("fully_checked", False)),
+                    n_objects=int(record.get("n_objects", 0)),
+                    updated=str(record.get("updated", "")),
+                )
+                training_set.planes[plane.key] = plane
+        except (KeyError, TypeError, ValueError) as error:
+            what = f"lacks {error}" if isinstance(error, KeyError) else f"is malformed ({error})"
+            raise TrainingDataError(f"{path} {what}; it is not a usable manifest") from error
         return training_set
 
     @classmethod
@@ -254,6 +258,19 @@ class TrainingSet:
             "planes": len(self.planes),
             "objects": sum(r.n_objects for r in self.planes.values()),
         }
+
+
+def _inside(folder: Path, relative: str, manifest: Path) -> str:
+    """``relative`` if it names a file inside ``folder``; a manifest may not point elsewhere
+    (``../``, absolute paths, links out of the folder)."""
+    root = folder.resolve()
+    target = (folder / relative).resolve()
+    if not target.is_relative_to(root) or Path(relative).is_absolute():
+        raise TrainingDataError(
+            f"{manifest} points outside its folder ({relative!r}); a training set only reads "
+            "its own files"
+        )
+    return relative
 
 
 def _count_objects(labels: np.ndarray, known: np.ndarray, mode: str) -> int:
