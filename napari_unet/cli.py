@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AXES",
         help="axis letters of the input, e.g. ZYX, TZCYX (overrides the file's)",
     )
+    _add_series(p)
     p.add_argument(
         "--channel", type=int, metavar="K", help="channel to segment in a multichannel image"
     )
@@ -229,11 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     i = commands.add_parser("info", help="show how a file is read (shape, dtype, axes, scale)")
     i.add_argument("file", metavar="FILE")
     i.add_argument("--axes", metavar="AXES", help="axis letters to apply")
+    _add_series(i)
 
     commands.add_parser(
         "demo", help="open napari with sample data, the widgets and the bundled model"
     )
     return parser
+
+
+def _add_series(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--series",
+        type=int,
+        metavar="K",
+        help="which image of a multi-image TIFF (e.g. an OME-TIFF's positions) to use "
+        "(default 0; the files say how many they hold)",
+    )
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -275,11 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUG
 
 
-def output_name(path: Path) -> str:
-    """``cells.ome.tif`` -> ``cells_labels.tif``."""
+def output_name(path: Path, series: int | None = None) -> str:
+    """``cells.ome.tif`` -> ``cells_labels.tif`` (``cells_series2_labels.tif`` for series 2)."""
     from napari_unet.core.io import strip_image_suffix
 
-    return f"{strip_image_suffix(path.name)}_labels.tif"
+    part = "" if series is None else f"_series{series}"
+    return f"{strip_image_suffix(path.name)}{part}_labels.tif"
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -310,7 +323,7 @@ def run_predict(args: argparse.Namespace) -> int:
     output = Path(args.output)
     targets: dict[Path, Path] = {}
     for path in inputs:
-        target = output / output_name(path)
+        target = output / output_name(path, args.series)
         if target in targets.values():
             raise InputError(f"two inputs would both write {target}; rename one")
         if not path.is_file():
@@ -319,7 +332,9 @@ def run_predict(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model)
     remove_stale_partials(output)  # left by runs that were killed
     for path, target in targets.items():
-        stack = read_image(path, axes=args.axes)
+        stack = read_image(path, axes=args.axes, series=args.series)
+        if stack.series_notice and args.series is None:
+            print(f"{stack.series_notice} (choose with --series)", file=sys.stderr)
         generator = iter_predict(stack, bundle, options)
         with tqdm(desc=path.name, unit="tile", file=sys.stderr, leave=False) as bar:
 
@@ -598,8 +613,10 @@ def run_info(args: argparse.Namespace) -> int:
     """``napari-unet info``."""
     from napari_unet.core.io import read_image
 
-    stack = read_image(args.file, axes=args.axes)
+    stack = read_image(args.file, axes=args.axes, series=args.series)
     print(f"file   {stack.path}")
+    if stack.series_count > 1:
+        print(f"series {stack.series} of 0-{stack.series_count - 1} (choose with --series)")
     print(f"shape  {tuple(stack.data.shape)}")
     print(f"dtype  {stack.data.dtype}")
     print(f"axes   {stack.axes}")

@@ -238,3 +238,48 @@ def test_written_labels_read_back_with_their_axes(tmp_path, axes, largest):
     assert back.axes == axes
     np.testing.assert_array_equal(back.data, labels)
     assert back.scale.get("X") == pytest.approx(0.5)
+
+
+def _two_series(path):
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(
+            np.full((3, 20, 30), 7, np.uint16), metadata={"axes": "ZYX", "PhysicalSizeX": 0.5}
+        )
+        tif.write(np.full((40, 50), 9, np.uint8), metadata={"axes": "YX", "PhysicalSizeX": 2.0})
+
+
+def test_a_multi_series_file_says_so_and_each_series_can_be_chosen(tmp_path):
+    path = tmp_path / "positions.ome.tif"
+    _two_series(path)
+    first = read_image(path)
+    assert first.series_count == 2 and first.series == 0 and first.axes == "ZYX"
+    assert "holds 2 images" in first.series_notice and first.name == "positions [series 0]"
+    second = read_image(path, series=1)
+    assert second.axes == "YX" and second.data.shape == (40, 50) and int(second.data[0, 0]) == 9
+    assert second.scale["X"] == pytest.approx(2.0) and first.scale["X"] == pytest.approx(0.5)
+    with pytest.raises(InputError, match="series 2 does not exist"):
+        read_image(path, series=2)
+    assert read_image(tmp_path / "positions.ome.tif", series=0).series_notice
+
+
+def test_the_reader_opens_every_series_as_a_layer(tmp_path):
+    from napari_unet.gui.reader import read_layers
+
+    path = tmp_path / "positions.ome.tif"
+    _two_series(path)
+    layers = read_layers(str(path))
+    assert [kwargs["name"] for _, kwargs, _ in layers] == [
+        "positions [series 0]",
+        "positions [series 1]",
+    ]
+
+
+def test_predict_names_the_series_it_used(tmp_path, capsys):
+    from napari_unet.cli import main
+
+    path = tmp_path / "positions.ome.tif"
+    _two_series(path)
+    assert main(["predict", str(path), "-o", str(tmp_path / "out"), "--series", "1"]) == 0
+    assert (tmp_path / "out" / "positions_series1_labels.tif").is_file()
+    assert main(["info", str(path)]) == 0
+    assert "series 0 of 0-1" in capsys.readouterr().out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,10 @@ class Stack:
         Unit per axis letter where known (e.g. ``"micron"``).
     path : Path or None
         Where it was read from.
+    series : int
+        Which image of a multi-image file (TIFF series, e.g. the positions of an OME-TIFF).
+    series_count : int
+        How many images the file holds (the others are read with ``series=k``).
     """
 
     data: np.ndarray
@@ -52,14 +56,28 @@ class Stack:
     scale: dict[str, float] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    series: int = 0
+    series_count: int = 1
 
     def __post_init__(self) -> None:
         check_axes(self.axes, self.data.shape)
 
     @property
     def name(self) -> str:
-        """File name without its image suffix (``a.ome.tif`` -> ``a``)."""
-        return strip_image_suffix(self.path.name) if self.path else "image"
+        """File name without its image suffix (``a.ome.tif`` -> ``a``), and the series of a
+        multi-image file (``a [series 2]``)."""
+        name = strip_image_suffix(self.path.name) if self.path else "image"
+        return f"{name} [series {self.series}]" if self.series_count > 1 else name
+
+    @property
+    def series_notice(self) -> str | None:
+        """What to tell the user when the file holds more images than the one read."""
+        if self.series_count < 2:
+            return None
+        return (
+            f"{self.path.name if self.path else 'the file'} holds {self.series_count} images "
+            f"(series 0-{self.series_count - 1}); using series {self.series}"
+        )
 
 
 def strip_image_suffix(name: str) -> str:
@@ -90,7 +108,9 @@ def check_axes(axes: str, shape: tuple[int, ...]) -> None:
         raise InputError(f"axes {axes!r} must include Y and X")
 
 
-def read_image(path: str | os.PathLike[str], *, axes: str | None = None) -> Stack:
+def read_image(
+    path: str | os.PathLike[str], *, axes: str | None = None, series: int | None = None
+) -> Stack:
     """Read a TIFF/OME-TIFF/ImageJ hyperstack, PNG or JPEG with its axes and scale.
 
     Parameters
@@ -99,6 +119,9 @@ def read_image(path: str | os.PathLike[str], *, axes: str | None = None) -> Stac
         The image file.
     axes : str, optional
         Override the axes found in the file (one letter per dimension, e.g. ``"ZYX"``).
+    series : int, optional
+        Which image of a multi-image TIFF to read (default the first; the returned Stack
+        says how many there are).
 
     Returns
     -------
@@ -118,10 +141,10 @@ def read_image(path: str | os.PathLike[str], *, axes: str | None = None) -> Stac
         raise ImageReadError(f"{path}: the file is empty (0 bytes)")
     lower = path.name.lower()
     if lower.endswith(TIFF_SUFFIXES) and not _starts_like_raster(path):
-        stack = _read_tiff(path)
-    elif lower.endswith(TIFF_SUFFIXES):  # a PNG or JPEG saved with a .tif name
-        stack = _read_raster(path)
-    elif lower.endswith(RASTER_SUFFIXES):
+        stack = _read_tiff(path, series or 0)
+    elif lower.endswith(TIFF_SUFFIXES + RASTER_SUFFIXES):  # incl. a PNG saved as .tif
+        if series:
+            raise InputError(f"{path} holds one image; series {series} does not exist")
         stack = _read_raster(path)
     else:
         raise ImageReadError(
@@ -132,7 +155,7 @@ def read_image(path: str | os.PathLike[str], *, axes: str | None = None) -> Stac
     if axes is not None:
         axes = axes.upper()
         check_axes(axes, stack.data.shape)
-        stack = Stack(stack.data, axes, stack.scale, stack.units, path)
+        stack = replace(stack, axes=axes)
     return stack
 
 
@@ -169,20 +192,26 @@ def _read_raster(path: Path) -> Stack:
     return Stack(data, axes, path=path)
 
 
-def _read_tiff(path: Path) -> Stack:
+def _read_tiff(path: Path, index: int) -> Stack:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise ImageReadError(f"{path}: the TIFF holds no image")
-            series = tif.series[0]
+            count = len(tif.series)
+            if not 0 <= index < count:
+                raise InputError(
+                    f"{path} holds {count} image(s) (series 0-{count - 1}); series {index} "
+                    "does not exist"
+                )
+            series = tif.series[index]
             shape, dtype = tuple(series.shape), np.dtype(series.dtype)
             raw_axes = series.axes
             axes = _canonical_tiff_axes(raw_axes, tif, series)
-            scale, units = _tiff_scale(tif, series, axes)
-            data = _tiff_pixels(tif, series, shape, dtype, path)
-    except ImageReadError:
+            scale, units = _tiff_scale(tif, series, axes, index)
+            data = _tiff_pixels(tif, series, shape, dtype, path, index)
+    except (ImageReadError, InputError):
         raise
     except Exception as error:  # tifffile raises TiffFileError, ValueError, OSError...
         raise ImageReadError(
@@ -190,11 +219,11 @@ def _read_tiff(path: Path) -> Stack:
         ) from error
     if data.shape != shape:
         raise ImageReadError(f"{path}: the TIFF's pages do not match its metadata (truncated?)")
-    return Stack(data, axes, scale, units, path)
+    return Stack(data, axes, scale, units, path, series=index, series_count=count)
 
 
 def _tiff_pixels(
-    tif: Any, series: Any, shape: tuple[int, ...], dtype: np.dtype, path: Path
+    tif: Any, series: Any, shape: tuple[int, ...], dtype: np.dtype, path: Path, index: int
 ) -> np.ndarray | TiffPages:
     """Load the pixels; files over ``LAZY_BYTES`` are memory-mapped when uncompressed and read
     page by page on demand (:class:`TiffPages`) when compressed, never loaded whole."""
@@ -204,14 +233,14 @@ def _tiff_pixels(
     import tifffile
 
     try:
-        mapped = tifffile.memmap(path, mode="r")
+        mapped = tifffile.memmap(path, series=index, mode="r")
         if mapped.shape == shape or mapped.size == np.prod(shape):
             return mapped.reshape(shape)
     except Exception:  # compressed or not contiguous: cannot be mapped
         pass
     available = available_memory()
     try:
-        pages = TiffPages(path)
+        pages = TiffPages(path, series=index)
     except ImageReadError as error:  # data missing from the file
         raise ImageReadError(f"{path}: {error}") from error
     except Exception:  # pages that do not tile the series: read whole if it fits
@@ -255,13 +284,15 @@ def _canonical_tiff_axes(raw: str, tif: Any, series: Any) -> str:
     return "".join(letter if letter in known else "I" for letter in raw)
 
 
-def _tiff_scale(tif: Any, series: Any, axes: str) -> tuple[dict[str, float], dict[str, str]]:
+def _tiff_scale(
+    tif: Any, series: Any, axes: str, index: int
+) -> tuple[dict[str, float], dict[str, str]]:
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
     if tif.is_ome and tif.ome_metadata:
         try:
             root = ET.fromstring(tif.ome_metadata)
-            pixels = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+            pixels = [el for el in root.iter() if el.tag.endswith("Pixels")][index]
             for axis in "XYZ":
                 size = pixels.get(f"PhysicalSize{axis}")
                 if size:
@@ -270,7 +301,7 @@ def _tiff_scale(tif: Any, series: Any, axes: str) -> tuple[dict[str, float], dic
             if pixels.get("TimeIncrement"):
                 scale["T"] = float(pixels.get("TimeIncrement"))
                 units["T"] = pixels.get("TimeIncrementUnit", "s")
-        except (ET.ParseError, StopIteration, ValueError):
+        except (ET.ParseError, IndexError, ValueError):
             pass
         return scale, units
     page = series.pages[0] if series.pages else tif.pages[0]

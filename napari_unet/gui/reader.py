@@ -25,12 +25,19 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[tuple[
 
 
 def read_layers(path: str | list[str]) -> list[tuple[Any, ...]]:
-    """Read each file into image layer data with scale, units and axis names."""
+    """Read each file into image layer data with scale, units and axis names.
+
+    A file holding several images (TIFF series, e.g. the positions of an OME-TIFF) gives one
+    layer per image, named ``<file> [series k]``.
+    """
     from napari_unet.core.io import read_image
     from napari_unet.gui.layers import image_layer_data
 
     paths = [path] if isinstance(path, str) else list(path)
     layers: list[tuple[Any, ...]] = []
     for p in paths:
-        layers.extend(image_layer_data(read_image(Path(p))))
+        first = read_image(Path(p))
+        layers.extend(image_layer_data(first))
+        for series in range(1, first.series_count):
+            layers.extend(image_layer_data(read_image(Path(p), series=series)))
     return layers
