@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tifffile
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from napari_unet.core.errors import ImageReadError, InputError
@@ -75,3 +75,88 @@ def test_reader_mutated_tiffs(tmp_path, real_tiff, data):
     except (ImageReadError, InputError):
         return  # a clear error, now or when a plane is read (large files are read lazily)
     assert last_plane.ndim == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    seed=st.integers(0, 2**16),
+    threshold=st.floats(0.05, 0.95),
+    min_size=st.integers(0, 30),
+    smooth=st.booleans(),
+)
+def test_instance_labels_keep_their_promises(shape, seed, threshold, min_size, smooth):
+    """Any probability map gives labels 0..N on the foreground, each object >= min_size."""
+    from scipy import ndimage as ndi
+
+    from napari_unet.core.postprocess import instance_labels
+
+    rng = np.random.default_rng(seed)
+    raw = rng.random((3, *shape))
+    if smooth:
+        raw = ndi.gaussian_filter(raw, (0, 2, 2))
+    probabilities = (raw / raw.sum(axis=0, keepdims=True)).astype(np.float32)
+    labels = instance_labels(probabilities, threshold=threshold, min_size=min_size)
+    assert labels.shape == shape and labels.dtype == np.uint32
+    foreground = probabilities[1] + probabilities[2] > threshold
+    assert not labels[~foreground].any()
+    sizes = np.bincount(labels.ravel())[1:]
+    assert (sizes[sizes > 0] >= min_size).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ndim=st.integers(2, 5),
+    axes=st.text(alphabet="TZCYXSIQ", min_size=0, max_size=6),
+)
+@example(ndim=4, axes="IIXY")
+def test_axes_override_is_used_or_refused_clearly(ndim, axes):
+    from napari_unet.core.io import Stack, check_axes
+
+    shape = (2, 3, 4, 5, 6)[-ndim:]
+    try:
+        check_axes(axes, shape)
+    except InputError:
+        return
+    stack = Stack(np.zeros(shape, np.uint8), axes)
+    assert len(stack.axes) == ndim and "Y" in axes and "X" in axes
+    named = axes.replace("I", "")  # unnamed axes may repeat; named ones may not
+    assert len(set(named)) == len(named)
+
+
+@pytest.fixture(scope="module")
+def bundle_bytes(tmp_path_factory):
+    from napari_unet.core.bundle import save_bundle
+    from tests.conftest import tiny_bundle
+
+    path = save_bundle(tiny_bundle(), tmp_path_factory.mktemp("b") / "m.safetensors")
+    return path.read_bytes()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_bundle_loader_mutated_files(tmp_path, bundle_bytes, data):
+    """A damaged model file loads or raises BundleError; never anything else."""
+    from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.errors import BundleError
+
+    raw = bytearray(bundle_bytes)
+    header = int.from_bytes(raw[:8], "little") + 8
+    kind = data.draw(st.sampled_from(["header", "body", "truncate", "random"]))
+    if kind in ("header", "body"):
+        low, high = (0, header - 1) if kind == "header" else (header, len(raw) - 1)
+        for _ in range(data.draw(st.integers(1, 10))):
+            raw[data.draw(st.integers(low, high))] = data.draw(st.integers(0, 255))
+    elif kind == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    else:
+        raw = bytearray(data.draw(st.binary(min_size=0, max_size=600)))
+    path = tmp_path / "mutant.safetensors"
+    path.write_bytes(bytes(raw))
+    try:
+        bundle = load_bundle(path)
+    except BundleError:
+        return
+    assert bundle.network is not None
