@@ -33,8 +33,10 @@ fine-tuned on that one plane with ``TrainSettings()`` (the panel's defaults, aug
 plus any ``--train`` overrides, once per seed. Printed per scenario and seed: AP@0.5 on the
 scenario's other images before and after, on a fixed subset of the bundled model's own
 held-out DSB images (does it forget?), the score the fine-tuning run reported (every scalar
-field of its result), whether the reported change agrees in sign with the true one, and wall
-times; then a summary with PASS/FAIL lines for the tune and the report scenarios.
+field of its result), whether the reported change agrees in sign with the true one, the
+panel's verdict (better / not better / too few) and whether it contradicts the true change by
+more than 0.01 ("too few" claims nothing, so it never does), and wall times; then a summary
+with PASS/FAIL lines for the tune and the report scenarios.
 """
 
 from __future__ import annotations
@@ -745,8 +747,20 @@ def run_seed(
         if run["reported_change"] is None
         else sign(run["change"]) == sign(run["reported_change"])
     )
+    comparison = getattr(result, "comparison", None)
+    run["verdict"] = getattr(comparison, "verdict", None)
+    run["verdict_wrong"] = verdict_wrong(run["verdict"], run["change"])
     print_run(run)
     return run
+
+
+def verdict_wrong(verdict: str | None, change: float, margin: float = 0.01) -> bool:
+    """Whether the panel's verdict contradicts the true change on the other images: "better"
+    while AP fell by more than ``margin``, or "not better" while it rose by more ("too few"
+    is never wrong: it claims nothing)."""
+    return (verdict == "better" and change < -margin) or (
+        verdict == "not better" and change > margin
+    )
 
 
 def fmt(x: Any, spec: str = ".3f") -> str:
@@ -772,6 +786,8 @@ def print_run(run: dict[str, Any]) -> None:
     )
     texts = "; ".join(f"{k}: {v}" for k, v in reported.items() if isinstance(v, str))
     print(f"      result: {numbers}" + (f"; {texts}" if texts else ""), flush=True)
+    wrong = " (CONTRADICTS the true change)" if run["verdict_wrong"] else ""
+    print(f"      panel verdict: {run['verdict']}{wrong}", flush=True)
 
 
 def sd(values: list[float]) -> float:
@@ -790,6 +806,10 @@ def scenario_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "own_change_mean": float(np.mean([r["own_change"] for r in runs])),
         "signs_agree": sum(r["signs_agree"] is True for r in runs),
         "signs_compared": sum(r["signs_agree"] is not None for r in runs),
+        "verdicts": {
+            v: sum(r["verdict"] == v for r in runs) for v in ("better", "not better", "too few")
+        },
+        "verdicts_wrong": sum(r["verdict_wrong"] for r in runs),
         "runs": len(runs),
         "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])),
     }
@@ -822,14 +842,15 @@ def summarise(runs: list[dict[str, Any]], purpose: str) -> dict[str, Any]:
     print(f"\n--- summary, {purpose} scenarios (gain = AP@0.5 after - before on the other images)")
     print(
         f"{'scenario':<12} {'before':>7} {'gain mean±sd':>13} {'min gain':>8} {'own chg':>8} "
-        f"{'signs agree':>11} {'train s':>7}"
+        f"{'signs agree':>11} {'verdicts b/nb/few':>17} {'wrong':>5} {'train s':>7}"
     )
     for name, s in per.items():
         agree = f"{s['signs_agree']}/{s['signs_compared']}"
+        verdicts = "/".join(str(n) for n in s["verdicts"].values())
         print(
             f"{name:<12} {s['before']:7.3f} {s['gain_mean']:+7.3f}±{s['gain_sd']:.3f} "
             f"{s['gain_min']:+8.3f} {s['own_change_mean']:+8.3f} {agree:>11} "
-            f"{s['train_seconds_mean']:7.1f}"
+            f"{verdicts:>17} {s['verdicts_wrong']:>5} {s['train_seconds_mean']:7.1f}"
         )
     print(
         f"worst scenario change {per[worst]['gain_mean']:+.3f} ({worst}); worst single run "
