@@ -368,8 +368,12 @@ def run_cli(case: Case, folder: Path, model: str = "nuclei") -> tuple[int, str, 
     from napari_unet.cli import main
 
     inputs = case.make(folder)
-    err = io.StringIO()
-    with simulated_conditions(case), contextlib.redirect_stderr(err):
+    err, out = io.StringIO(), io.StringIO()  # stdout kept out of the printed table
+    with (
+        simulated_conditions(case),
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(out),
+    ):
         status = main([*cli_arguments(case, inputs, folder, model), *case.args])
     return status, err.getvalue(), folder / "out"
 
