@@ -275,6 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnetError as error:
         print(f"napari-unet {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USER
+    except OSError as error:  # the environment (full disk, permissions, a vanished file)
+        where = f" ({error.filename})" if error.filename else ""
+        print(
+            f"napari-unet {args.command}: error: {error.strerror or error}{where}; "
+            "check the disk and the folder's permissions, then run it again",
+            file=sys.stderr,
+        )
+        return EXIT_USER
     except KeyboardInterrupt:
         print(f"napari-unet {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

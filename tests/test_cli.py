@@ -384,3 +384,19 @@ def test_a_model_that_cannot_be_saved_is_kept_elsewhere(tmp_path, models_dir, mo
     assert "No space left on device" in line and "kept at" in line
     [kept] = models_dir.glob("m-kept-*.safetensors")
     assert str(kept) in line and not output.exists()
+
+
+def test_a_full_disk_is_an_environment_fault_not_a_bug(tmp_path, monkeypatch, capsys):
+    import errno
+
+    image, _ = disks((64, 64))
+    tifffile.imwrite(tmp_path / "a.tif", image.astype(np.float32))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x"))
+
+    monkeypatch.setattr("napari_unet.core.io.write_labels", full)
+    assert main(["predict", str(tmp_path / "a.tif"), "-o", str(tmp_path / "out")]) == EXIT_USER
+    [line] = [t for t in capsys.readouterr().err.splitlines() if t.startswith("napari-unet")]
+    assert "No space left on device" in line and "this is a bug" not in line
+    assert not list((tmp_path / "out").glob("*.tif"))
