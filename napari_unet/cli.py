@@ -541,16 +541,45 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    """``napari-unet evaluate``."""
+MAX_CLASSES = 256  # semantic labels are class indices, not object ids
+
+
+def _label_image(path: str, mode: str) -> Any:
+    """A label image read for ``evaluate``: whole, non-negative numbers (whole-valued floats
+    are accepted as such), and for semantic labels class indices below MAX_CLASSES."""
     import numpy as np
 
     from napari_unet.core.errors import InputError
     from napari_unet.core.io import read_image
+
+    data = np.squeeze(np.asarray(read_image(path).data))
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all() or not np.array_equal(data, np.round(data)):
+            raise InputError(
+                f"{path} holds fractional or non-finite values ({data.dtype}): labels must be "
+                "whole numbers (object ids or class indices), e.g. a uint16 TIFF"
+            )
+        data = data.astype(np.int64)
+    elif data.dtype.kind not in "biu":
+        raise InputError(f"{path}: labels of type {data.dtype} cannot be scored")
+    if data.size and data.min() < 0:
+        raise InputError(f"{path} holds negative labels; 0 is background, objects are 1, 2, ...")
+    if mode == "semantic" and data.size and int(data.max()) >= MAX_CLASSES:
+        raise InputError(
+            f"{path} holds the value {int(data.max())}: semantic labels are class indices "
+            f"(0-{MAX_CLASSES - 1}); use --mode instances for object ids"
+        )
+    return data
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``napari-unet evaluate``."""
+
+    from napari_unet.core.errors import InputError
     from napari_unet.core.metrics import class_iou, instance_scores, pixel_error
 
-    prediction = np.squeeze(read_image(args.prediction).data)
-    truth = np.squeeze(read_image(args.truth).data)
+    prediction = _label_image(args.prediction, args.mode)
+    truth = _label_image(args.truth, args.mode)
     if prediction.shape != truth.shape:
         raise InputError(
             f"prediction shape {prediction.shape} differs from truth shape {truth.shape}"

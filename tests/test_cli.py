@@ -400,3 +400,37 @@ def test_a_full_disk_is_an_environment_fault_not_a_bug(tmp_path, monkeypatch, ca
     [line] = [t for t in capsys.readouterr().err.splitlines() if t.startswith("napari-unet")]
     assert "No space left on device" in line and "this is a bug" not in line
     assert not list((tmp_path / "out").glob("*.tif"))
+
+
+@pytest.mark.parametrize(
+    ("values", "mode", "match"),
+    [
+        (np.array([[0.0, 1.5], [2.0, 0.0]], np.float32), "instances", "fractional"),
+        (np.array([[0.0, np.nan], [2.0, 0.0]], np.float32), "instances", "non-finite"),
+        (np.array([[0, -1], [2, 0]], np.int32), "instances", "negative"),
+        (np.array([[0, 70000], [2, 0]], np.int32), "semantic", "class indices"),
+    ],
+)
+def test_evaluate_refuses_labels_that_cannot_be_scored(tmp_path, capsys, values, mode, match):
+    tifffile.imwrite(tmp_path / "p.tif", values)
+    tifffile.imwrite(tmp_path / "t.tif", np.array([[0, 1], [2, 0]], np.uint16))
+    args = ["evaluate", "--prediction", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif")]
+    assert main([*args, "--mode", mode]) == EXIT_USER
+    assert match in capsys.readouterr().err
+
+
+def test_evaluate_scores_huge_ids_in_little_memory(tmp_path, capsys):
+    import resource
+
+    truth = np.zeros((64, 64), np.int32)
+    truth[4:20, 4:20] = 2**31 - 5
+    truth[30:50, 30:50] = 7
+    prediction = truth.copy()
+    prediction[30:50, 30:50] = 2**31 - 9
+    tifffile.imwrite(tmp_path / "p.tif", prediction)
+    tifffile.imwrite(tmp_path / "t.tif", truth)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    args = ["evaluate", "--prediction", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif")]
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ap@0.5"] == 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB

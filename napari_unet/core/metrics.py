@@ -36,10 +36,15 @@ def overlap_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     pairs, intersection = np.unique(
         np.stack([a[both].astype(np.int64), b[both].astype(np.int64)]), axis=1, return_counts=True
     )
-    sizes_a = np.bincount(a.astype(np.int64))
-    sizes_b = np.bincount(b.astype(np.int64))
-    union = sizes_a[pairs[0]] + sizes_b[pairs[1]] - intersection
+    union = _sizes_of(a, pairs[0]) + _sizes_of(b, pairs[1]) - intersection
     return pairs[0], pairs[1], intersection / union
+
+
+def _sizes_of(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Pixel counts of the objects ``ids`` in ``labels``; memory follows the number of objects,
+    not the largest id (ids near 2**31 are fine)."""
+    values, counts = np.unique(labels, return_counts=True)
+    return counts[np.searchsorted(values, ids)]
 
 
 def match_objects(a: np.ndarray, b: np.ndarray, min_iou: float) -> list[tuple[int, int, float]]:
