@@ -93,3 +93,29 @@ def test_a_link_out_of_the_set_is_refused(tmp_path):
     path.write_text(json.dumps(manifest))
     with pytest.raises(TrainingDataError, match="outside"):
         TrainingSet.open(tmp_path / "set")
+
+
+def test_two_writers_of_one_set_keep_each_others_planes(tmp_path):
+    """Two napari windows (or a window and a CLI run) saving corrections into one set."""
+    import threading
+
+    folder = tmp_path / "set"
+    classes = ["background", "interior", "boundary"]
+    writers = [TrainingSet(folder, "instances", classes) for _ in range(2)]
+    image, labels = disks((32, 32))
+    for n, writer in enumerate(writers):
+        writer.add_image(f"img{n}", source=f"{n}.tif", shape=(6, 32, 32), axes="ZYX")
+
+    def save(n):
+        for z in range(6):
+            writers[n].put_plane(f"img{n}", (z,), image, labels, None)
+
+    threads = [threading.Thread(target=save, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writers[0].remove_plane("img1", (5,))  # removing another writer's plane works too
+    reopened = TrainingSet.open(folder)
+    assert reopened.summary()["planes"] == 11 and set(reopened.images) == {"img0", "img1"}
+    assert len(list((folder / "planes").glob("*.npz"))) == 11

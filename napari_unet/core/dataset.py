@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from napari_unet.core.targets import check_labels
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+LOCK_SECONDS = 60
 
 
 def image_fingerprint(data: np.ndarray) -> str:
@@ -193,20 +196,43 @@ class TrainingSet:
             n_objects=_count_objects(labels, known, self.mode),
             updated=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         )
-        self.planes[key] = record
-        self.write_manifest()
+        self._update(lambda: self.planes.__setitem__(key, record))
         return record
 
     def remove_plane(self, image: str, index: tuple[int, ...]) -> None:
         """Forget a plane (its file is removed after the manifest no longer lists it)."""
-        record = self.planes.pop(plane_key(image, index), None)
-        if record is None:
-            return
-        self.write_manifest()
-        (self.folder / record.file).unlink(missing_ok=True)
+        key = plane_key(image, index)
+        removed: list[PlaneRecord] = []
+        self._update(lambda: removed.extend([self.planes.pop(key)] if key in self.planes else []))
+        for record in removed:
+            (self.folder / record.file).unlink(missing_ok=True)
+
+    def _update(self, change: Callable[[], object]) -> None:
+        """Apply ``change`` to the manifest as it is on disk now, and write it back.
+
+        Under a lock file (``.lock``), the images and planes written meanwhile by another
+        writer (a second napari window, a CLI run) are read back first, so neither loses the
+        other's planes.
+        """
+        from filelock import FileLock, Timeout
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(self.folder / LOCK, timeout=LOCK_SECONDS):
+                if (self.folder / MANIFEST).is_file():
+                    on_disk = TrainingSet.open(self.folder)
+                    self.images = {**on_disk.images, **self.images}  # ours: not yet written
+                    self.planes = on_disk.planes  # every plane written so far, by anyone
+                change()
+                self.write_manifest()
+        except Timeout as error:
+            raise TrainingDataError(
+                f"{self.folder} is locked by another program for over {LOCK_SECONDS} s; "
+                f"if none is running, delete {self.folder / LOCK}"
+            ) from error
 
     def write_manifest(self) -> None:
-        """Write the manifest atomically."""
+        """Write the manifest atomically (callers hold the lock: see :meth:`_update`)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format_version": FORMAT_VERSION,
