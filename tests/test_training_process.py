@@ -167,3 +167,15 @@ print("dynamo" if "torch._dynamo" in sys.modules else "clean")
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "clean"
+
+
+def test_a_version_name_taken_meanwhile_moves_to_the_next_free_one(tmp_path):
+    from napari_unet.core.bundle import save_bundle
+    from napari_unet.core.training_process import _save_version
+    from tests.conftest import tiny_bundle
+
+    taken = save_bundle(tiny_bundle(), tmp_path / "cells-ft1.safetensors")  # another window
+    before = taken.read_bytes()
+    saved = _save_version(tiny_bundle(), tmp_path / "cells-ft1.safetensors")
+    assert saved == tmp_path / "cells-ft2.safetensors" and saved.is_file()
+    assert taken.read_bytes() == before

@@ -257,7 +257,7 @@ def _child_main() -> None:
     try:
         import torch
 
-        from napari_unet.core.bundle import load_bundle, save_bundle
+        from napari_unet.core.bundle import load_bundle
 
         if threads:
             torch.set_num_threads(threads)
@@ -276,7 +276,7 @@ def _child_main() -> None:
                 ("status", item.text) if isinstance(item, TrainStatus) else ("step", item)
             ),
         )
-        path = save_bundle(result.bundle, output)
+        path = _save_version(result.bundle, Path(output))
         reply(("done", replace(result, bundle=None), str(path)))
     except UnetError as error:
         reply(("error", error))
@@ -289,6 +289,22 @@ def _child_main() -> None:
         # not a normal interpreter exit: the control thread is blocked reading stdin, and
         # finalising the interpreter under it aborts ("could not acquire lock for stdin")
         os._exit(0)
+
+
+def _save_version(bundle: Any, output: Path) -> Path:
+    """Save a new version at ``output``, or at the next free version name when another
+    fine-tune (a second napari window) took that name while this one trained."""
+    from napari_unet.core.bundle import save_bundle
+    from napari_unet.core.registry import next_version_path
+
+    for _ in range(100):
+        try:
+            return save_bundle(bundle, output)
+        except UnetError:
+            if not output.exists():  # not a name collision: report it
+                raise
+            output = next_version_path(output.name.removesuffix(".safetensors"), output.parent)
+    raise EngineError(f"no free version name next to {output}")
 
 
 if __name__ == "__main__":
