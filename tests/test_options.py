@@ -119,3 +119,14 @@ def test_the_cli_refuses_them_before_reading_anything(
     [line] = capsys.readouterr().err.strip().splitlines()
     assert match in line and "error:" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_channel_that_a_grey_image_lacks_is_refused_not_ignored():
+    import numpy as np
+
+    from napari_unet.core.preprocess import to_model_channels
+
+    spec = {"channels": 1, "rgb": "luminance"}
+    assert to_model_channels(np.ones((4, 4)), "YX", spec, 0).shape == (1, 4, 4)
+    with pytest.raises(InputError, match="single channel"):
+        to_model_channels(np.ones((4, 4)), "YX", spec, 2)

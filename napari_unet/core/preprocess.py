@@ -106,6 +106,11 @@ def to_model_channels(
         raise InputError("complex-valued images are not supported; convert to magnitude first")
     x = x.astype(np.float32, copy=False)
     axes = plane_axes
+    if channel and "C" not in axes and "S" not in axes:
+        raise InputError(
+            f"channel {channel} does not exist: the image has a single channel (0); "
+            "leave the channel unset"
+        )
     if "C" in axes:
         n = x.shape[axes.index("C")]
         if channel is not None:
