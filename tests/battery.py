@@ -9,6 +9,7 @@ prints the table of docs/reliability.md with the observed outcomes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import sys
 import tempfile
@@ -363,11 +364,18 @@ def simulated_conditions(case: Case):
         io_module.LAZY_BYTES, io_module.available_memory = saved
 
 
-def run_cli(case: Case, folder: Path, model: str = "nuclei") -> tuple[int, str, Path]:
-    """Run ``case`` through ``napari-unet``; returns exit status, stderr and output folder."""
+def run_cli(case: Case, folder: Path, model: str = "nuclei") -> tuple[int, str, Path, list[str]]:
+    """Run ``case`` through ``napari-unet``.
+
+    Returns
+    -------
+    The exit status, stderr, the output folder, and the user's files (those the case made)
+    whose bytes changed or that vanished.
+    """
     from napari_unet.cli import main
 
     inputs = case.make(folder)
+    owned = {p: _digest(p) for p in folder.rglob("*") if p.is_file()}
     err, out = io.StringIO(), io.StringIO()  # stdout kept out of the printed table
     with (
         simulated_conditions(case),
@@ -375,7 +383,14 @@ def run_cli(case: Case, folder: Path, model: str = "nuclei") -> tuple[int, str, 
         contextlib.redirect_stdout(out),
     ):
         status = main([*cli_arguments(case, inputs, folder, model), *case.args])
-    return status, err.getvalue(), folder / "out"
+    changed = [
+        str(p.relative_to(folder)) for p, d in owned.items() if not p.is_file() or _digest(p) != d
+    ]
+    return status, err.getvalue(), folder / "out", changed
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def observed_table() -> str:
@@ -383,7 +398,7 @@ def observed_table() -> str:
     rows = []
     for case in CASES:
         with tempfile.TemporaryDirectory() as tmp:
-            status, err, out = run_cli(case, Path(tmp))
+            status, err, out, _ = run_cli(case, Path(tmp))
             if status:
                 message = err.strip().splitlines()[-1] if err.strip() else "(no message)"
                 observed = f"exit {status}: `{message.split('error: ', 1)[-1][:160]}`"

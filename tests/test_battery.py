@@ -19,8 +19,9 @@ def test_cli(case: Case, tmp_path, models_dir):
     from napari_unet.core.bundle import load_bundle
     from napari_unet.core.inference import predict
 
-    status, err, out = run_cli(case, tmp_path)
+    status, err, out, changed = run_cli(case, tmp_path)
     assert "Traceback" not in err
+    assert not changed, f"user files changed: {changed}"
     if case.expect_error:
         assert status == EXIT_USER, err
         assert re.search(case.expect_error, err), err
