@@ -283,3 +283,45 @@ def test_predict_names_the_series_it_used(tmp_path, capsys):
     assert (tmp_path / "out" / "positions_series1_labels.tif").is_file()
     assert main(["info", str(path)]) == 0
     assert "series 0 of 0-1" in capsys.readouterr().out
+
+
+_MATRIX_SHAPES = {
+    "YX": (16, 20),
+    "ZYX": (3, 16, 20),
+    "CYX": (2, 16, 20),
+    "TZCYX": (2, 3, 2, 16, 20),
+    "YXS": (16, 20, 3),
+}
+# what each kind of file can say about its axes: OME and ImageJ name them (an ImageJ
+# grey-mode "channels" stack is also what tifffile writes for any stack without axes, so it is
+# read as unknown planes: segmenting each one separately is safe, picking a channel is not);
+# plain and shaped files know only Y, X and RGB samples, other axes are unknown (I)
+_MATRIX_EXPECTED = {
+    "plain": {"YX": "YX", "ZYX": "IYX", "CYX": "IYX", "TZCYX": "IYX", "YXS": "YXS"},
+    "imagej": {"YX": "YX", "ZYX": "ZYX", "CYX": "IYX", "TZCYX": "TZCYX", "YXS": "YXS"},
+    "ome": {axes: axes for axes in _MATRIX_SHAPES},
+    "shaped": {"YX": "YX", "ZYX": "IYX", "CYX": "IYX", "TZCYX": "IIIYX", "YXS": "YXS"},
+}
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+@pytest.mark.parametrize("axes", list(_MATRIX_SHAPES))
+@pytest.mark.parametrize("flavour", list(_MATRIX_EXPECTED))
+def test_axes_of_every_kind_of_tiff(tmp_path, flavour, axes, compression):
+    shape = _MATRIX_SHAPES[axes]
+    data = (np.arange(np.prod(shape)) % 200).astype(np.uint8).reshape(shape)
+    options: dict = {"compression": compression}
+    if flavour in ("imagej", "ome"):
+        options.update({flavour: True, "metadata": {"axes": axes}})
+    else:
+        options["shaped"] = flavour == "shaped"
+    if axes == "YXS":
+        options["photometric"] = "rgb"
+    elif flavour != "imagej":
+        options["photometric"] = "minisblack"
+    path = tmp_path / f"{flavour}.tif"
+    tifffile.imwrite(path, data, **options)
+    stack = read_image(path)
+    assert stack.axes == _MATRIX_EXPECTED[flavour][axes]
+    # a plain file flattens what it cannot name into pages: same pixels, page by page
+    np.testing.assert_array_equal(np.asarray(stack.data).reshape(-1), data.reshape(-1))
