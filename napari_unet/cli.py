@@ -492,6 +492,12 @@ def run_train(args: argparse.Namespace) -> int:
     )
     settings.check()  # before any file is read
     samples = collect_samples(args)
+    if args.class_names and not (args.from_scratch and args.mode == "semantic"):
+        raise InputError(
+            "--class-names names the classes of a new semantic model (--from-scratch --mode "
+            "semantic); a fine-tuned model keeps its base's classes, and an instance model's "
+            "are always background, interior, boundary"
+        )
     if args.from_scratch:
         mode = args.mode or "instances"
         class_names = args.class_names.split(",") if args.class_names else None

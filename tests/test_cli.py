@@ -434,3 +434,26 @@ def test_evaluate_scores_huge_ids_in_little_memory(tmp_path, capsys):
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ap@0.5"] == 1.0
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        (["--from-scratch", "--mode", "semantic"], "needs at least two class names"),
+        (["--from-scratch", "--class-names", "a,b"], "names the classes of a new semantic"),
+        (["--class-names", "a,b"], "names the classes of a new semantic"),
+    ],
+)
+def test_train_mistakes_about_classes_are_the_users_not_bugs(tmp_path, capsys, arguments, match):
+    image, labels = disks((64, 64))
+    tifffile.imwrite(tmp_path / "a.tif", image.astype(np.float32))
+    tifffile.imwrite(tmp_path / "l.tif", (labels > 0).astype(np.uint8))
+    pair = ["--image", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "l.tif")]
+    output = ["-o", str(tmp_path / "m.safetensors"), "--steps", "1"]
+    assert main(["train", *pair, *arguments, *output]) == EXIT_USER
+    assert match in capsys.readouterr().err
+
+
+def test_a_folder_given_as_an_image_says_so(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == EXIT_USER
+    assert "is a folder; give an image file inside it" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from napari_unet.core.atomic import atomic_path
-from napari_unet.core.errors import BundleError
+from napari_unet.core.errors import BundleError, InputError
 from napari_unet.core.model import UNet, build_unet, expected_state
 from napari_unet.core.samples import TrainingSample
 
@@ -140,11 +140,14 @@ def new_config(
         Semantic class names, background first; ignored for instances.
     """
     if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is not valid; choose one of {', '.join(MODES)}")
+        raise InputError(f"mode {mode!r} is not valid; choose one of {', '.join(MODES)}")
     if mode == "instances":
         class_names = list(INSTANCE_CLASSES)
     elif not class_names or len(class_names) < 2:
-        raise ValueError("a semantic model needs at least two class names, background first")
+        raise InputError(
+            "a semantic model needs at least two class names, background first "
+            "(e.g. --class-names background,membrane)"
+        )
     architecture = {**architecture, "n_classes": len(class_names)}
     input_spec = {**DEFAULT_INPUT, **(input_spec or {})}
     architecture["in_channels"] = int(input_spec["channels"])
@@ -154,7 +157,7 @@ def new_config(
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "name": name,
-        "architecture": build_unet(architecture).config,
+        "architecture": _complete_architecture(architecture),
         "input": input_spec,
         "normalization": {**DEFAULT_NORMALIZATION, **(normalization or {})},
         "mode": mode,
@@ -165,6 +168,13 @@ def new_config(
         "parent": parent,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def _complete_architecture(architecture: dict[str, Any]) -> dict[str, Any]:
+    """Every option of the architecture, defaults filled in, checked without allocating."""
+    expected_state(architecture)  # bounds and parameter budget
+    with torch.device("meta"):
+        return build_unet(architecture).config
 
 
 def bundle_from_config(config: dict[str, Any]) -> Bundle:

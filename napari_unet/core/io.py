@@ -135,6 +135,8 @@ def read_image(
         If ``axes`` does not fit the data.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(f"{path} is a folder; give an image file inside it")
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     if path.stat().st_size == 0:
