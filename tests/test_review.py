@@ -7,6 +7,7 @@ from napari_unet.core.errors import InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import predict
 from napari_unet.core.options import PredictOptions
+from napari_unet.core.preprocess import read_plane
 from napari_unet.core.review import (
     FALSE,
     MERGED,
@@ -15,7 +16,6 @@ from napari_unet.core.review import (
     SPLIT,
     Uncertain,
     iter_review,
-    plane_of,
     rank_plane,
     review,
 )
@@ -204,13 +204,13 @@ def test_stop_ranks_with_the_views_done_so_far(instance_bundle):
     assert items[0].score > 0.5  # one view of one, not two of three
 
 
-def test_plane_of_reads_one_plane_in_any_axis_order():
+def test_read_plane_reads_one_plane_in_any_axis_order():
     data = np.arange(2 * 3 * 4 * 5).reshape(2, 4, 5, 3)  # Z Y X C
-    plane, axes = plane_of(data, "ZYXC", (1,))
+    plane, axes = read_plane(data, "ZYXC", (1,))
     assert axes == "YXC"
     np.testing.assert_array_equal(plane, data[1])
     moved = np.moveaxis(data, 0, 2)  # Y X Z C
-    plane, axes = plane_of(moved, "YXZC", (1,))
+    plane, axes = read_plane(moved, "YXZC", (1,))
     np.testing.assert_array_equal(plane, data[1])
     with pytest.raises(InputError, match="plane"):
-        plane_of(data, "ZYXC", (0, 1))
+        read_plane(data, "ZYXC", (0, 1))

@@ -63,6 +63,32 @@ def iter_planes(data: Any, axes: str) -> Iterator[tuple[tuple[int, ...], np.ndar
         yield index, plane, ordered[n_stack:]
 
 
+def read_plane(data: Any, axes: str, index: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    """One plane of a stack and its axes (``YX`` plus any C, S), read without touching the
+    other planes (a lazy stack decodes just this one).
+
+    Parameters
+    ----------
+    data : array-like
+        The stack (an ndarray, a memory map, a dask array...).
+    axes : str
+        Its axes.
+    index : tuple of int
+        Position along the stack axes (all but Y, X, C and S), in the order of ``axes``.
+    """
+    positions = [i for i, a in enumerate(axes) if a not in "YX" + CHANNEL_AXES]
+    if len(index) != len(positions) or any(
+        not 0 <= i < data.shape[p] for i, p in zip(index, positions, strict=False)
+    ):
+        raise InputError(f"plane {index} is not in a stack of shape {data.shape} ({axes})")
+    key: list[Any] = [slice(None)] * len(axes)
+    for position, i in zip(positions, index, strict=True):
+        key[position] = i
+    rest = "".join(a for i, a in enumerate(axes) if i not in positions)
+    ((_, plane, plane_axes),) = iter_planes(data[tuple(key)], rest)
+    return np.asarray(plane), plane_axes
+
+
 def plane_count(shape: tuple[int, ...], axes: str) -> int:
     """Number of planes in a stack of this shape and axes."""
     return int(np.prod([n for n, a in zip(shape, axes, strict=True) if a in stack_axes_of(axes)]))

@@ -27,7 +27,7 @@ import numpy as np
 
 from napari_unet.core.errors import InputError
 from napari_unet.core.metrics import overlap_iou
-from napari_unet.core.preprocess import CHANNEL_AXES, iter_planes, labels_axes_of
+from napari_unet.core.preprocess import CHANNEL_AXES, iter_planes, labels_axes_of, read_plane
 
 if TYPE_CHECKING:
     from threading import Event
@@ -346,30 +346,4 @@ def _planes(
         yield from iter_planes(data, axes)
         return
     for index in wanted:
-        yield (index, *plane_of(data, axes, index))
-
-
-def plane_of(data: Any, axes: str, index: tuple[int, ...]) -> tuple[np.ndarray, str]:
-    """One plane of a stack and its axes (``YX`` plus any C, S), read without touching the
-    other planes (a lazy stack decodes just this one).
-
-    Parameters
-    ----------
-    data : array-like
-        The stack (an ndarray, a memory map, a dask array...).
-    axes : str
-        Its axes.
-    index : tuple of int
-        Position along the stack axes (all but Y, X, C and S), in the order of ``axes``.
-    """
-    positions = [i for i, a in enumerate(axes) if a not in "YX" + CHANNEL_AXES]
-    if len(index) != len(positions) or any(
-        not 0 <= i < data.shape[p] for i, p in zip(index, positions, strict=False)
-    ):
-        raise InputError(f"plane {index} is not in a stack of shape {data.shape} ({axes})")
-    key: list[Any] = [slice(None)] * len(axes)
-    for position, i in zip(positions, index, strict=True):
-        key[position] = i
-    rest = "".join(a for i, a in enumerate(axes) if i not in positions)
-    ((_, plane, plane_axes),) = iter_planes(data[tuple(key)], rest)
-    return np.asarray(plane), plane_axes
+        yield (index, *read_plane(data, axes, index))

@@ -164,9 +164,9 @@ class CorrectNextPanel(QWidget):
         if index is None or layer.data.ndim != len(axes):
             show_warning(f"Cannot tell which plane of '{layer.name}' is shown.")
             return None
-        from napari_unet.core.review import plane_of
+        from napari_unet.core.preprocess import read_plane
 
-        labels, _ = plane_of(layer.data, axes, index)
+        labels, _ = read_plane(layer.data, axes, index)
         labels = np.array(labels, copy=True)  # the user may paint meanwhile
         image, image_axes = segmentation.image_data, segmentation.image_axes
         options = segmentation.options
@@ -177,7 +177,7 @@ class CorrectNextPanel(QWidget):
             from napari_unet.core.bundle import load_bundle
             from napari_unet.core.review import iter_review
 
-            pixels, pixel_axes = plane_of(image, image_axes, index)
+            pixels, pixel_axes = read_plane(image, image_axes, index)
             found = yield from iter_review(
                 pixels, labels, load_bundle(model), options, axes=pixel_axes, stop=stop
             )

@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_unet.core.dataset import TrainingSet, image_fingerprint
 from napari_unet.core.options import PredictOptions
-from napari_unet.core.preprocess import iter_planes, labels_axes_of
+from napari_unet.core.preprocess import labels_axes_of, read_plane
 from napari_unet.core.samples import TrainingSample
 from napari_unet.gui.corrections import CorrectionTracker, PlaneIndex
 from napari_unet.gui.layers import layer_key
@@ -56,11 +56,8 @@ class Segmentation:
         return labels_axes_of(self.image_axes)
 
     def plane_pixels(self, index: PlaneIndex) -> tuple[np.ndarray, str]:
-        """Raw image pixels of one plane and their axes (``YX`` plus C/S)."""
-        for plane_index, plane, plane_axes in iter_planes(self.image_data, self.image_axes):
-            if plane_index == index:
-                return np.asarray(plane), plane_axes
-        raise KeyError(index)
+        """Raw image pixels of one plane and their axes (``YX`` plus C/S), read directly."""
+        return read_plane(self.image_data, self.image_axes, tuple(index))
 
 
 @dataclass
