@@ -257,3 +257,16 @@ def test_default_tiling_processes_little_more_than_the_image(size):
     result = predict(image, load_bundle("nuclei"), defaults, predictor=background)
     assert result.stats["processed_pixel_ratio"] < 1.25
     assert result.stats["tile_size"] <= defaults.tile_size
+
+
+def test_cudnn_benchmark_is_set_only_during_the_call():
+    import torch
+
+    from napari_unet.core.inference import _cudnn_benchmark
+
+    torch.backends.cudnn.benchmark = False
+    with _cudnn_benchmark(True):
+        assert torch.backends.cudnn.benchmark
+    assert not torch.backends.cudnn.benchmark
+    with _cudnn_benchmark(False):
+        assert not torch.backends.cudnn.benchmark

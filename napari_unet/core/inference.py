@@ -7,8 +7,9 @@ worker, the CLI's progress bar) can stop it at any yield by closing it.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -103,8 +104,6 @@ class NetworkPredictor:
             self.network = self.network.to(memory_format=torch.channels_last)
         self._cuda = compute.device.type == "cuda"
         self._full_batch: tuple[int, ...] | None = None
-        if self._cuda:
-            torch.backends.cudnn.benchmark = True
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         count = batch.shape[0]
@@ -117,7 +116,7 @@ class NetworkPredictor:
             x = x.to(self.compute.device, non_blocking=True)
             if self.compute.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self.compute.autocast():
+            with self.compute.autocast(), _cudnn_benchmark(self._cuda):
                 logits = self.network(x)
             probabilities = torch.softmax(logits[:count].float(), dim=1)
             if self._cuda:
@@ -145,6 +144,21 @@ class NetworkPredictor:
     def on_cpu(self) -> NetworkPredictor:
         """The same network on the CPU (fallback when the GPU runs out of memory)."""
         return NetworkPredictor(self.network, resolve_compute("cpu"))
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(wanted: bool) -> Iterator[None]:
+    """Let cuDNN pick its fastest algorithms for our fixed tile shape during one call, then
+    put the process-wide setting back (it belongs to whoever else runs torch here)."""
+    if not wanted:
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _resolve_mode(bundle: Bundle, mode: str | None) -> str:
