@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from napari_unet.core.version import __version__
 
 __all__ = ["__version__", "load_bundle", "save_bundle", "read_image", "predict"]
 

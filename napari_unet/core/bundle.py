@@ -27,6 +27,7 @@ from napari_unet.core.atomic import atomic_path
 from napari_unet.core.errors import BundleError, InputError
 from napari_unet.core.model import UNet, build_unet, expected_state
 from napari_unet.core.samples import TrainingSample
+from napari_unet.core.version import __version__
 
 FORMAT_VERSION = 2  # 2: optional replay tensors
 METADATA_KEY = "napari_unet"
@@ -151,7 +152,6 @@ def new_config(
     architecture = {**architecture, "n_classes": len(class_names)}
     input_spec = {**DEFAULT_INPUT, **(input_spec or {})}
     architecture["in_channels"] = int(input_spec["channels"])
-    from napari_unet import __version__
 
     return {
         "format_version": FORMAT_VERSION,
