@@ -60,9 +60,9 @@ def score_instances(predictions: list[np.ndarray], truths: list[np.ndarray]) -> 
 
 
 def evaluate_nuclei() -> dict[str, object]:
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.inference import PredictOptions, predict
     from napari_unet.core.io import read_image
+    from napari_unet.core.registry import load_bundle
 
     bundle = load_bundle("nuclei")
     ids = dsb_split()["heldout"]
@@ -95,10 +95,10 @@ def evaluate_nuclei() -> dict[str, object]:
 def evaluate_em() -> dict[str, object]:
     from scipy import ndimage as ndi
 
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.inference import PredictOptions, predict
     from napari_unet.core.io import read_image
     from napari_unet.core.metrics import class_iou, pixel_error, rand_error
+    from napari_unet.core.registry import load_bundle
 
     bundle = load_bundle("em-membranes")
     rows = []
@@ -168,12 +168,13 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
     import torch
     from skimage.segmentation import clear_border
 
-    from napari_unet.core.bundle import bundle_from_config, load_bundle, new_config
+    from napari_unet.core.bundle import bundle_from_config, new_config
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import PredictOptions, predict
     from napari_unet.core.io import read_image
     from napari_unet.core.metrics import instance_scores
     from napari_unet.core.options import TrainSettings
+    from napari_unet.core.registry import load_bundle
     from napari_unet.core.samples import TrainingSample
     from napari_unet.core.training import iter_finetune
 

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.registry import load_bundle
 
     torch.set_num_threads(2)
     settings = fg.train_settings([], args.steps)

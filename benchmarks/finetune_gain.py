@@ -933,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no scenario selected: check --set and --scenarios")
     import torch
 
-    from napari_unet.core.bundle import load_bundle
+    from napari_unet.core.registry import load_bundle
 
     torch.set_num_threads(2)
     print(

@@ -54,9 +54,9 @@ def run_once(
     samples: list, device: str, precision: str, steps: int | None = None
 ) -> dict[str, float]:
     """One fine-tune with the default schedule (or its first ``steps``); timings and scores."""
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.options import TrainSettings
+    from napari_unet.core.registry import load_bundle
     from napari_unet.core.training import iter_finetune
 
     settings = TrainSettings(device=device, precision=precision)
@@ -99,13 +99,12 @@ def one_click(data: Path, threads: int) -> dict[str, float]:
     """
     import numpy as np
 
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import predict
     from napari_unet.core.io import read_image
     from napari_unet.core.metrics import overlap_iou
     from napari_unet.core.options import TrainSettings
-    from napari_unet.core.registry import next_version_path
+    from napari_unet.core.registry import load_bundle, next_version_path
     from napari_unet.core.samples import TrainingSample
     from napari_unet.core.training_process import iter_finetune_in_child
     from napari_unet.gui.corrections import edited_regions

@@ -121,13 +121,13 @@ def run_variant(
 
     import torch
 
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.devices import resolve_compute
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import NetworkPredictor, iter_predict
     from napari_unet.core.io import read_image, write_labels
     from napari_unet.core.postprocess import instance_labels
     from napari_unet.core.preprocess import prepare_plane
+    from napari_unet.core.registry import load_bundle
 
     bundle = load_bundle("nuclei")
     channels = bundle.config["input"]["channels"]
@@ -262,8 +262,8 @@ def main() -> None:
     import torch
     from machine import device_name
 
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.metrics import instance_scores
+    from napari_unet.core.registry import load_bundle
 
     folder = Path(tempfile.mkdtemp(prefix="napari-unet-speed-"))
     image = make_image(args.size, folder)

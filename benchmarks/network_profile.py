@@ -27,10 +27,10 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.devices import resolve_compute
     from napari_unet.core.inference import NetworkPredictor
     from napari_unet.core.model import fold_batch_norm
+    from napari_unet.core.registry import load_bundle
 
     compute = resolve_compute(args.device)
     cuda = compute.device.type == "cuda"

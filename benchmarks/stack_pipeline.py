@@ -25,10 +25,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from napari_unet.core.bundle import load_bundle
 from napari_unet.core.devices import resolve_compute
 from napari_unet.core.inference import NetworkPredictor, PredictOptions, predict
 from napari_unet.core.label_pipeline import auto_workers
+from napari_unet.core.registry import load_bundle
 from napari_unet.gui.sample_data import nuclei_2d
 
 

@@ -119,7 +119,8 @@ def replay_set(ids: list[str], patches: int = 24, size: int = 256) -> Any:
 
 def attach_replay(path: Path) -> None:
     """Store the nuclei replay set in the bundle at ``path`` (weights unchanged)."""
-    from napari_unet.core.bundle import load_bundle, save_bundle
+    from napari_unet.core.bundle import save_bundle
+    from napari_unet.core.registry import load_bundle
 
     bundle = load_bundle(path)
     bundle.replay = replay_set(dsb_split()["train"])

@@ -13,12 +13,13 @@ from napari_unet.core.version import __version__
 __all__ = ["__version__", "load_bundle", "save_bundle", "read_image", "predict"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_unet.core.bundle import load_bundle, save_bundle
+    from napari_unet.core.bundle import save_bundle
     from napari_unet.core.inference import predict
     from napari_unet.core.io import read_image
+    from napari_unet.core.registry import load_bundle
 
 _LAZY = {
-    "load_bundle": "napari_unet.core.bundle",
+    "load_bundle": "napari_unet.core.registry",
     "save_bundle": "napari_unet.core.bundle",
     "read_image": "napari_unet.core.io",
     "predict": "napari_unet.core.inference",

@@ -308,11 +308,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_unet.core.atomic import check_output, remove_stale_partials
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import Progress, iter_predict
     from napari_unet.core.io import read_image, write_labels
+    from napari_unet.core.registry import load_bundle
 
     options = PredictOptions(
         mode=args.mode,
@@ -460,10 +460,11 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_unet.core.atomic import check_output
-    from napari_unet.core.bundle import bundle_from_config, load_bundle, new_config, save_bundle
+    from napari_unet.core.bundle import bundle_from_config, new_config, save_bundle
     from napari_unet.core.errors import InputError, UnetError
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.options import TrainSettings
+    from napari_unet.core.registry import load_bundle
     from napari_unet.core.training import TrainStep, iter_finetune, median_diameter
 
     output = Path(args.output)

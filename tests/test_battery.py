@@ -16,8 +16,8 @@ PREDICT_CASES = [c for c in CASES if c.command == "predict"]
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_cli(case: Case, tmp_path, models_dir):
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.inference import predict
+    from napari_unet.core.registry import load_bundle
 
     status, err, out, changed = run_cli(case, tmp_path)
     assert "Traceback" not in err

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.bundle import FORMAT_VERSION, load_bundle, read_bundle_config, save_bundle
+from napari_unet.core.bundle import FORMAT_VERSION, read_bundle_config, save_bundle
 from napari_unet.core.errors import BundleError
-from napari_unet.core.registry import list_models, next_version_path, resolve_model, split_version
+from napari_unet.core.registry import (
+    list_models,
+    load_bundle,
+    next_version_path,
+    resolve_model,
+    split_version,
+)
 from tests.conftest import tiny_bundle
 
 

@@ -4,10 +4,9 @@ from importlib.resources import as_file, files
 
 import numpy as np
 
-from napari_unet.core.bundle import load_bundle
 from napari_unet.core.inference import PredictOptions, predict
 from napari_unet.core.io import read_image
-from napari_unet.core.registry import BUNDLED_DIR, list_models
+from napari_unet.core.registry import BUNDLED_DIR, list_models, load_bundle
 
 EXPECTED = {"nuclei": "instances", "em-membranes": "semantic"}
 

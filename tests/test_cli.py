@@ -268,9 +268,9 @@ def test_dsb_round_trip_from_scratch(tmp_path):
         str(model),
     ]
     assert main(args) == 0
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.inference import PredictOptions, predict
     from napari_unet.core.metrics import instance_scores
+    from napari_unet.core.registry import load_bundle
 
     bundle = load_bundle(model)
     aps = []
@@ -346,9 +346,9 @@ def test_a_request_that_cannot_fit_in_memory_is_refused_up_front(tmp_path):
 
 def test_memory_estimate_follows_what_is_available(monkeypatch):
     from napari_unet.core import resources
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.errors import InputError
     from napari_unet.core.inference import predict
+    from napari_unet.core.registry import load_bundle
 
     image = np.zeros((256, 256), np.uint8)
     monkeypatch.setattr(resources, "available_memory", lambda: 50 * 2**20)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from napari_unet.core.atomic import is_partial
-from napari_unet.core.bundle import load_bundle, save_bundle
+from napari_unet.core.bundle import save_bundle
 from napari_unet.core.dataset import TrainingSet
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import PredictOptions, predict
 from napari_unet.core.options import TrainSettings
-from napari_unet.core.registry import list_models
+from napari_unet.core.registry import list_models, load_bundle
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.training import iter_finetune
 from tests.conftest import tiny_bundle

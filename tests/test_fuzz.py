@@ -139,8 +139,8 @@ def bundle_bytes(tmp_path_factory):
 @given(data=st.data())
 def test_bundle_loader_mutated_files(tmp_path, bundle_bytes, data):
     """A damaged model file loads or raises BundleError; never anything else."""
-    from napari_unet.core.bundle import load_bundle
     from napari_unet.core.errors import BundleError
+    from napari_unet.core.registry import load_bundle
 
     raw = bytearray(bundle_bytes)
     header = int.from_bytes(raw[:8], "little") + 8

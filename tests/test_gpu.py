@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.bundle import load_bundle
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import PredictOptions, predict
 from napari_unet.core.metrics import instance_scores
 from napari_unet.core.options import TrainSettings
+from napari_unet.core.registry import load_bundle
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.training import iter_finetune
 from tests.synthetic import disks

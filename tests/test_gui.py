@@ -11,7 +11,8 @@ pytestmark = pytest.mark.gui
 
 napari = pytest.importorskip("napari")
 
-from napari_unet.core.bundle import load_bundle, save_bundle  # noqa: E402
+from napari_unet.core.bundle import save_bundle  # noqa: E402
+from napari_unet.core.registry import load_bundle  # noqa: E402
 from tests.synthetic import disks  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "napari_unet" / "napari.yaml"

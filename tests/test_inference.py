@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from napari_unet.core.bundle import load_bundle
 from napari_unet.core.errors import InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import PredictOptions, iter_predict, predict
 from napari_unet.core.io import Stack
 from napari_unet.core.metrics import instance_scores
 from napari_unet.core.postprocess import instance_labels, link_to_previous
+from napari_unet.core.registry import load_bundle
 from tests.conftest import tiny_bundle
 from tests.synthetic import balls, disks
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from napari_unet.core import training
-from napari_unet.core.bundle import clone_bundle, load_bundle, save_bundle
+from napari_unet.core.bundle import clone_bundle, save_bundle
 from napari_unet.core.errors import InputError, TrainingDataError
 from napari_unet.core.heldout import HeldOut, held_out_regions
 from napari_unet.core.inference import PredictOptions, predict
 from napari_unet.core.options import TrainSettings
+from napari_unet.core.registry import load_bundle
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import IGNORE, border_weights, instance_classes, training_target
 from napari_unet.core.training import TrainStatus, TrainStep, iter_finetune

@@ -242,25 +242,16 @@ def read_bundle_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _parse_config(metadata, path)
 
 
-def load_bundle(name_or_path: str | os.PathLike[str], *, models_dir: Path | None = None) -> Bundle:
-    """Load a bundle by file path or by model name (bundled or in the user's folder).
-
-    Parameters
-    ----------
-    name_or_path : str or path-like
-        A ``.safetensors`` path, or a name listed by ``napari-unet models``.
-    models_dir : Path, optional
-        The user's model folder (defaults to the platform's data folder).
+def load_bundle_file(path: str | os.PathLike[str]) -> Bundle:
+    """Load the bundle in one ``.safetensors`` file (by name: :func:`~napari_unet.core.registry.load_bundle`).
 
     Raises
     ------
     BundleError
-        If the file is missing, not a bundle, from a newer format, or its weights do not
-        match its architecture.
+        If the file is missing, not a bundle, from a newer format, asks for a network too
+        large, or its weights do not match its architecture or are not finite.
     """
-    from napari_unet.core.registry import resolve_model
-
-    path = resolve_model(name_or_path, models_dir=models_dir)
+    path = Path(path)
     config = read_bundle_config(path)  # checks the architecture's size without building it
     expected = expected_state(config["architecture"])
     try:

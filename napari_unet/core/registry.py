@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_unet.core.atomic import is_partial, remove_stale_partials
+from napari_unet.core.bundle import Bundle, load_bundle_file, read_bundle_config
 from napari_unet.core.errors import BundleError
 
 SUFFIX = ".safetensors"
@@ -67,8 +68,6 @@ def model_problems(models_dir: Path | None = None) -> list[tuple[Path, str]]:
 
 
 def _scan(models_dir: Path | None) -> tuple[list[ModelEntry], list[tuple[Path, str]]]:
-    from napari_unet.core.bundle import read_bundle_config
-
     entries: list[ModelEntry] = []
     problems: list[tuple[Path, str]] = []
     reserved = {p.name for p in BUNDLED_DIR.glob(f"*{SUFFIX}")}
@@ -129,6 +128,24 @@ def resolve_model(name_or_path: str | os.PathLike[str], models_dir: Path | None 
         f"no model named {text!r}; known models: {', '.join(known) if known else 'none'} "
         "(or give a path to a .safetensors file)"
     )
+
+
+def load_bundle(name_or_path: str | os.PathLike[str], *, models_dir: Path | None = None) -> Bundle:
+    """Load a bundle by file path or by model name (bundled or in the user's folder).
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        A ``.safetensors`` path, or a name listed by ``napari-unet models``.
+    models_dir : Path, optional
+        The user's model folder (defaults to the platform's data folder).
+
+    Raises
+    ------
+    BundleError
+        As :func:`~napari_unet.core.bundle.load_bundle_file`, or when no model has the name.
+    """
+    return load_bundle_file(resolve_model(name_or_path, models_dir=models_dir))
 
 
 def next_version_path(base_name: str, models_dir: Path | None = None) -> Path:

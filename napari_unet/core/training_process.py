@@ -156,7 +156,7 @@ def iter_finetune_in_child(
                 raise payload[0]
             if kind == "done":
                 result, path = payload
-                from napari_unet.core.bundle import load_bundle
+                from napari_unet.core.registry import load_bundle
 
                 return replace(result, bundle=load_bundle(Path(path)))
             request = yield payload[0] if kind == "step" else TrainStatus(payload[0])
@@ -257,7 +257,7 @@ def _child_main() -> None:
     try:
         import torch
 
-        from napari_unet.core.bundle import load_bundle
+        from napari_unet.core.registry import load_bundle
 
         if threads:
             torch.set_num_threads(threads)

@@ -174,7 +174,7 @@ class CorrectNextPanel(QWidget):
         stop = self.stop_event = threading.Event()
 
         def job() -> Any:
-            from napari_unet.core.bundle import load_bundle
+            from napari_unet.core.registry import load_bundle
             from napari_unet.core.review import iter_review
 
             pixels, pixel_axes = read_plane(image, image_axes, index)

@@ -303,8 +303,8 @@ class SegmentPanel(QWidget):
         }
 
         def job() -> Any:
-            from napari_unet.core.bundle import load_bundle
             from napari_unet.core.inference import iter_predict
+            from napari_unet.core.registry import load_bundle
 
             bundle = load_bundle(model)
             self._job["bundle_mode"], self._job["class_names"] = bundle.mode, bundle.class_names
