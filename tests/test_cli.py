@@ -325,22 +325,30 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, c
         check_output(target, overwrite=True)
 
 
-def test_a_request_that_cannot_fit_in_memory_is_refused_up_front(tmp_path):
-    import resource
+def _run_measured(arguments):
+    """Run ``napari-unet ARGUMENTS`` in a child; return it and the child's peak RSS in KiB
+    (measured by an intermediate process, so no other child of the test run counts)."""
+    probe = (
+        "import resource, subprocess, sys; "
+        "run = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "sys.stderr.write(run.stderr); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "sys.exit(run.returncode)"
+    )
+    command = [sys.executable, "-c", probe, sys.executable, "-m", "napari_unet.cli", *arguments]
+    run = subprocess.run(command, capture_output=True, text=True)
+    return run, int(run.stdout.strip().splitlines()[-1])
 
+
+def test_a_request_that_cannot_fit_in_memory_is_refused_up_front(tmp_path):
     # 10 GB of pixels declared, 8 kB on disk (sparse): the labels alone would need 40 GB
     huge = tmp_path / "huge.tif"
     tifffile.imwrite(huge, shape=(100_000, 100_000), dtype=np.uint8)
-    run = subprocess.run(
-        [sys.executable, "-m", "napari_unet.cli", "predict", str(huge), "-o", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-    )
+    run, peak_kib = _run_measured(["predict", str(huge), "-o", str(tmp_path / "o")])
     assert run.returncode == EXIT_USER, run.stderr
     [line] = [text for text in run.stderr.splitlines() if text.startswith("napari-unet")]
     assert "needs about" in line and "GiB of memory" in line and "crop it" in line
     assert not (tmp_path / "o").exists()
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     assert peak_kib < 3 * 2**20  # torch's import, not the image: well under 3 GiB
 
 
@@ -457,3 +465,24 @@ def test_train_mistakes_about_classes_are_the_users_not_bugs(tmp_path, capsys, a
 def test_a_folder_given_as_an_image_says_so(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == EXIT_USER
     assert "is a folder; give an image file inside it" in capsys.readouterr().err
+
+
+def test_a_compressed_bomb_is_refused_in_bounded_memory(tmp_path):
+    """A small zlib TIFF that declares 1.7 GB of pixels: never decoded whole, refused with the
+    estimate, the child's peak RSS bounded."""
+    tile = np.zeros((1024, 1024), np.uint16)
+    bomb = tmp_path / "bomb.tif"
+    tifffile.imwrite(
+        bomb,
+        (tile for _ in range(29 * 29)),
+        shape=(29 * 1024, 29 * 1024),
+        dtype=np.uint16,
+        tile=(1024, 1024),
+        compression="zlib",
+    )
+    assert bomb.stat().st_size < 20 * 2**20
+    run, peak_kib = _run_measured(["predict", str(bomb), "-o", str(tmp_path / "o")])
+    assert run.returncode == EXIT_USER, run.stderr
+    [line] = [text for text in run.stderr.splitlines() if text.startswith("napari-unet")]
+    assert "needs about" in line and "of memory" in line
+    assert peak_kib < 3 * 2**20
