@@ -855,9 +855,15 @@ def test_demo_segments_the_sample_with_the_bundled_model(qtbot, make_napari_view
     from napari_unet.gui.demo import open_demo
 
     viewer = make_napari_viewer()
-    widget = open_demo(viewer)
+    lines: list[str] = []
+    widget = open_demo(viewer, report=lines.append)
     wait_idle(qtbot, widget.segment, timeout=120_000)
     labels = viewer.layers["nuclei labels"]
     assert labels.data.shape == viewer.layers["nuclei"].data.shape
-    assert len(np.unique(labels.data)) > 50  # the sample holds well over 50 nuclei
+    found = len(np.unique(labels.data)) - 1
+    assert found > 50  # the sample holds well over 50 nuclei
+    # the terminal says what is loading, what happened and what to try next
+    assert lines[0].startswith("loaded the sample image 'nuclei'")
+    assert "segmenting it with the bundled model 'nuclei'" in lines[1]
+    assert lines[-1].startswith(f"found {found} nuclei in 'nuclei labels'. Next: fix a few")
     widget.close_workers()

@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 DEMO_MODEL = "nuclei"
 
 
-def open_demo(viewer: object, *, run: bool = True) -> object:
+NEXT_STEPS = (
+    "Next: fix a few mistakes in '{layer}' with napari's brush, eraser and fill (layer "
+    "controls, top left), or use 'Find uncertain objects' to see where the model is unsure; "
+    "then open the Fine-tune tab and press Fine-tune. Your own images: drag a TIFF into the "
+    "window and press Segment."
+)
+
+
+def open_demo(
+    viewer: object, *, run: bool = True, report: Callable[[str], None] | None = None
+) -> object:
     """Load the sample image into ``viewer``, dock the widget, select the model, and segment.
 
-    Returns the dock widget.
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    run : bool
+        Start segmenting the sample.
+    report : callable, optional
+        Called with a line of text at each stage and with what to try next (``napari-unet
+        demo`` prints them, so the terminal says what is happening).
+
+    Returns
+    -------
+    The dock widget.
     """
+    say = report or (lambda text: None)
     from napari_unet.core.errors import BundleError
     from napari_unet.core.registry import resolve_model
     from napari_unet.gui.main_widget import UnetWidget
     from napari_unet.gui.sample_data import nuclei_2d
+    from napari_unet.gui.segment_widget import resolved_device_label
 
     for data, kwargs, _ in nuclei_2d():
         viewer.add_image(data, **kwargs)
+        say(
+            f"loaded the sample image '{kwargs.get('name', 'image')}' ({' x '.join(map(str, data.shape))} pixels)"
+        )
     widget = UnetWidget(viewer)
     viewer.window.add_dock_widget(widget, name="napari-unet", area="right")
     try:
@@ -28,15 +56,30 @@ def open_demo(viewer: object, *, run: bool = True) -> object:
         return widget
     widget.segment.refresh_models(select=DEMO_MODEL)
     if run:
+        widget.segment.segmented.connect(lambda layer: say(_finished(layer)))
+        say(f"segmenting it with the bundled model '{DEMO_MODEL}' on {resolved_device_label()} ...")
         widget.segment.run()
     return widget
+
+
+def _finished(layer: object) -> str:
+    """What the segmentation found, and what to try next."""
+    import numpy as np
+
+    found = int(np.asarray(layer.data).max())
+    return f"found {found} nuclei in '{layer.name}'. {NEXT_STEPS.format(layer=layer.name)}"
 
 
 def run_demo() -> int:
     """Start napari with the demo and block until the window closes."""
     import napari
 
+    def say(text: str) -> None:
+        print(f"napari-unet demo: {text}", flush=True)
+
+    say("starting napari (the first start can take a while) ...")
     viewer = napari.Viewer(title="napari-unet demo")
-    open_demo(viewer)
+    open_demo(viewer, report=say)
     napari.run()
+    say("napari closed")
     return 0
