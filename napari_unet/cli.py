@@ -125,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"probability threshold for objects (default {PREDICT_DEFAULTS.threshold})",
     )
     p.add_argument("--min-size", type=int, metavar="PX", help="smallest object kept, in pixels")
-    p.add_argument("--link-z", action="store_true", help="give each object one id through Z")
+    p.add_argument(
+        "--per-plane",
+        action="store_true",
+        help="segment each Z plane on its own (default: objects are linked through Z, one id "
+        "per object in a z-stack)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing label files")
 
     t = commands.add_parser(
@@ -321,7 +326,7 @@ def run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         threshold=args.threshold,
         min_size=args.min_size,
-        link_z=args.link_z,
+        link_z=not args.per_plane,
         diameter=args.diameter,
         channel=args.channel,
         device=args.device,

@@ -486,3 +486,17 @@ def test_a_compressed_bomb_is_refused_in_bounded_memory(tmp_path):
     [line] = [text for text in run.stderr.splitlines() if text.startswith("napari-unet")]
     assert "needs about" in line and "of memory" in line
     assert peak_kib < 3 * 2**20
+
+
+def test_z_stacks_are_linked_by_default_and_per_plane_on_request(tmp_path):
+    image, _ = disks((96, 96), n=6, seed=2)
+    stack = np.stack([image] * 3).astype(np.float32)  # the same nuclei in 3 planes
+    tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    assert main(["predict", str(tmp_path / "z.tif"), "-o", str(tmp_path / "linked")]) == 0
+    arguments = ["predict", str(tmp_path / "z.tif"), "-o", str(tmp_path / "planes")]
+    assert main([*arguments, "--per-plane"]) == 0
+    linked = tifffile.imread(tmp_path / "linked" / "z_labels.tif")
+    planes = tifffile.imread(tmp_path / "planes" / "z_labels.tif")
+    n = len(np.unique(linked)) - 1
+    assert n >= 3 and len(np.unique(planes)) - 1 == 3 * n
+    assert np.array_equal(np.unique(linked[0]), np.unique(linked[2]))  # one id through Z

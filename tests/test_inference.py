@@ -116,10 +116,11 @@ def test_instances_and_z_linking_with_oracle(instance_bundle):
     unlinked = predict_with(
         image,
         bundle,
-        PredictOptions(tile_size=64, overlap=0.25, min_size=3, blending="none"),
+        PredictOptions(tile_size=64, overlap=0.25, min_size=3, blending="none", link_z=False),
         predictor,
     )
     assert len(np.unique(unlinked.labels)) > len(np.unique(result.labels))
+    assert PredictOptions().link_z  # a z-stack's objects are 3D by default
 
 
 def predict_with(image, bundle, options, predictor):

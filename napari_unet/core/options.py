@@ -59,7 +59,9 @@ class PredictOptions:
     min_size : int or None
         Smallest object kept, in pixels; None derives it from the object diameter.
     link_z : bool
-        Give an object one id through Z by linking overlapping objects of adjacent planes.
+        On an image with a Z axis, give an object one id through Z by linking overlapping
+        objects of adjacent planes (the default: a nucleus in a z-stack is one object); False
+        segments each plane on its own. T and other axes always stay independent.
     diameter : float or None
         Typical object diameter in the image, in pixels; the image is rescaled so objects
         match the size the model was trained on.
@@ -83,7 +85,7 @@ class PredictOptions:
     batch_size: int = 1
     threshold: float = 0.5
     min_size: int | None = None
-    link_z: bool = False
+    link_z: bool = True
     diameter: float | None = None
     channel: int | None = None
     blending: str = "cosine"

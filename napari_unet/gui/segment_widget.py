@@ -234,9 +234,10 @@ class SegmentPanel(QWidget):
         defaults = PredictOptions()
         self.tile_spin.setValue(int(s.value("segment/tile", defaults.tile_size)))
         self.overlap_spin.setValue(float(s.value("segment/overlap", defaults.overlap)))
-        self.threshold_spin.setValue(float(s.value("segment/threshold", 0.5)))
+        self.threshold_spin.setValue(float(s.value("segment/threshold", defaults.threshold)))
         self.min_size_spin.setValue(int(s.value("segment/min_size", 0)))
-        self.link_check.setChecked(str(s.value("segment/link_z", "false")) == "true")
+        linked = str(s.value("segment/link_z", str(defaults.link_z).lower()))
+        self.link_check.setChecked(linked == "true")
 
     def _save_settings(self) -> None:
         s = self.settings
