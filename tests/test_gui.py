@@ -867,3 +867,27 @@ def test_demo_segments_the_sample_with_the_bundled_model(qtbot, make_napari_view
     assert "segmenting it with the bundled model 'nuclei'" in lines[1]
     assert lines[-1].startswith(f"found {found} nuclei in 'nuclei labels'. Next: fix a few")
     widget.close_workers()
+
+
+def test_a_request_that_cannot_fit_is_a_notification_in_the_docked_widget(qtbot, docked):
+    """The memory refusal through the Segment button, as a user meets it: a notification with
+    the estimate, no layer, the panel usable again."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_unet.core import resources
+
+    viewer, widget = docked
+    seen = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    viewer.add_image(np.zeros((256, 256), np.uint8), name="cells")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(resources, "available_memory", lambda: 2 * 2**20)
+        widget.segment.run_button.click()
+        wait_idle(qtbot, widget.segment)
+    assert any("of memory but 2.0 MiB is available" in message for message in seen), (
+        seen,
+        widget.segment.status.text(),
+        [layer.name for layer in viewer.layers],
+    )
+    assert "cells labels" not in [layer.name for layer in viewer.layers]
+    assert widget.segment.run_button.isEnabled()
