@@ -469,14 +469,16 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_unet.core.errors import InputError, UnetError
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.options import TrainSettings
-    from napari_unet.core.registry import load_bundle
+    from napari_unet.core.registry import load_bundle, resolve_model
     from napari_unet.core.training import TrainStep, iter_finetune, median_diameter
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise InputError(f"{output}: the model file must end in .safetensors")
-    named_inputs = [path for pair in getattr(args, "pairs", None) or [] for path in pair.values()]
-    check_output(output, named_inputs, overwrite=args.overwrite)
+    inputs = [path for pair in getattr(args, "pairs", None) or [] for path in pair.values()]
+    if not args.from_scratch:  # the base model's file is an input too
+        inputs.append(resolve_model(args.init or DEFAULT_MODEL))
+    check_output(output, inputs, overwrite=args.overwrite)
     defaults = TrainSettings()
     settings = TrainSettings(
         steps=defaults.steps if args.steps is None else args.steps,
@@ -518,7 +520,6 @@ def run_train(args: argparse.Namespace) -> int:
         base = bundle_from_config(config)
     else:
         base = load_bundle(args.init or DEFAULT_MODEL)
-        check_output(output, [base.path] if base.path else [], overwrite=args.overwrite)
         if args.mode and args.mode != base.mode:
             raise InputError(
                 f"model {base.name!r} is a {base.mode} model; it cannot be trained for {args.mode}"
@@ -624,10 +625,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_models(args: argparse.Namespace) -> int:
     """``napari-unet models``."""
-    from napari_unet.core.registry import list_models, model_problems
+    from napari_unet.core.registry import scan_models
 
-    entries = list_models()
-    problems = model_problems()
+    entries, problems = scan_models()
     if args.json:
         print(
             json.dumps(

@@ -238,14 +238,14 @@ def test_weights_that_cannot_predict_are_refused(tmp_path, instance_bundle, faul
 
 
 def test_broken_or_shadowing_files_are_reported_not_listed(models_dir, instance_bundle):
-    from napari_unet.core.registry import BUNDLED_DIR, model_problems
+    from napari_unet.core.registry import BUNDLED_DIR, scan_models
 
     save_bundle(instance_bundle, models_dir / "good.safetensors")
     (models_dir / "broken.safetensors").write_bytes(b"\x00" * 64)
     save_bundle(instance_bundle, models_dir / "nuclei.safetensors")  # a bundled name
     names = [e.name for e in list_models() if not e.bundled]
     assert names == ["good"]
-    problems = {path.name: why for path, why in model_problems()}
+    problems = {path.name: why for path, why in scan_models()[1]}
     assert set(problems) == {"broken.safetensors", "nuclei.safetensors"}
     assert "bundled model" in problems["nuclei.safetensors"]
     assert resolve_model("nuclei") == BUNDLED_DIR / "nuclei.safetensors"

@@ -21,15 +21,25 @@ OPTIMIZERS = ("adamw", "sgd")
 
 
 def _in_range(
-    name: str, value: Any, low: float, high: float, *, integer: bool = False, low_open: bool = False
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
+    high_open: bool = False,
 ) -> None:
-    """Raise InputError unless ``low <= value <= high`` (``low < value`` when ``low_open``)."""
+    """Raise InputError unless ``low <= value <= high`` (strict where ``low_open`` or
+    ``high_open``)."""
     kind = "a whole number" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise InputError(f"{name} must be {kind}, got {value!r}")
-    if not math.isfinite(value) or value > high or (value <= low if low_open else value < low):
-        bracket = "(" if low_open else "["
-        raise InputError(f"{name} must be in {bracket}{low:g}, {high:g}], got {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if not math.isfinite(value) or too_low or too_high:
+        opening, closing = "(" if low_open else "[", ")" if high_open else "]"
+        raise InputError(f"{name} must be in {opening}{low:g}, {high:g}{closing}, got {value!r}")
 
 
 def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -105,9 +115,7 @@ class PredictOptions:
         _in_range("tile size", self.tile_size, 16, 8192, integer=True)
         _in_range("overlap", self.overlap, 0.0, 0.5)
         _in_range("batch size", self.batch_size, 1, 256, integer=True)
-        _in_range("threshold", self.threshold, 0.0, 1.0, low_open=True)
-        if self.threshold == 1.0:
-            raise InputError("threshold must be below 1 (no probability exceeds 1)")
+        _in_range("threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
         if self.min_size is not None:
             _in_range("minimum object size", self.min_size, 0, 10**8, integer=True)
         if self.diameter is not None:

@@ -57,17 +57,16 @@ def split_version(name: str) -> tuple[str, int]:
 def list_models(models_dir: Path | None = None) -> list[ModelEntry]:
     """All usable models: bundled first, then the user's, sorted by base and version.
 
-    Files that cannot be used are left out; :func:`model_problems` says which and why.
+    Files that cannot be used are left out; :func:`scan_models` also says which and why.
     """
-    return _scan(models_dir)[0]
+    return scan_models(models_dir)[0]
 
 
-def model_problems(models_dir: Path | None = None) -> list[tuple[Path, str]]:
-    """Model files in the model folders that cannot be used by name, with the reason."""
-    return _scan(models_dir)[1]
-
-
-def _scan(models_dir: Path | None) -> tuple[list[ModelEntry], list[tuple[Path, str]]]:
+def scan_models(
+    models_dir: Path | None = None,
+) -> tuple[list[ModelEntry], list[tuple[Path, str]]]:
+    """The usable models (as :func:`list_models`) and the model files that cannot be used by
+    name, with the reason (damaged, too large, or a bundled model's name)."""
     entries: list[ModelEntry] = []
     problems: list[tuple[Path, str]] = []
     reserved = {p.name for p in BUNDLED_DIR.glob(f"*{SUFFIX}")}
