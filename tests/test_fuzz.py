@@ -52,22 +52,35 @@ def real_tiff(tmp_path_factory):
     return path.read_bytes()
 
 
+def mutant(
+    original: bytes,
+    data: st.DataObject,
+    regions: dict[str, tuple[int, int]],
+    max_flips: int,
+    max_random: int,
+) -> bytes:
+    """A damaged copy of ``original``: up to ``max_flips`` bytes changed inside one of the
+    named ``regions`` (start, end), a truncation, or random bytes instead."""
+    raw = bytearray(original)
+    kind = data.draw(st.sampled_from([*regions, "truncate", "random"]))
+    if kind in regions:
+        low, high = regions[kind]
+        for _ in range(data.draw(st.integers(1, max_flips))):
+            raw[data.draw(st.integers(low, high - 1))] = data.draw(st.integers(0, 255))
+    elif kind == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    else:
+        raw = bytearray(data.draw(st.binary(min_size=0, max_size=max_random)))
+    return bytes(raw)
+
+
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
 def test_reader_mutated_tiffs(tmp_path, real_tiff, data):
-    raw = bytearray(real_tiff)
-    kind = data.draw(st.sampled_from(["flip", "truncate", "random"]))
-    if kind == "flip":
-        for _ in range(data.draw(st.integers(1, 20))):
-            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
-    elif kind == "truncate":
-        raw = raw[: data.draw(st.integers(0, len(raw)))]
-    else:
-        raw = bytearray(data.draw(st.binary(min_size=0, max_size=2000)))
     path = tmp_path / "mutant.tif"
-    path.write_bytes(bytes(raw))
+    path.write_bytes(mutant(real_tiff, data, {"flip": (0, len(real_tiff))}, 20, 2000))
     try:
         stack = read_image(path)
         assert stack.data.size > 0 and len(stack.axes) == stack.data.ndim
@@ -142,19 +155,10 @@ def test_bundle_loader_mutated_files(tmp_path, bundle_bytes, data):
     from napari_unet.core.errors import BundleError
     from napari_unet.core.registry import load_bundle
 
-    raw = bytearray(bundle_bytes)
-    header = int.from_bytes(raw[:8], "little") + 8
-    kind = data.draw(st.sampled_from(["header", "body", "truncate", "random"]))
-    if kind in ("header", "body"):
-        low, high = (0, header - 1) if kind == "header" else (header, len(raw) - 1)
-        for _ in range(data.draw(st.integers(1, 10))):
-            raw[data.draw(st.integers(low, high))] = data.draw(st.integers(0, 255))
-    elif kind == "truncate":
-        raw = raw[: data.draw(st.integers(0, len(raw)))]
-    else:
-        raw = bytearray(data.draw(st.binary(min_size=0, max_size=600)))
+    header = int.from_bytes(bundle_bytes[:8], "little") + 8
+    regions = {"header": (0, header), "body": (header, len(bundle_bytes))}
     path = tmp_path / "mutant.safetensors"
-    path.write_bytes(bytes(raw))
+    path.write_bytes(mutant(bundle_bytes, data, regions, 10, 600))
     try:
         bundle = load_bundle(path)
     except BundleError:

@@ -22,8 +22,8 @@ def test_the_defaults_are_valid():
         ({"tile_size": -256}, "tile size"),
         ({"tile_size": 10**6}, "tile size"),
         ({"threshold": math.nan}, "threshold"),
-        ({"threshold": 0.0}, r"threshold must be in \(0, 1\]"),
-        ({"threshold": 1.0}, "below 1"),
+        ({"threshold": 0.0}, r"threshold must be in \(0, 1\)"),
+        ({"threshold": 1.0}, r"threshold must be in \(0, 1\)"),
         ({"diameter": 0.0}, "diameter"),
         ({"diameter": 1e9}, "diameter"),
         ({"batch_size": 0}, "batch size"),
@@ -61,54 +61,18 @@ def test_impossible_training_settings_are_refused(change, match):
         TrainSettings(**change).check()
 
 
+TRAIN = ["train", "--image", "a.tif", "--labels", "b.tif", "-o", "m.safetensors"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "match"),
     [
         (["predict", "missing.tif", "-o", "out", "--overlap", "0.99"], "overlap"),
         (["predict", "missing.tif", "-o", "out", "--threshold", "nan"], "threshold"),
         (["predict", "missing.tif", "-o", "out", "--tile-size", "-5"], "tile size"),
-        (
-            [
-                "train",
-                "--image",
-                "a.tif",
-                "--labels",
-                "b.tif",
-                "-o",
-                "m.safetensors",
-                "--steps",
-                "0",
-            ],
-            "steps",
-        ),
-        (
-            [
-                "train",
-                "--image",
-                "a.tif",
-                "--labels",
-                "b.tif",
-                "-o",
-                "m.safetensors",
-                "--val-every",
-                "0",
-            ],
-            "validation interval",
-        ),
-        (
-            [
-                "train",
-                "--image",
-                "a.tif",
-                "--labels",
-                "b.tif",
-                "-o",
-                "m.safetensors",
-                "--patch-size",
-                "100000",
-            ],
-            "patch size",
-        ),
+        ([*TRAIN, "--steps", "0"], "steps"),
+        ([*TRAIN, "--val-every", "0"], "validation interval"),
+        ([*TRAIN, "--patch-size", "100000"], "patch size"),
     ],
 )
 def test_the_cli_refuses_them_before_reading_anything(
