@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -195,6 +195,7 @@ def iter_predict(
     *,
     axes: str | None = None,
     predictor: Predictor | None = None,
+    plane_ranges: Mapping[tuple[int, ...], np.ndarray] | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """Segment every plane of an image.
 
@@ -210,6 +211,9 @@ def iter_predict(
         Axis letters for an ndarray (or to override a Stack's).
     predictor : callable, optional
         Replaces the network (used to test tiling and fault handling).
+    plane_ranges : mapping, optional
+        Normalisation percentiles per plane index (see ``preprocess.channel_ranges``),
+        measured on the whole image: a block of it is normalised as the whole would be.
 
     Yields
     ------
@@ -275,7 +279,8 @@ def iter_predict(
     try:
         planes = iter_planes(stack.data, stack.axes)
         for plane_number, (index, plane, plane_axes) in enumerate(planes):
-            x = prepare_plane(plane, plane_axes, config, options.channel)
+            ranges = None if plane_ranges is None else plane_ranges[index]
+            x = prepare_plane(plane, plane_axes, config, options.channel, ranges)
             if scale_factor != 1.0:
                 x = _resize(x, work_shape)
             pipeline.submit(index, (yield from tiler.predict(x, n_planes - plane_number)))

@@ -202,37 +202,78 @@ def _rgb_to_grey(colour: np.ndarray, rule: str) -> np.ndarray:
     raise InputError(f"unknown rgb rule {rule!r}; valid: {', '.join(RGB_RULES)}")
 
 
-def normalize(x: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
-    """Percentile-normalise each channel of ``x`` (shape (C, Y, X)) to roughly [0, 1].
+def channel_ranges(x: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
+    """The low and high percentiles (``normalization``'s ``low``, ``high``) of each channel.
 
-    Non-finite pixels (NaN, Inf) are ignored for the percentiles and set to 0 afterwards.
-    A constant channel becomes all zeros.
+    Non-finite pixels (NaN, Inf) are ignored; a channel larger than a million pixels is
+    sampled at a regular stride.
+
+    Parameters
+    ----------
+    x : ndarray of shape (C, Y, X)
+    normalization : dict
+        The bundle's ``normalization``.
+
+    Returns
+    -------
+    ndarray of shape (C, 2), float64
+        ``(low, high)`` per channel; NaN for a channel without a finite pixel.
     """
     low = float(normalization.get("low", 1.0))
     high = float(normalization.get("high", 99.8))
-    out = np.empty(x.shape, dtype=np.float32)
+    ranges = np.full((x.shape[0], 2), np.nan)
     for c in range(x.shape[0]):
         channel = x[c]
         finite = np.isfinite(channel)
         sample = channel[finite] if not finite.all() else channel.ravel()
         if sample.size == 0:
-            out[c] = 0.0
             continue
         if sample.size > _PERCENTILE_SAMPLE:
             sample = sample[:: sample.size // _PERCENTILE_SAMPLE]
-        lo, hi = np.percentile(sample, [low, high])
+        ranges[c] = np.percentile(sample, [low, high])
+    return ranges
+
+
+def normalize(
+    x: np.ndarray, normalization: dict[str, Any], ranges: np.ndarray | None = None
+) -> np.ndarray:
+    """Percentile-normalise each channel of ``x`` (shape (C, Y, X)) to roughly [0, 1].
+
+    Non-finite pixels (NaN, Inf) are ignored for the percentiles and set to 0 afterwards.
+    A constant channel becomes all zeros.
+
+    ``ranges`` (shape (C, 2), from :func:`channel_ranges`) gives the percentiles measured
+    elsewhere: a block of a plane is normalised with its whole plane's values.
+    """
+    if ranges is None:
+        ranges = channel_ranges(x, normalization)
+    out = np.empty(x.shape, dtype=np.float32)
+    for c in range(x.shape[0]):
+        channel = x[c]
+        lo, hi = ranges[c]
+        if not np.isfinite(lo):
+            out[c] = 0.0
+            continue
         scale = 1.0 / (hi - lo) if hi > lo else 0.0
         np.subtract(channel, lo, out=out[c])
         out[c] *= scale
+        finite = np.isfinite(channel)
         if not finite.all():
             out[c][~finite] = 0.0
     return out
 
 
 def prepare_plane(
-    plane: np.ndarray, plane_axes: str, config: dict[str, Any], channel: int | None = None
+    plane: np.ndarray,
+    plane_axes: str,
+    config: dict[str, Any],
+    channel: int | None = None,
+    ranges: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Map a raw plane to normalised network input of shape (channels, Y, X), float32."""
+    """Map a raw plane to normalised network input of shape (channels, Y, X), float32
+    (with given percentile ``ranges``, see :func:`normalize`)."""
     return normalize(
-        to_model_channels(plane, plane_axes, config["input"], channel), config["normalization"]
+        to_model_channels(plane, plane_axes, config["input"], channel),
+        config["normalization"],
+        ranges,
     )
