@@ -110,7 +110,14 @@ class UNet(nn.Module):
         Dropout probability at the end of the contracting path (before the bridge).
     upsampling : {"transposed", "bilinear"}
         2x2 transposed convolution, or bilinear upsampling followed by a 1x1 convolution.
+
+    Notes
+    -----
+    The network can be compiled with ``torch.jit.script`` (the bioimage.io export's
+    TorchScript weights); the properties below are Python-only.
     """
+
+    __jit_unused_properties__ = ["config", "size_multiple"]
 
     def __init__(
         self,
@@ -160,14 +167,14 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits of shape (N, n_classes, H', W') for input of shape (N, C, H, W)."""
-        skips = []
+        skips: list[torch.Tensor] = []
         for encoder in self.encoders:
             x = encoder(x)
             skips.append(x)
             x = self.pool(x)
         x = self.bridge(self.dropout(x))
-        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
-            x = decoder(x, skip)
+        for level, decoder in enumerate(self.decoders):  # indexed: TorchScript has no zip
+            x = decoder(x, skips[-1 - level])
         return self.head(x)
 
     @property
