@@ -9,7 +9,8 @@ from napari_unet.core.inference import PredictOptions, iter_predict, predict
 from napari_unet.core.label_pipeline import LabelPipeline, auto_workers
 from tests.synthetic import disks
 
-OPTIONS = PredictOptions(tile_size=64, device="cpu", precision="fp32")
+# At the tiny model's own object size: these tests are about the pipeline, not the size estimate.
+OPTIONS = PredictOptions(tile_size=64, device="cpu", precision="fp32", diameter=14.0)
 
 
 def _worker_threads() -> set[threading.Thread]:

@@ -8,7 +8,6 @@ worker, the CLI's progress bar) can stop it at any yield by closing it.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,6 +18,14 @@ import torch
 
 from napari_unet.core.bundle import Bundle
 from napari_unet.core.devices import Compute, resolve_compute
+from napari_unet.core.diameter import (
+    GIVEN_BAND,
+    DiameterEstimate,
+    PlaneSize,
+    measure_diameter,
+    rescale_factor,
+    sample_window,
+)
 from napari_unet.core.errors import EngineError, InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import Stack
@@ -47,6 +54,7 @@ from napari_unet.core.tiling import (
     iter_predict_plane,
     plan_axis,
 )
+from napari_unet.core.tta import DihedralAverage
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,10 @@ class Prediction:
     compute : str
         Device and precision used, e.g. ``"cpu (bf16)"``.
     stats : dict
-        ``tiles``, ``processed_pixel_ratio`` (network input pixels / image pixels), ``planes``.
+        ``tiles``, ``processed_pixel_ratio`` (network input pixels / image pixels), ``planes``,
+        ``look_pixel_ratio`` (the same for the looks of the size estimate), ``sizes`` (one
+        :class:`~napari_unet.core.diameter.PlaneSize` per plane), ``scale_factor`` (their
+        median), ``objects``.
     """
 
     labels: np.ndarray
@@ -232,24 +243,23 @@ def iter_predict(
     check_channels(stack.data.shape, stack.axes, config["input"], options.channel)
     network = bundle.network
     compute = resolve_compute(options.device, options.precision)
+    predictor = predictor or NetworkPredictor(network, compute)
+    if options.tta:
+        predictor = DihedralAverage(predictor)
     fallback = MemoryFallback(
-        predictor or NetworkPredictor(network, compute),
+        predictor,
         options.batch_size,
         network.fit_input_size(max(options.tile_size, network.fit_input_size(1))),
         network.fit_input_size,
         compute.label,
     )
-    scale_factor = _rescale_factor(config.get("object_diameter"), options.diameter)
-    min_size = options.min_size
-    if min_size is None:
-        min_size = default_min_size(options.diameter or config.get("object_diameter"))
-
+    sizer = _PlaneSizer(config.get("object_diameter"), options, mode)
     labels_axes = labels_axes_of(stack.axes)
     labels_shape = tuple(
         n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a in labels_axes
     )
     plane_shape = (labels_shape[labels_axes.index("Y")], labels_shape[labels_axes.index("X")])
-    work_shape = tuple(max(1, round(n * scale_factor)) for n in plane_shape)
+    work_shape = _scaled(plane_shape, sizer.nominal_factor)
     workers = options.post_workers
     if workers is None:
         workers = auto_workers(plane_shape[0] * plane_shape[1])
@@ -264,9 +274,7 @@ def iter_predict(
     labels = np.zeros(labels_shape, dtype=np.uint32)
     n_planes = plane_count(stack.data.shape, stack.axes)
     tiler = _PlaneTiler(fallback, network, options, work_shape, len(bundle.class_names), n_planes)
-    to_labels = partial(
-        _plane_labels, mode=mode, threshold=options.threshold, min_size=min_size, shape=plane_shape
-    )
+    to_labels = partial(_plane_labels, mode=mode, threshold=options.threshold, shape=plane_shape)
     pipeline = LabelPipeline(to_labels, workers)
     store = _LabelStore(labels, stack.axes, labels_axes, mode)
 
@@ -281,9 +289,26 @@ def iter_predict(
         for plane_number, (index, plane, plane_axes) in enumerate(planes):
             ranges = None if plane_ranges is None else plane_ranges[index]
             x = prepare_plane(plane, plane_axes, config, options.channel, ranges)
-            if scale_factor != 1.0:
-                x = _resize(x, work_shape)
-            pipeline.submit(index, (yield from tiler.predict(x, n_planes - plane_number)))
+            planes_left = n_planes - plane_number
+            size, probabilities = yield from sizer.size_plane(x, tiler, planes_left)
+            if probabilities is None:
+                if size.factor > 1.0:
+                    check_fits(
+                        prediction_memory(
+                            labels_shape,
+                            _scaled(plane_shape, size.factor),
+                            config,
+                            fallback.tile,
+                            options.batch_size,
+                            workers,
+                        ),
+                        f"segmenting a plane enlarged {size.factor:.2f}x for its small objects",
+                        "give the object diameter yourself (a larger value enlarges less)",
+                    )
+                if size.factor != 1.0:
+                    x = _resize(x, _scaled(plane_shape, size.factor))
+                probabilities = yield from tiler.predict(x, planes_left)
+            pipeline.submit(index, probabilities, min_size=sizer.min_size(size))
             yield from store_finished()
         yield from store_finished(drain=True)
     finally:
@@ -302,11 +327,13 @@ def iter_predict(
             "planes": n_planes,
             "processed_pixel_ratio": tiler.processed
             / max(1, n_planes * plane_shape[0] * plane_shape[1]),
+            "look_pixel_ratio": tiler.looked / max(1, n_planes * plane_shape[0] * plane_shape[1]),
             "tile_size": fallback.tile,
             "batch_size": fallback.batch_size,
             "memory_fallbacks": tiler.notices,
             "post_workers": workers,
-            "scale_factor": scale_factor,
+            "scale_factor": float(np.median([s.factor for s in sizer.sizes])),
+            "sizes": sizer.sizes,
             "objects": next_id - 1 if mode == "instances" else None,
         },
     )
@@ -370,21 +397,34 @@ class _PlaneTiler:
         self.fallback, self.network, self.options = fallback, network, options
         self.work_shape, self.n_classes = work_shape, n_classes
         self.done = 0
-        self.total = self._tiles_per_plane() * n_planes
-        self.processed = 0  # network input pixels
+        self.total = self._count(work_shape) * n_planes
+        self.processed = 0  # network input pixels of the planes' predictions
+        self.looked = 0  # network input pixels of the looks for the size estimate
         self.notices: list[str] = []
 
-    def _tiles_per_plane(self) -> int:
-        return count_tiles(*self._plan())
+    def _count(self, shape: tuple[int, ...]) -> int:
+        return count_tiles(*self._plan(shape))
 
-    def _plan(self) -> tuple[AxisPlan, AxisPlan]:
-        return _plan(self.work_shape, self.fallback.tile, self.options.overlap, self.network)
+    def _plan(self, shape: tuple[int, ...]) -> tuple[AxisPlan, AxisPlan]:
+        return _plan(shape, self.fallback.tile, self.options.overlap, self.network)
 
-    def predict(self, x: np.ndarray, planes_left: int) -> Generator[Progress, None, np.ndarray]:
-        """Class probabilities of one prepared plane; yields after every batch of tiles."""
+    def predict(
+        self, x: np.ndarray, planes_left: int, *, look: bool = False
+    ) -> Generator[Progress, None, np.ndarray]:
+        """Class probabilities of a prepared plane (or a window of one); yields per batch.
+
+        ``planes_left`` counts the planes still to be predicted, this one included, for the
+        forecast of the total; a ``look`` (a sample window for the size estimate) comes on
+        top of its plane's prediction. Only this plane's tiles are counted exactly: the rest
+        are forecast at the nominal scale, so the total can grow as planes are resized.
+        """
         plane_start = self.done
         while True:
-            rows, cols = self._plan()
+            ahead = planes_left if look else planes_left - 1
+            self.total = (
+                plane_start + self._count(x.shape[1:]) + self._count(self.work_shape) * ahead
+            )
+            rows, cols = self._plan(x.shape[1:])
             planner = iter_predict_plane(
                 x,
                 self.fallback.predictor,
@@ -399,7 +439,11 @@ class _PlaneTiler:
                     self.done += next(planner)
                     yield Progress(self.done, self.total, "predicting")
             except StopIteration as finished:
-                self.processed += count_tiles(rows, cols) * rows.tile * cols.tile
+                pixels = count_tiles(rows, cols) * rows.tile * cols.tile
+                if look:
+                    self.looked += pixels
+                else:
+                    self.processed += pixels
                 return finished.value
             except RuntimeError as error:  # torch errors: report as ours
                 if not is_out_of_memory(error):
@@ -409,7 +453,6 @@ class _PlaneTiler:
                 notice = self.fallback.step_down(error)
                 self.notices.append(notice)
                 self.done = plane_start
-                self.total = plane_start + self._tiles_per_plane() * planes_left
                 yield Progress(self.done, self.total, "predicting", notice=notice)
 
 
@@ -424,11 +467,73 @@ def _plan(
     )
 
 
-def _rescale_factor(trained_diameter: float | None, diameter: float | None) -> float:
-    if not diameter or not trained_diameter:
-        return 1.0
-    factor = float(trained_diameter) / float(diameter)
-    return 1.0 if math.isclose(factor, 1.0, rel_tol=0.03) else factor
+class _PlaneSizer:
+    """Chooses the scale of each plane: the user's object diameter, or an estimate per plane.
+
+    With no diameter given, an instance model that knows the size it was trained on looks at
+    a sample window of the plane first (:func:`~napari_unet.core.diameter.sample_window`) and
+    measures the objects it finds; when they are off by more than the no-rescale band, it
+    looks again at the scale that estimate suggests (objects near the trained size are
+    measured best) and keeps that second measure. A window that is the whole plane is not
+    predicted twice when it needs no rescale.
+    """
+
+    def __init__(self, trained: float | None, options: PredictOptions, mode: str) -> None:
+        self.trained = trained
+        self.options = options
+        self.estimate = trained is not None and options.diameter is None and mode == "instances"
+        if trained is not None and options.diameter is not None:
+            factor = rescale_factor(trained, options.diameter, GIVEN_BAND)
+            self.given = PlaneSize(factor, options.diameter, "given")
+        else:
+            self.given = PlaneSize(1.0, None, "model")
+        self.sizes: list[PlaneSize] = []
+
+    @property
+    def nominal_factor(self) -> float:
+        """The scale planes are expected at before any is looked at."""
+        return self.given.factor
+
+    def min_size(self, size: PlaneSize) -> int:
+        """Smallest object kept in a plane, in its own pixels."""
+        if self.options.min_size is not None:
+            return self.options.min_size
+        return default_min_size(size.diameter or self.trained)
+
+    def size_plane(
+        self, x: np.ndarray, tiler: _PlaneTiler, planes_left: int
+    ) -> Generator[Progress, None, tuple[PlaneSize, np.ndarray | None]]:
+        """The plane's size and, when the look already predicted it whole, its probabilities."""
+        if not self.estimate:
+            self.sizes.append(self.given)
+            return self.given, None
+        assert self.trained is not None
+        sample = x[(slice(None), *sample_window(x))]
+        whole = sample.shape == x.shape
+        first = yield from tiler.predict(sample, planes_left, look=not whole)
+        found = measure_diameter(first, self.options.threshold)
+        reuse: np.ndarray | None = first if whole else None
+        factor = 1.0 if found.diameter is None else rescale_factor(self.trained, found.diameter)
+        if factor != 1.0:
+            closer = _resize(sample, _scaled(sample.shape[1:], factor))
+            second = measure_diameter(
+                (yield from tiler.predict(closer, planes_left, look=True)), self.options.threshold
+            )
+            reuse = None
+            if second.diameter is not None:
+                found = DiameterEstimate(second.diameter / factor, second.objects)
+                factor = rescale_factor(self.trained, found.diameter)
+        size = (
+            PlaneSize(factor, found.diameter, "estimated", found.objects)
+            if found.diameter is not None
+            else PlaneSize(1.0, None, "model")
+        )
+        self.sizes.append(size)
+        return size, reuse
+
+
+def _scaled(shape: tuple[int, ...], factor: float) -> tuple[int, ...]:
+    return tuple(max(1, round(n * factor)) for n in shape)
 
 
 def _resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

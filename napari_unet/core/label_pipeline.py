@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -47,19 +48,23 @@ class LabelPipeline:
         Worker threads; 0 runs ``to_labels`` in line, at submission.
     """
 
-    def __init__(self, to_labels: Callable[[np.ndarray], np.ndarray], workers: int) -> None:
+    def __init__(self, to_labels: Callable[..., np.ndarray], workers: int) -> None:
         self._to_labels = to_labels
         self._workers = workers
         self._pool = ThreadPoolExecutor(workers, "napari-unet-labels") if workers else None
         self._pending: deque[tuple[Hashable, Future[np.ndarray]]] = deque()
 
-    def submit(self, key: Hashable, probabilities: np.ndarray) -> None:
-        """Queue one plane; ``key`` comes back with its labels."""
+    def submit(self, key: Hashable, probabilities: np.ndarray, **settings: Any) -> None:
+        """Queue one plane; ``key`` comes back with its labels.
+
+        ``settings`` go to ``to_labels`` with the probabilities (e.g. the plane's own minimum
+        object size).
+        """
         if self._pool is None:
             future: Future[np.ndarray] = Future()
-            future.set_result(self._to_labels(probabilities))
+            future.set_result(self._to_labels(probabilities, **settings))
         else:
-            future = self._pool.submit(self._to_labels, probabilities)
+            future = self._pool.submit(self._to_labels, probabilities, **settings)
         self._pending.append((key, future))
 
     def collect(self, *, drain: bool = False) -> Iterator[tuple[Hashable, np.ndarray]]:

@@ -74,11 +74,15 @@ class PredictOptions:
         segments each plane on its own. T and other axes always stay independent.
     diameter : float or None
         Typical object diameter in the image, in pixels; the image is rescaled so objects
-        match the size the model was trained on.
+        match the size the model was trained on. None estimates it for each plane from a
+        first look at a sample window (:mod:`napari_unet.core.diameter`).
     channel : int or None
         Channel to segment in a multichannel image.
     blending : {"cosine", "none"}
         How overlapping tiles are combined.
+    tta : bool
+        Test-time augmentation: average the network's output over the 8 flips and rotations
+        of each tile (:mod:`napari_unet.core.tta`); 8x the network's time.
     post_workers : int or None
         Threads turning probabilities into labels while the network predicts the next planes;
         0 post-processes each plane before the next one starts; None chooses from the CPU
@@ -99,6 +103,7 @@ class PredictOptions:
     diameter: float | None = None
     channel: int | None = None
     blending: str = "cosine"
+    tta: bool = False
     post_workers: int | None = None
     device: str = "auto"
     precision: str = "auto"
