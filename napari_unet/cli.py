@@ -1,4 +1,4 @@
-"""The ``napari-unet`` command: predict, train, evaluate, models, info, demo.
+"""The ``napari-unet`` command: predict, train, evaluate, models, info, export, demo.
 
 Exit statuses: 0 success; 2 a mistake in what was asked or a problem of the environment (a
 malformed command line, as argparse reports it, an unreadable file, an existing output, a
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=DEFAULT_MODEL,
         metavar="NAME_OR_PATH",
-        help=f"model name or .safetensors file (default: {DEFAULT_MODEL})",
+        help=f"model name, .safetensors file or bioimage.io .zip exported by napari-unet "
+        f"(default: {DEFAULT_MODEL})",
     )
     p.add_argument("--mode", choices=MODES, help="default: the model's mode")
     _add_device(p)
@@ -237,6 +238,61 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--axes", metavar="AXES", help="axis letters to apply")
     _add_series(i)
 
+    x = commands.add_parser(
+        "export",
+        help="write a model as a bioimage.io package (zip)",
+        description="Write a model as a bioimage.io model package (spec 0.5): TorchScript and "
+        "PyTorch weights, test tensors, cover, README with provenance, and the napari-unet "
+        "bundle itself. Test tensors come from the model's replay patches or the bundled "
+        "sample images unless --test-image is given.",
+    )
+    x.add_argument(
+        "model", metavar="MODEL", help="model name, .safetensors file or napari-unet .zip"
+    )
+    x.add_argument("--output", "-o", required=True, metavar="NAME.zip", help="package to write")
+    x.add_argument(
+        "--author",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="an author of the model (repeat for more)",
+    )
+    x.add_argument(
+        "--license",
+        required=True,
+        metavar="SPDX",
+        help="licence of the package, e.g. CC-BY-4.0 (models trained on em-membranes' "
+        "data need a non-commercial one, e.g. CC-BY-NC-4.0)",
+    )
+    x.add_argument(
+        "--test-image",
+        metavar="IMAGE",
+        help="cut the test patch (256 x 256, shipped in the package) from this image of yours "
+        "instead; needs --share-test-image",
+    )
+    x.add_argument(
+        "--share-test-image",
+        action="store_true",
+        help="agree that a patch of --test-image is shipped in the package",
+    )
+    x.add_argument(
+        "--channel", type=int, metavar="K", help="channel of --test-image for a 1-channel model"
+    )
+    x.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="UM",
+        help="pixel size the model expects, in micrometres (default: known for the bundled "
+        "models, else not stated)",
+    )
+    x.add_argument(
+        "--parent-id",
+        metavar="ID",
+        help="bioimage.io id of the parent model of a fine-tuned version (default: "
+        "napari-unet/<parent name>)",
+    )
+    x.add_argument("--overwrite", action="store_true", help="replace an existing package")
+
     commands.add_parser(
         "demo", help="open napari with sample data, the widgets and the bundled model"
     )
@@ -273,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": run_evaluate,
         "models": run_models,
         "info": run_info,
+        "export": run_export,
         "demo": run_demo,
     }
     try:
@@ -674,6 +731,50 @@ def run_info(args: argparse.Namespace) -> int:
         or "unknown"
     )
     print(f"scale  {scale}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``napari-unet export``."""
+    from napari_unet.core.bioimageio_export import ExportStep, iter_export
+    from napari_unet.core.errors import InputError
+    from napari_unet.core.generators import run_to_end
+    from napari_unet.core.io import read_image
+    from napari_unet.core.registry import load_bundle
+
+    if args.pixel_size is not None and not args.pixel_size > 0:
+        raise InputError(f"--pixel-size must be positive, got {args.pixel_size}")
+    if args.share_test_image and not args.test_image:
+        raise InputError("--share-test-image applies to --test-image, which is missing")
+    test_image = None
+    if args.test_image:
+        if not args.share_test_image:
+            raise InputError(
+                f"a 256 x 256 patch of {args.test_image} would be shipped in the package: add "
+                "--share-test-image to agree, or leave --test-image out"
+            )
+        test_image = read_image(args.test_image)
+    bundle = load_bundle(args.model)
+
+    def show(step: ExportStep) -> None:
+        print(f"[{step.done}/{step.total}] {step.stage}", file=sys.stderr)
+
+    path = run_to_end(
+        iter_export(
+            bundle,
+            args.output,
+            authors=args.author,
+            license_id=args.license,
+            test_image=test_image,
+            share_test_image=args.share_test_image,
+            channel=args.channel,
+            pixel_size_um=args.pixel_size,
+            parent_id=args.parent_id,
+            overwrite=args.overwrite,
+        ),
+        show,
+    )
+    print(f"{bundle.name} -> {path} (bioimage.io package; check it with: bioimageio test {path})")
     return 0
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_unet.core.atomic import is_partial, remove_stale_partials
+from napari_unet.core.bioimageio_import import is_package, load_package_bundle
 from napari_unet.core.bundle import Bundle, load_bundle_file, read_bundle_config
 from napari_unet.core.errors import BundleError
 
@@ -111,10 +112,16 @@ def scan_models(
 
 
 def resolve_model(name_or_path: str | os.PathLike[str], models_dir: Path | None = None) -> Path:
-    """Path of a model given a file path or a name; bundled names are reserved."""
+    """Path of a model given a file path or a name; bundled names are reserved.
+
+    A path may be a ``.safetensors`` bundle or a bioimage.io package exported by napari-unet
+    (a ``.zip``, its folder or its ``rdf.yaml``).
+    """
     text = str(name_or_path)
     candidate = Path(text).expanduser()
-    if candidate.suffix == SUFFIX or os.sep in text or "/" in text:
+    if candidate.suffix in (SUFFIX, ".zip") or os.sep in text or "/" in text:
+        if is_package(candidate):
+            return candidate
         if not candidate.is_file():
             raise BundleError(f"model file not found: {candidate}")
         return candidate
@@ -125,7 +132,7 @@ def resolve_model(name_or_path: str | os.PathLike[str], models_dir: Path | None 
     known = sorted({entry.name for entry in list_models(models_dir)})
     raise BundleError(
         f"no model named {text!r}; known models: {', '.join(known) if known else 'none'} "
-        "(or give a path to a .safetensors file)"
+        "(or give a path to a .safetensors file or a bioimage.io .zip)"
     )
 
 
@@ -135,7 +142,8 @@ def load_bundle(name_or_path: str | os.PathLike[str], *, models_dir: Path | None
     Parameters
     ----------
     name_or_path : str or path-like
-        A ``.safetensors`` path, or a name listed by ``napari-unet models``.
+        A ``.safetensors`` path, a bioimage.io package exported by napari-unet (its attached
+        bundle is loaded), or a name listed by ``napari-unet models``.
     models_dir : Path, optional
         The user's model folder (defaults to the platform's data folder).
 
@@ -144,7 +152,8 @@ def load_bundle(name_or_path: str | os.PathLike[str], *, models_dir: Path | None
     BundleError
         As :func:`~napari_unet.core.bundle.load_bundle_file`, or when no model has the name.
     """
-    return load_bundle_file(resolve_model(name_or_path, models_dir=models_dir))
+    path = resolve_model(name_or_path, models_dir=models_dir)
+    return load_package_bundle(path) if is_package(path) else load_bundle_file(path)
 
 
 def next_version_path(base_name: str, models_dir: Path | None = None) -> Path:
