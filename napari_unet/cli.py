@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--border-weights",
         action="store_true",
         help="the U-Net paper's weight map between touching objects",
+    )
+    t.add_argument(
+        "--zoom",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="random zoom of the training patches between LOW and HIGH (e.g. 0.5 2), so the "
+        "model learns more than one object size (default: off)",
+    )
+    t.add_argument(
+        "--invert-chance",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="chance of showing a patch with inverted contrast (dark objects on bright)",
+    )
+    t.add_argument(
+        "--blur-chance",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="chance of blurring a patch (Gaussian, sigma 0.5-1.5 px)",
     )
     t.add_argument(
         "--optimizer",
@@ -550,6 +573,12 @@ def run_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         val_every=args.val_every,
         border_weights=args.border_weights,
+        augment=replace(
+            defaults.augment,
+            zoom=tuple(args.zoom) if args.zoom else defaults.augment.zoom,
+            invert=args.invert_chance,
+            blur=args.blur_chance,
+        ),
         optimizer=args.optimizer,
         seed=args.seed,
         device=args.device,

@@ -317,3 +317,25 @@ def test_versions_are_compared_with_the_options_the_user_segmented_with(trained)
     nothing_kept = PredictOptions(min_size=10**6)  # every object is "too small"
     _, strict = run(iter_finetune(good, samples(2, seed=9), QUICK, predict_options=nothing_kept))
     assert strict.comparison.base_score == 0.0 and strict.comparison.new_score == 0.0
+
+
+@pytest.mark.parametrize("zoom", [0.5, 2.0])
+def test_zoomed_patches_show_objects_at_another_size_with_usual_boundaries(zoom):
+    """A zoom resizes the labels, then builds the target: boundaries keep their width."""
+    from napari_unet.core.augment import AugmentSettings
+
+    image, labels = disks((256, 256), n=10, radius=(10, 12), seed=11)
+    sample = TrainingSample(image.astype(np.float32), labels, None, "YX", "disks")
+    plain = AugmentSettings(flips=False, elastic=False, intensity=False)
+    settings = TrainSettings(batch_size=1, augment=replace(plain, zoom=(zoom, zoom)))
+    item = training.prepare_sample(sample, tiny_bundle().config, settings)
+    batches = training.iter_patches([item], settings, 96, 0, seed=1)
+    shown = np.zeros(3, np.int64)
+    for _ in range(30):
+        x, target, _ = next(batches)
+        shown += np.bincount(target[0][target[0] != IGNORE].ravel(), minlength=3)
+    interior, boundary = np.bincount(training_target(labels, None, "instances").ravel())[1:3]
+    # objects are zoom x larger: the interior/boundary pixel ratio grows about as the zoom
+    ratio = (shown[1] / max(1, shown[2])) / (interior / boundary)
+    assert ratio == pytest.approx(zoom, rel=0.35)
+    assert x.shape == (1, 1, 96, 96)

@@ -1,4 +1,4 @@
-"""Data augmentation for 2D patches: flips, 90-degree turns, elastic deformation, intensity.
+"""Data augmentation for 2D patches: zoom, flips, 90-degree turns, elastic deformation, intensity.
 
 Every function takes a numpy ``Generator`` so that training is reproducible from a seed.
 Images are (C, Y, X) float32; targets (Y, X) int64 and weights (Y, X) float32 are moved with
@@ -29,6 +29,14 @@ class AugmentSettings:
         Standard deviation of the displacements, in pixels (10 as in the paper).
     intensity : bool
         Random contrast scale, brightness shift, gamma and Gaussian noise.
+    zoom : tuple of float
+        Range of a random zoom (log-uniform; 2.0 shows objects twice as large), so that the
+        network learns more than one object size. (1.0, 1.0) is off.
+    invert : float
+        Chance of inverting the contrast (dark objects on a bright background, as in
+        brightfield and histology images).
+    blur : float
+        Chance of a Gaussian blur (sigma 0.5-1.5 px), as out-of-focus or low-NA images look.
     """
 
     flips: bool = True
@@ -36,6 +44,41 @@ class AugmentSettings:
     elastic_grid: int = 3
     elastic_sigma: float = 10.0
     intensity: bool = True
+    zoom: tuple[float, float] = (1.0, 1.0)
+    invert: float = 0.0
+    blur: float = 0.0
+
+
+def draw_zoom(settings: AugmentSettings, rng: np.random.Generator) -> float:
+    """A random zoom factor from ``settings.zoom`` (log-uniform); 1.0 when zoom is off."""
+    low, high = settings.zoom
+    if low == high == 1.0:
+        return 1.0
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def zoom_patch(
+    image: np.ndarray, labels: np.ndarray, weights: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize a square patch to ``size``: image and weights linearly, labels by nearest pixel.
+
+    Labels (instance ids or classes) are resized rather than the class target, so that the
+    target built from them afterwards has boundaries of the usual width at every zoom.
+    """
+    from skimage.transform import resize
+
+    shape = (size, size)
+    shrinking = image.shape[-1] > size
+    zoomed = np.stack(
+        [resize(c, shape, order=1, anti_aliasing=shrinking, preserve_range=True) for c in image]
+    )
+    zoomed_labels = resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True)
+    zoomed_weights = resize(weights, shape, order=1, anti_aliasing=False, preserve_range=True)
+    return (
+        zoomed.astype(np.float32),
+        zoomed_labels.astype(labels.dtype),
+        zoomed_weights.astype(np.float32),
+    )
 
 
 def flip_rotate(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
@@ -115,6 +158,13 @@ def augment(
         arrays = flip_rotate(arrays, rng)
         image, target = arrays[0], arrays[1]
         weights = arrays[2] if weights is not None else None
+    if settings.blur and rng.random() < settings.blur:
+        from scipy import ndimage as ndi
+
+        sigma = rng.uniform(0.5, 1.5)
+        image = np.stack([ndi.gaussian_filter(c, sigma) for c in image]).astype(np.float32)
     if settings.intensity:
         image = intensity_jitter(image, rng)
+    if settings.invert and rng.random() < settings.invert:
+        image = (1.0 - image).astype(np.float32)
     return image, target, weights

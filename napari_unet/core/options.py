@@ -187,3 +187,8 @@ class TrainSettings:
         _in_range("context weight", self.context_weight, 0.0, 100.0)
         _in_range("anchor weight", self.anchor_weight, 0.0, 1e6)
         _in_range("replay fraction", self.replay_fraction, 0.0, 0.95)
+        low, high = self.augment.zoom
+        _in_range("lowest zoom", low, 0.1, 1.0)
+        _in_range("highest zoom", high, 1.0, 10.0)
+        _in_range("inversion chance", self.augment.invert, 0.0, 1.0)
+        _in_range("blur chance", self.augment.blur, 0.0, 1.0)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_unet.core.augment import augment
+from napari_unet.core.augment import augment, draw_zoom, zoom_patch
 from napari_unet.core.bundle import Bundle, clone_bundle, network_state
 from napari_unet.core.devices import Compute, resolve_compute, usable_cores
 from napari_unet.core.errors import EngineError, TrainingDataError
@@ -106,6 +106,8 @@ class _Prepared:
     target: np.ndarray  # (Y, X) int64, IGNORE where the weight is 0
     weights: np.ndarray  # (Y, X) float32 loss weight per pixel
     known_index: np.ndarray  # flat indices of person-labelled pixels (patch centres)
+    labels: np.ndarray  # (Y, X) int64 the target was built from (rebuilt after a zoom)
+    mode: str  # "instances" or "semantic"
 
 
 def prepare_sample(
@@ -138,7 +140,7 @@ def prepare_sample(
     if settings.border_weights and mode == "instances":
         weights *= border_weights(labels)
     target[weights == 0] = IGNORE
-    return _Prepared(x, target, weights, np.flatnonzero(known))
+    return _Prepared(x, target, weights, np.flatnonzero(known), labels, mode)
 
 
 def _hold_out(item: _Prepared, region: np.ndarray) -> _Prepared:
@@ -148,16 +150,23 @@ def _hold_out(item: _Prepared, region: np.ndarray) -> _Prepared:
     held = ndi.binary_dilation(region, iterations=_HOLD_OUT_MARGIN)
     weights = np.where(held, 0.0, item.weights).astype(np.float32)
     target = np.where(held, IGNORE, item.target)
-    return _Prepared(item.x, target, weights, item.known_index[~held.ravel()[item.known_index]])
+    known_index = item.known_index[~held.ravel()[item.known_index]]
+    return _Prepared(item.x, target, weights, known_index, item.labels, item.mode)
 
 
 def _extract(
-    p: _Prepared, top: int, left: int, size: int
+    p: _Prepared, top: int, left: int, span: int, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Patch at (top, left) in coordinates of the plane padded by ``size`` on every side."""
-    x = _padded(p.x, size, "symmetric")[:, top : top + size, left : left + size]
-    t = _padded(p.target, size, IGNORE)[top : top + size, left : left + size]
-    w = _padded(p.weights, size, 0.0)[top : top + size, left : left + size]
+    """Patch of edge ``span`` at (top, left), in coordinates of the plane padded by ``span`` on
+    every side, resized to ``size`` when ``span`` differs (a zoom)."""
+    window = (slice(top, top + span), slice(left, left + span))
+    x = _padded(p.x, span, "symmetric")[(slice(None), *window)]
+    w = _padded(p.weights, span, 0.0)[window]
+    if span == size:
+        return x, _padded(p.target, span, IGNORE)[window], w
+    x, labels, w = zoom_patch(x, _padded(p.labels, span, 0)[window], w, size)
+    t = training_target(labels, None, p.mode)
+    t[w <= 0] = IGNORE
     return x, t, w
 
 
@@ -198,16 +207,17 @@ def iter_patches(
             else:
                 p = usable[int(rng.choice(len(usable), p=chances))]
             height, width = p.target.shape
+            span = max(8, round(size / draw_zoom(settings.augment, rng)))
             if rng.random() < settings.annotated_fraction:
                 flat = int(p.known_index[rng.integers(p.known_index.size)])
                 cy, cx = divmod(flat, width)
-                cy += int(rng.integers(-size // 4, size // 4 + 1))
-                cx += int(rng.integers(-size // 4, size // 4 + 1))
+                cy += int(rng.integers(-span // 4, span // 4 + 1))
+                cx += int(rng.integers(-span // 4, span // 4 + 1))
             else:
                 cy, cx = int(rng.integers(height)), int(rng.integers(width))
-            top = int(np.clip(cy - size // 2, -size // 2, max(height - size // 2, 0))) + size
-            left = int(np.clip(cx - size // 2, -size // 2, max(width - size // 2, 0))) + size
-            x, t, w = augment(*_extract(p, top, left, size), rng, settings.augment)
+            top = int(np.clip(cy - span // 2, -span // 2, max(height - span // 2, 0))) + span
+            left = int(np.clip(cx - span // 2, -span // 2, max(width - span // 2, 0))) + span
+            x, t, w = augment(*_extract(p, top, left, span, size), rng, settings.augment)
             if crop:
                 t, w = t[crop:-crop, crop:-crop], w[crop:-crop, crop:-crop]
             xs.append(x)
