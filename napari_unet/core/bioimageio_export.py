@@ -301,7 +301,7 @@ def _tif(array: np.ndarray) -> bytes:
     import tifffile
 
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array, compression="zlib")
+    tifffile.imwrite(buffer, array, photometric="minisblack", compression="zlib")
     return buffer.getvalue()
 
 

@@ -1,0 +1,236 @@
+"""bioimage.io export and import: the ecosystem's own check, exact re-import, the CLI.
+
+``bioimageio.core.test_model`` runs in a child process: it imports ``torch._dynamo`` and
+triton, which must never load in a process that may open a napari window.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from napari_unet.cli import EXIT_USER, main
+from napari_unet.core.architecture_source import standalone_source
+from napari_unet.core.bioimageio_export import export_package
+from napari_unet.core.bioimageio_import import load_package_bundle
+from napari_unet.core.bundle import save_bundle
+from napari_unet.core.errors import BundleError, InputError
+from napari_unet.core.generators import run_to_end
+from napari_unet.core.inference import PredictOptions, iter_predict
+from napari_unet.core.io import read_image
+from napari_unet.core.model import UNet
+from napari_unet.core.options import TrainSettings
+from napari_unet.core.registry import load_bundle
+from napari_unet.core.training import iter_finetune
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_data"
+AUTHORS = {"authors": ["Ada Lovelace"], "license_id": "CC-BY-4.0"}
+CHECK = """
+import json, sys
+from bioimageio.core import test_model
+summary = test_model(sys.argv[1])
+print(json.dumps({
+    "status": summary.status,
+    "details": [[d.name, d.status] for d in summary.details],
+    "errors": [str(e.msg) for d in summary.details for e in d.errors],
+}))
+"""
+
+
+def bioimageio_test(path: Path) -> dict:
+    """``bioimageio.core.test_model`` on a package, with its default tolerances, in a child."""
+    pytest.importorskip("bioimageio.core")
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=path.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def description(path: Path) -> dict:
+    with zipfile.ZipFile(path) as archive:
+        return yaml.safe_load(archive.read("rdf.yaml"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """The bundled nuclei model and a freshly fine-tuned version of it, exported."""
+    folder = tmp_path_factory.mktemp("bioimageio")
+    base = load_bundle("nuclei")
+    corrections = base.replay.samples()[:2]  # real labelled nuclei
+    settings = TrainSettings(
+        steps=3, patch_size=64, batch_size=2, val_every=3, learning_rate=1e-3, device="cpu"
+    )
+    tuned = run_to_end(iter_finetune(base, corrections, settings)).bundle
+    tuned_path = save_bundle(tuned, folder / "nuclei-ft1.safetensors")
+    return {
+        "nuclei": export_package(base, folder / "nuclei.zip", **AUTHORS),
+        "nuclei-ft1": export_package(load_bundle(tuned_path), folder / "nuclei-ft1.zip", **AUTHORS),
+        "nuclei-ft1.safetensors": tuned_path,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nuclei", "nuclei-ft1"])
+def test_bioimageio_core_passes_every_weight_format(exported, name):
+    report = bioimageio_test(exported[name])
+    assert report["status"] == "passed", report["errors"]
+    reproduced = [d for d in report["details"] if d[0].startswith("Reproduce test outputs")]
+    assert sorted(reproduced) == [
+        ["Reproduce test outputs from test inputs (pytorch_state_dict)", "passed"],
+        ["Reproduce test outputs from test inputs (torchscript)", "passed"],
+    ]
+    assert set(description(exported[name])["weights"]) == {"pytorch_state_dict", "torchscript"}
+
+
+def test_package_describes_sizes_halo_preprocessing_and_lineage(exported):
+    base, tuned = description(exported["nuclei"]), description(exported["nuclei-ft1"])
+    y = base["inputs"][0]["axes"][2]
+    assert y["size"] == {"min": 80, "step": 16} and base["outputs"][0]["axes"][2]["halo"] == 32
+    assert "objects ~20 px across" in y["description"]
+    assert base["inputs"][0]["preprocessing"][0]["kwargs"]["min_percentile"] == 1.0
+    assert base["outputs"][0]["postprocessing"] == [
+        {"id": "softmax", "kwargs": {"axis": "channel"}}
+    ]
+    assert "parent" not in base and tuned["parent"] == {"id": "napari-unet/nuclei"}
+    with zipfile.ZipFile(exported["nuclei-ft1"]) as archive:
+        readme = archive.read("README.md").decode()
+        test_input = np.load(archive.open("test_input.npy"))
+    assert "Lineage (oldest first): nuclei -> nuclei-ft1" in readme and "## Validation" in readme
+    assert test_input.shape == (1, 1, 256, 256) and test_input.std() > 0
+
+
+def test_reimport_predicts_identical_labels_and_fine_tunes_again(exported):
+    image = read_image(SAMPLES / "nuclei_2d.tif")
+    options = PredictOptions(device="cpu")
+    for original, package in [
+        (load_bundle("nuclei"), exported["nuclei"]),
+        (load_bundle(exported["nuclei-ft1.safetensors"]), exported["nuclei-ft1"]),
+    ]:
+        imported = load_bundle(package)
+        assert imported.path == package and imported.name == original.name
+        expected = run_to_end(iter_predict(image, original, options)).labels
+        assert expected.max() > 50
+        assert np.array_equal(run_to_end(iter_predict(image, imported, options)).labels, expected)
+    settings = TrainSettings(steps=1, patch_size=64, batch_size=2, val_every=1, device="cpu")
+    again = run_to_end(iter_finetune(imported, imported.replay.samples()[:1], settings))
+    assert again.bundle.config["parent"] == "nuclei-ft1"
+
+
+def test_architecture_source_runs_without_napari_unet(tmp_path):
+    (tmp_path / "unet.py").write_text(standalone_source())
+    network = UNet(depth=2, base_channels=8, norm="group", upsampling="bilinear").eval()
+    torch.save(network.state_dict(), tmp_path / "weights.pt")
+    x = torch.randn(1, 1, 32, 48)
+    np.save(tmp_path / "x.npy", x.numpy())
+    script = (
+        "import sys; sys.modules['napari_unet'] = None\n"  # any napari_unet import fails
+        "import numpy as np, torch, unet\n"
+        "net = unet.UNet(depth=2, base_channels=8, norm='group', upsampling='bilinear')\n"
+        "net.load_state_dict(torch.load('weights.pt', weights_only=True))\n"
+        "np.save('y.npy', net.eval()(torch.from_numpy(np.load('x.npy'))).detach().numpy())\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, timeout=120)
+    with torch.no_grad():
+        assert np.array_equal(np.load(tmp_path / "y.npy"), network(x).numpy())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"padding": "valid", "norm": "group", "upsampling": "bilinear", "dropout": 0.2},
+        {"norm": "none", "in_channels": 2, "n_classes": 2},
+    ],
+)
+def test_unet_scripts_with_the_same_weights_and_outputs(options):
+    torch.manual_seed(0)
+    network = UNet(depth=2, base_channels=8, **options).eval()
+    scripted = torch.jit.script(network)
+    x = torch.randn(2, network.in_channels, 44 if options.get("padding") else 32, 44)
+    assert list(scripted.state_dict()) == list(network.state_dict())
+    with torch.no_grad():
+        assert torch.equal(scripted(x), network(x))
+
+
+def test_export_refusals(tmp_path):
+    em = load_bundle("em-membranes")
+    with pytest.raises(InputError, match="non-commercial"):
+        export_package(em, tmp_path / "em.zip", authors=["A"], license_id="CC-BY-4.0")
+    nuclei = load_bundle("nuclei")
+    for kwargs, message in [
+        ({"authors": [" "], "license_id": "MIT"}, "author"),
+        ({"authors": ["A"], "license_id": "not a licence"}, "SPDX"),
+        ({**AUTHORS, "test_image": read_image(SAMPLES / "nuclei_2d.tif")}, "share"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            export_package(nuclei, tmp_path / "n.zip", **kwargs)
+    with pytest.raises(InputError, match=r"\.zip"):
+        export_package(nuclei, tmp_path / "n.tar", **AUTHORS)
+    assert not list(tmp_path.iterdir())
+
+
+def test_import_refuses_foreign_and_tampered_packages(tmp_path, exported):
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("rdf.yaml", yaml.safe_dump({"type": "model", "name": "other"}))
+    with pytest.raises(BundleError, match="not exported by napari-unet"):
+        load_bundle(foreign)
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(exported["nuclei"]) as source, zipfile.ZipFile(tampered, "w") as copy:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "nuclei.safetensors":
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            copy.writestr(item, data)
+    with pytest.raises(BundleError, match="SHA-256"):
+        load_package_bundle(tampered)
+    folder = tmp_path / "unpacked"
+    zipfile.ZipFile(exported["nuclei"]).extractall(folder)
+    assert load_bundle(folder).name == load_bundle(folder / "rdf.yaml").name == "nuclei"
+
+
+def test_cli_export_with_consented_user_image_loads_no_dynamo(tmp_path):
+    output = tmp_path / "mine.zip"
+    script = (
+        "import sys; from napari_unet.cli import main\n"
+        f"rc = main(['export', 'nuclei', '-o', {str(output)!r}, '--author', 'Ada Lovelace', "
+        f"'--license', 'CC-BY-4.0', '--test-image', {str(SAMPLES / 'nuclei_2d.tif')!r}, "
+        "'--share-test-image'])\n"
+        "print(rc, 'torch._dynamo' in sys.modules, 'triton' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout.split()[-3:] == ["0", "False", "False"], done.stderr[-2000:]
+    with zipfile.ZipFile(output) as archive:
+        assert "user's image nuclei_2d.tif" in archive.read("README.md").decode()
+
+
+def test_cli_export_mistakes_exit_2(tmp_path, capsys):
+    base = ["--author", "A", "--license", "MIT"]
+    cases = [
+        ["export", "em-membranes", "-o", str(tmp_path / "em.zip"), *base],
+        ["export", "nuclei", "-o", str(tmp_path / "n.zip"), *base, "--test-image", "x.tif"],
+        ["export", "nuclei", "-o", str(tmp_path / "n.zip"), *base, "--share-test-image"],
+        ["export", "nuclei", "-o", str(tmp_path / "n.zip"), *base, "--pixel-size", "0"],
+        ["export", "no-such-model", "-o", str(tmp_path / "n.zip"), *base],
+    ]
+    for argv in cases:
+        assert main(argv) == EXIT_USER, argv
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith("napari-unet export: error:")
+    assert not list(tmp_path.iterdir())
