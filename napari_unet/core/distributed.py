@@ -1,0 +1,743 @@
+"""Segment one large image on a Dask cluster: blocks with halos, merged across their faces.
+
+The image is cut into a grid of Y/X blocks (every other axis whole, Z included). Each block
+is read with a halo wide enough for the tiles' context and the largest object, segmented on a
+worker by :func:`~napari_unet.core.inference.iter_predict` (the single-process engine, with
+the whole image's normalisation percentiles and one object diameter for every block), and
+cropped back to its own pixels. Its objects are numbered 1..n and written, chunk-aligned,
+into a work store next to the output; with them the block keeps a *frame*: the ids it gave the
+pixels one step outside its own, which belong to its neighbours. An object cut by a face is
+then seen twice on each frame: as this block's id and as the neighbour's. Pairs whose
+pixels on the frame overlap with an IoU of at least :data:`MERGE_IOU` are the same object
+(two distinct objects touching across a face overlap little there, so a plain adjacency test
+would fuse them); the pairs form a graph whose connected components (scipy) are the final
+objects, numbered 1..N in the order of the blocks.
+
+A finished block leaves a marker in the work folder; a run started again with the same plan
+skips those blocks. A block whose task raises is run once more and then fails the run with
+its coordinates; a worker that dies loses nothing finished, and the scheduler reruns its
+unfinished blocks elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from distributed import Client, WorkerPlugin, as_completed, get_worker
+
+from napari_unet.core.atomic import PARTIAL_SUFFIX, atomic_path
+from napari_unet.core.errors import EngineError, InputError
+from napari_unet.core.inference import Progress, iter_predict, prediction_memory
+from napari_unet.core.io import Stack
+from napari_unet.core.options import PredictOptions
+from napari_unet.core.preprocess import (
+    channel_ranges,
+    iter_planes,
+    labels_axes_of,
+    to_model_channels,
+)
+from napari_unet.core.version import __version__
+
+MERGE_IOU = 0.5  # least IoU, on a block's frame, of two ids that are one object
+DEFAULT_BLOCK = 2048  # block edge when memory allows; at least the tile size
+_BLOCK_MEMORY_SHARE = 0.5  # of a worker's memory, for one block's prediction
+_PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the grid: its own pixels (``core``) and what is read (``outer``).
+
+    Attributes
+    ----------
+    grid : tuple of int
+        (row, column) in the block grid.
+    core, outer : tuple of slice
+        Rows and columns of the image; ``outer`` is ``core`` plus the halo, clipped.
+    """
+
+    grid: tuple[int, int]
+    core: tuple[slice, slice]
+    outer: tuple[slice, slice]
+
+    def where(self) -> str:
+        """``block (0, 1): rows 0-511, columns 512-1023`` for messages."""
+        (r0, r1), (c0, c1) = ((s.start, s.stop - 1) for s in self.core)
+        return f"block {self.grid}: rows {r0}-{r1}, columns {c0}-{c1}"
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """How a worker reads its window of the image: reopened from a path (a shared file
+    system or a URL) or sliced from an array sent with the task.
+
+    Attributes
+    ----------
+    axes : str
+        Axes of the image.
+    path : str or None
+        TIFF file, Zarr folder or URL, reopened by each worker.
+    series : int or None
+        Series of a multi-image TIFF.
+    array : array-like or None
+        The pixels themselves when there is no path (an ndarray or a dask array).
+    """
+
+    axes: str
+    path: str | None = None
+    series: int | None = None
+    array: Any = None
+
+    def open(self) -> Any:
+        """The image's (lazy) array."""
+        if self.path is None:
+            return self.array
+        from napari_unet.core.zarr_io import is_zarr, read_zarr
+
+        if is_zarr(self.path):
+            return read_zarr(self.path, axes=self.axes).data
+        from napari_unet.core.io import read_image
+
+        return read_image(self.path, axes=self.axes, series=self.series).data
+
+    def window(self, rows: slice, cols: slice) -> np.ndarray:
+        """Rows and columns of every plane, other axes whole."""
+        key = tuple(rows if a == "Y" else cols if a == "X" else slice(None) for a in self.axes)
+        return np.asarray(self.open()[key])
+
+
+@dataclass(frozen=True)
+class DistributedPrediction:
+    """The result of :func:`iter_predict_blocks`.
+
+    Attributes
+    ----------
+    labels : dask array
+        Final labels (uint32, uint64 past 2**32 objects) of the image's non-channel axes,
+        chunked like the block grid; computed from the work store, so write it before
+        :func:`discard_work`.
+    axes, mode : str
+    class_names : list of str
+    stats : dict
+        ``blocks``, ``block_size``, ``halo``, ``resumed`` (blocks already done),
+        ``objects``, ``merged_pairs``, ``predict_seconds``, ``merge_seconds``, ``diameter``.
+    """
+
+    labels: Any
+    axes: str
+    mode: str
+    class_names: list[str]
+    stats: dict[str, Any]
+
+
+class BundlePlugin(WorkerPlugin):
+    """Loads the model once per worker from the bytes of its file (no path needs to exist on
+    the worker) and checks that the worker runs the same napari-unet as the client."""
+
+    def __init__(self, data: bytes, torch_threads: int | None) -> None:
+        self.data = data
+        self.torch_threads = torch_threads
+        self.version = __version__
+        self.name = "napari-unet-model-" + hashlib.sha256(data).hexdigest()[:16]
+        self.bundle: Any = None
+
+    def setup(self, worker: Any) -> None:
+        if self.version != __version__:
+            raise EngineError(
+                f"worker {worker.address} runs napari-unet {__version__}, the client "
+                f"{self.version}; install the same version on every worker"
+            )
+        import torch
+
+        from napari_unet.core.bundle import load_bundle_bytes
+
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        self.bundle = load_bundle_bytes(self.data)
+
+
+@contextlib.contextmanager
+def connect(
+    scheduler: str | None = None,
+    scheduler_file: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+) -> Iterator[tuple[Client, int | None]]:
+    """A Dask client: on a scheduler's address, through a scheduler file, or on a new local
+    cluster (``scheduler="local"``), closed on exit.
+
+    A local cluster runs ``workers`` processes of one task each, with the cores shared out
+    among their torch threads (no oversubscription). Yields the client and the torch threads
+    per worker to use (None for an existing cluster, whose workers are set up by whoever
+    started them).
+    """
+    if workers is not None and scheduler != "local":
+        raise InputError("--workers starts a local cluster: use it with --scheduler local")
+    if scheduler and scheduler_file:
+        raise InputError("give either --scheduler or --scheduler-file, not both")
+    if scheduler == "local":
+        from distributed import LocalCluster
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        workers = workers or max(1, min(4, (cores or 1) // 2))
+        if not 1 <= workers <= 1024:
+            raise InputError(f"--workers must be in [1, 1024], got {workers}")
+        threads = max(1, (cores or 1) // workers)
+        with (
+            LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=40,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client, threads
+        return
+    try:
+        if scheduler_file:
+            client = Client(scheduler_file=str(scheduler_file), timeout="30s")
+        else:
+            client = Client(scheduler, timeout="30s")
+    except (OSError, TimeoutError) as error:
+        raise InputError(
+            f"cannot reach the Dask scheduler {scheduler or scheduler_file}: {error}"
+        ) from error
+    with client:
+        yield client, None
+
+
+def plan_blocks(height: int, width: int, block_size: int, halo: int) -> list[Block]:
+    """The grid of ``block_size`` blocks over a ``height`` x ``width`` plane, row by row."""
+    if block_size < 16:
+        raise InputError(f"block size must be at least 16 pixels, got {block_size}")
+    blocks = []
+    for r, y0 in enumerate(range(0, height, block_size)):
+        for c, x0 in enumerate(range(0, width, block_size)):
+            y1, x1 = min(y0 + block_size, height), min(x0 + block_size, width)
+            blocks.append(
+                Block(
+                    (r, c),
+                    (slice(y0, y1), slice(x0, x1)),
+                    (
+                        slice(max(0, y0 - halo), min(height, y1 + halo)),
+                        slice(max(0, x0 - halo), min(width, x1 + halo)),
+                    ),
+                )
+            )
+    return blocks
+
+
+def block_halo(bundle: Any, options: PredictOptions) -> int:
+    """Halo in image pixels: the tiles' context margin plus two object diameters, so every
+    object reaching into a block is whole, and seen with full context, in its window."""
+    network = bundle.network
+    tile = network.fit_input_size(max(options.tile_size, network.fit_input_size(1)))
+    context = max(round(options.overlap * tile / 2), network.crop_per_side(tile))
+    trained = bundle.config.get("object_diameter")
+    diameter = options.diameter or trained or 30.0
+    factor = trained / diameter if trained else 1.0  # image pixels -> network pixels
+    return int(math.ceil(context / factor + 2 * diameter))
+
+
+def default_block_size(
+    stack: Stack, bundle: Any, options: PredictOptions, worker_memory: int | None
+) -> int:
+    """The largest block edge (a multiple of the tile, at most :data:`DEFAULT_BLOCK` unless
+    the tile is larger) whose prediction fits in half a worker's memory."""
+    tile = options.tile_size
+    size = max(tile, DEFAULT_BLOCK // tile * tile)
+    if not worker_memory:
+        return size
+    others = [n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a not in "YXCS"]
+    halo = block_halo(bundle, options)
+    while size > tile:
+        edge = size + 2 * halo
+        need = prediction_memory(
+            (*others, edge, edge), (edge, edge), bundle.config, min(tile, edge), 1, 1
+        )
+        if need <= _BLOCK_MEMORY_SHARE * worker_memory:
+            break
+        size -= tile
+    return size
+
+
+def work_folder(output: str | os.PathLike[str]) -> Path:
+    """The folder a run keeps its finished blocks in until the output is written (found
+    again by a resumed run; a dot name ending in ``.partial`` hides it from listings)."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.work{PARTIAL_SUFFIX}")
+
+
+def discard_work(output: str | os.PathLike[str]) -> None:
+    """Remove the work folder of ``output`` (after the output is written)."""
+    shutil.rmtree(work_folder(output), ignore_errors=True)
+
+
+def iter_predict_blocks(
+    stack: Stack,
+    model: bytes,
+    options: PredictOptions,
+    client: Client,
+    output: str | os.PathLike[str],
+    *,
+    block_size: int | None = None,
+    torch_threads: int | None = None,
+    predictor: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Generator[Progress, None, DistributedPrediction]:
+    """Segment ``stack`` block by block on the cluster of ``client``.
+
+    Parameters
+    ----------
+    stack : Stack
+        The image; with a ``path``, workers reopen it there (a shared file system or a URL),
+        otherwise each block's window is sent with its task.
+    model : bytes
+        The model bundle's file.
+    options : PredictOptions
+        As for :func:`~napari_unet.core.inference.iter_predict`; the diameter is fixed here
+        for every block.
+    client : distributed.Client
+    output : path-like
+        The output the labels are for: the work folder goes next to it, and a run for the
+        same output resumes from the blocks already finished.
+    block_size : int, optional
+        Block edge in Y/X pixels (at least the tile size); default from the workers'
+        memory (:func:`default_block_size`).
+    torch_threads : int, optional
+        Torch threads per worker (a local cluster's share of the cores).
+    predictor : callable, optional
+        Replaces the network (tests).
+
+    Yields
+    ------
+    Progress
+        ``blocks`` done of total (the first carries the dashboard's address as notice),
+        then ``merging``.
+
+    Returns
+    -------
+    DistributedPrediction
+    """
+    from napari_unet.core.bundle import load_bundle_bytes
+
+    options.check()
+    bundle = load_bundle_bytes(model)
+    mode = options.mode or bundle.mode
+    plugin = BundlePlugin(model, torch_threads)
+    client.register_plugin(plugin, name=plugin.name)
+    started = time.perf_counter()
+    ranges = _plane_ranges(stack, bundle.config, options.channel)
+    # one object diameter for every block: the one given, else one estimated on the whole
+    # image's most structured window, else the trained one (no rescale)
+    diameter = options.diameter
+    if diameter is None and mode == "instances":
+        diameter = _estimate_diameter(client, stack, ranges, bundle, options, plugin, predictor)
+    diameter = diameter or bundle.config.get("object_diameter")
+    options = dataclasses.replace(options, diameter=diameter, post_workers=0)
+    memory = _worker_memory(client)
+    if block_size is None:
+        block_size = default_block_size(stack, bundle, options, memory)
+    if block_size < min(options.tile_size, 16):
+        raise InputError(f"block size must be at least the tile size ({options.tile_size})")
+    halo = block_halo(bundle, options)
+    axes = stack.axes
+    labels_axes = labels_axes_of(axes)
+    work_axes = "".join(a for a in labels_axes if a not in "YX") + "YX"  # Y, X last
+    sizes = dict(zip(axes, stack.data.shape, strict=True))
+    work_shape = tuple(sizes[a] for a in work_axes)
+    blocks = plan_blocks(sizes["Y"], sizes["X"], block_size, halo)
+    source = ImageSource(
+        axes,
+        path=None if stack.path is None else str(stack.path),
+        series=stack.series if stack.path is not None else None,
+        array=stack.data if stack.path is None else None,
+    )
+    plan = {
+        "shape": list(stack.data.shape),
+        "axes": axes,
+        "block_size": block_size,
+        "halo": halo,
+        "model": hashlib.sha256(model).hexdigest(),
+        "options": repr(options),
+        "predictor": repr(predictor),
+    }
+    token = hashlib.sha256(json.dumps([plan, str(output)]).encode()).hexdigest()[:12]
+    work = _open_work(work_folder(output), plan, work_shape, block_size)
+    counts = {b.grid: n for b in blocks if (n := work.count(b)) is not None}
+    resumed = len(counts)
+    yield Progress(len(counts), len(blocks), "blocks", notice=f"dashboard: {client.dashboard_link}")
+    futures = {
+        client.submit(
+            _segment_block,
+            block,
+            source if source.path else _with_window(source, block),
+            ranges,
+            options,
+            plugin.name,
+            str(work.path),
+            mode,
+            predictor,
+            key=f"napari-unet-block-{block.grid[0]}-{block.grid[1]}-{token}",
+            retries=1,
+            pure=False,
+        ): block
+        for block in blocks
+        if block.grid not in counts
+    }
+    for future in as_completed(futures):
+        block = futures[future]
+        if future.status != "finished":
+            error = future.exception()
+            for other in futures:
+                other.cancel()
+            raise EngineError(f"{block.where()} failed twice: {error}") from error
+        counts[block.grid] = future.result()
+        yield Progress(len(counts), len(blocks), "blocks")
+    predicted = time.perf_counter()
+    yield Progress(0, 1, "merging")
+    if mode == "instances":
+        luts, pairs, objects = _merge(work, blocks, counts, block_size)
+    else:
+        luts, pairs, objects = None, 0, None
+    labels = work.final_labels(luts).transpose([work_axes.index(a) for a in labels_axes])
+    merged = time.perf_counter()
+    yield Progress(1, 1, "merging")
+    return DistributedPrediction(
+        labels=labels,
+        axes=labels_axes,
+        mode=mode,
+        class_names=bundle.class_names,
+        stats={
+            "blocks": len(blocks),
+            "block_size": block_size,
+            "halo": halo,
+            "resumed": resumed,
+            "objects": objects,
+            "merged_pairs": pairs,
+            "predict_seconds": predicted - started,
+            "merge_seconds": merged - predicted,
+            "diameter": diameter,
+        },
+    )
+
+
+def _worker_memory(client: Client) -> int | None:
+    limits = [w.get("memory_limit") for w in client.scheduler_info()["workers"].values()]
+    limits = [m for m in limits if m]
+    return min(limits) if limits else None
+
+
+def _with_window(source: ImageSource, block: Block) -> ImageSource:
+    """A source holding only the block's window (sent with its task)."""
+    window = source.window(*block.outer)
+    offset = [block.outer[0].start, block.outer[1].start]
+    return dataclasses.replace(source, array=_Shifted(window, offset, source.axes))
+
+
+@dataclass(frozen=True)
+class _Shifted:
+    """A window of an image indexed in the image's coordinates (for :class:`ImageSource`)."""
+
+    window: np.ndarray
+    offset: list[int]
+    axes: str
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        shifted = []
+        for a, s in zip(self.axes, key, strict=True):
+            if a in "YX":
+                o = self.offset["YX".index(a)]
+                s = slice(s.start - o, s.stop - o)
+            shifted.append(s)
+        return self.window[tuple(shifted)]
+
+
+def _plane_ranges(
+    stack: Stack, config: dict[str, Any], channel: int | None
+) -> dict[tuple[int, ...], np.ndarray]:
+    """Normalisation percentiles of every plane of the whole image (read once, plane by
+    plane, by the client)."""
+    return {
+        index: channel_ranges(
+            to_model_channels(plane, plane_axes, config["input"], channel),
+            config["normalization"],
+        )
+        for index, plane, plane_axes in iter_planes(stack.data, stack.axes)
+    }
+
+
+def _estimate_diameter(
+    client: Client,
+    stack: Stack,
+    ranges: dict[tuple[int, ...], np.ndarray],
+    bundle: Any,
+    options: PredictOptions,
+    plugin: BundlePlugin,
+    predictor: Callable[[np.ndarray], np.ndarray] | None,
+) -> float | None:
+    """The object diameter of the middle plane's most structured window, estimated by the
+    engine itself (:func:`~napari_unet.core.inference.iter_predict` with no diameter) on a
+    worker; None when no object is found."""
+    from napari_unet.core.diameter import sample_window
+    from napari_unet.core.preprocess import normalize, read_plane
+
+    shape = [n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a not in "YXCS"]
+    index = tuple(n // 2 for n in shape)
+    plane, plane_axes = read_plane(stack.data, stack.axes, index)
+    x = to_model_channels(plane, plane_axes, bundle.config["input"], options.channel)
+    rows, cols = sample_window(normalize(x, bundle.config["normalization"], ranges[index]))
+    window = plane[rows, cols]
+    future = client.submit(
+        _size_of_window,
+        window,
+        plane_axes,
+        ranges[index],
+        options,
+        plugin.name,
+        predictor,
+        pure=False,
+    )
+    return future.result()
+
+
+def _size_of_window(
+    window: np.ndarray,
+    axes: str,
+    ranges: np.ndarray,
+    options: PredictOptions,
+    plugin: str,
+    predictor: Callable[[np.ndarray], np.ndarray] | None,
+) -> float | None:
+    from napari_unet.core.generators import run_to_end
+
+    bundle = get_worker().plugins[plugin].bundle
+    result = run_to_end(
+        iter_predict(
+            Stack(window, axes),
+            bundle,
+            dataclasses.replace(options, diameter=None),
+            predictor=predictor,
+            plane_ranges={(): ranges},
+        )
+    )
+    return result.stats["sizes"][0].diameter
+
+
+def _segment_block(
+    block: Block,
+    source: ImageSource,
+    ranges: dict[tuple[int, ...], np.ndarray],
+    options: PredictOptions,
+    plugin: str,
+    work_path: str,
+    mode: str,
+    predictor: Callable[[np.ndarray], np.ndarray] | None,
+) -> int:
+    """Segment one block on a worker, store its own pixels and its frame; return its count
+    of objects (of classes present, in semantic mode)."""
+    from napari_unet.core.generators import run_to_end
+
+    bundle = get_worker().plugins[plugin].bundle
+    window = source.window(*block.outer)
+    result = run_to_end(
+        iter_predict(
+            Stack(window, source.axes), bundle, options, predictor=predictor, plane_ranges=ranges
+        )
+    )
+    work_axes = "".join(a for a in result.axes if a not in "YX") + "YX"
+    labels = result.labels.transpose([result.axes.index(a) for a in work_axes])
+    (top, left) = (block.outer[0].start, block.outer[1].start)
+    inner = (
+        ...,
+        slice(block.core[0].start - top, block.core[0].stop - top),
+        slice(block.core[1].start - left, block.core[1].stop - left),
+    )
+    work = _Work(Path(work_path))
+    if mode != "instances":
+        work.local[(..., *block.core)] = labels[inner]
+        work.mark_done(block, 0, {})
+        return 0
+    present = np.unique(labels[inner])
+    present = present[present > 0]
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.uint32)
+    lut[present] = np.arange(1, present.size + 1, dtype=np.uint32)
+    numbered = lut[labels]  # objects that never reach the core: 0
+    work.local[(..., *block.core)] = numbered[inner]
+    work.mark_done(block, int(present.size), _frame(numbered, block))
+    return int(present.size)
+
+
+def _frame(numbered: np.ndarray, block: Block) -> dict[str, np.ndarray]:
+    """The block's ids (array of shape (..., Y, X)) on the lines just outside its core, its
+    neighbours' pixels, each with its window ``[r0, r1, c0, c1]`` in image coordinates."""
+    (top, bottom), (left, right) = ((s.start, s.stop) for s in block.outer)
+    (y0, y1), (x0, x1) = ((s.start, s.stop) for s in block.core)
+    c0, c1 = max(x0 - 1, left), min(x1 + 1, right)  # top and bottom lines reach the corners
+    lines = {
+        "top": (y0 - 1, y0, c0, c1) if y0 > top else None,
+        "bottom": (y1, y1 + 1, c0, c1) if y1 < bottom else None,
+        "left": (y0, y1, x0 - 1, x0) if x0 > left else None,
+        "right": (y0, y1, x1, x1 + 1) if x1 < right else None,
+    }
+    frame = {}
+    for name, window in lines.items():
+        if window is not None:
+            r0, r1, q0, q1 = window
+            frame[name] = numbered[..., r0 - top : r1 - top, q0 - left : q1 - left]
+            frame[name + "_window"] = np.array(window)
+    return frame
+
+
+class _Work:
+    """The work folder: block-local labels (``local.zarr``, one chunk per block) and one
+    marker per finished block holding its object count and frame."""
+
+    def __init__(self, path: Path) -> None:
+        import zarr
+
+        self.path = path
+        self.local = zarr.open_array(str(path / "local.zarr"), mode="r+")
+
+    def marker(self, block: Block) -> Path:
+        return self.path / "blocks" / f"{block.grid[0]}_{block.grid[1]}.npz"
+
+    def mark_done(self, block: Block, count: int, frame: dict[str, np.ndarray]) -> None:
+        with atomic_path(self.marker(block)) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, count=np.int64(count), **frame)
+
+    def count(self, block: Block) -> int | None:
+        marker = self.marker(block)
+        if not marker.is_file():
+            return None
+        with np.load(marker) as saved:
+            return int(saved["count"])
+
+    def frame(self, block: Block) -> dict[str, np.ndarray]:
+        with np.load(self.marker(block)) as saved:
+            return {k: saved[k] for k in saved.files if k != "count"}
+
+    def final_labels(self, luts: dict[tuple[int, int], np.ndarray] | None) -> Any:
+        """The final labels as a dask array of shape (..., Y, X), one chunk per block, each
+        chunk's ids through its block's table."""
+        import dask
+        import dask.array as da
+
+        local = da.from_zarr(self.local)
+        if luts is None:
+            return local
+        dtype = next(iter(luts.values())).dtype
+        chunks = local.to_delayed()
+        grid = chunks.reshape(chunks.shape[-2:])  # the other axes are one chunk
+        rows = []
+        for r in range(grid.shape[0]):
+            row = []
+            for c in range(grid.shape[1]):
+                shape = local.blocks[(0,) * (local.ndim - 2) + (r, c)].shape
+                lookup = dask.delayed(_through, pure=True)(grid[r, c], luts[(r, c)])
+                row.append(da.from_delayed(lookup, shape, dtype))
+            rows.append(da.concatenate(row, axis=-1))
+        return da.concatenate(rows, axis=-2)
+
+
+def _through(local: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    return lut[local]
+
+
+def _open_work(path: Path, plan: dict[str, Any], shape: tuple[int, ...], block_size: int) -> _Work:
+    """The work folder for this plan: the previous run's when it had the same plan (resume),
+    else a new one."""
+    import zarr
+
+    plan_file = path / _PLAN_FILE
+    if plan_file.is_file():
+        try:
+            same = json.loads(plan_file.read_text()) == plan
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if same:
+            return _Work(path)
+    shutil.rmtree(path, ignore_errors=True)
+    (path / "blocks").mkdir(parents=True)
+    chunks = (*shape[:-2], block_size, block_size)
+    zarr.open_array(str(path / "local.zarr"), mode="w", shape=shape, chunks=chunks, dtype=np.uint32)
+    with atomic_path(plan_file) as tmp:
+        tmp.write_text(json.dumps(plan))
+    return _Work(path)
+
+
+def _merge(
+    work: _Work, blocks: list[Block], counts: dict[tuple[int, int], int], size: int
+) -> tuple[dict[tuple[int, int], np.ndarray], int, int]:
+    """Tables from block-local to final ids, the number of merged pairs, and of objects."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    grid_rows = max(b.grid[0] for b in blocks) + 1
+    grid_cols = max(b.grid[1] for b in blocks) + 1
+    offsets = np.zeros((grid_rows, grid_cols), dtype=np.int64)
+    running = 0
+    for block in blocks:  # row by row: final ids follow the blocks' order
+        offsets[block.grid] = running
+        running += counts[block.grid]
+    total = running
+    sources, targets = [], []
+    for block in blocks:
+        frame = work.frame(block)
+        for name in ("top", "bottom", "left", "right"):
+            if name not in frame:
+                continue
+            r0, r1, c0, c1 = (int(v) for v in frame[name + "_window"])
+            mine = frame[name].astype(np.int64)
+            mine = np.where(mine > 0, mine + offsets[block.grid], 0)
+            local = np.asarray(work.local[..., r0:r1, c0:c1]).astype(np.int64)
+            owner = offsets[np.arange(r0, r1)[:, None] // size, np.arange(c0, c1)[None, :] // size]
+            theirs = np.where(local > 0, local + owner, 0)
+            a, b = _same_objects(mine.ravel(), theirs.ravel())
+            sources.append(a)
+            targets.append(b)
+    a = np.concatenate(sources) if sources else np.zeros(0, np.int64)
+    b = np.concatenate(targets) if targets else np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(total + 1, total + 1))
+    _, component = connected_components(graph, directed=False)
+    # final ids: components numbered in the order of their first (lowest) global id
+    _, first, inverse = np.unique(component[1:], return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(first.size)
+    dtype = np.uint32 if first.size < 2**32 else np.uint64
+    final = np.zeros(total + 1, dtype=dtype)
+    final[1:] = (rank[inverse] + 1).astype(dtype)
+    luts = {}
+    for block in blocks:
+        start = offsets[block.grid]
+        lut = final[start : start + counts[block.grid] + 1].copy()
+        lut[0] = 0
+        luts[block.grid] = lut
+    return luts, int(a.size), int(first.size)
+
+
+def _same_objects(mine: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of ids (this block's, the neighbour's) covering the same pixels of a frame line
+    with an IoU of at least :data:`MERGE_IOU`."""
+    both = (mine > 0) & (theirs > 0)
+    if not both.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs, overlap = np.unique(np.stack([mine[both], theirs[both]]), axis=1, return_counts=True)
+    ids_a, size_a = np.unique(mine[mine > 0], return_counts=True)
+    ids_b, size_b = np.unique(theirs[theirs > 0], return_counts=True)
+    area_a = size_a[np.searchsorted(ids_a, pairs[0])]
+    area_b = size_b[np.searchsorted(ids_b, pairs[1])]
+    keep = overlap / (area_a + area_b - overlap) >= MERGE_IOU
+    return pairs[0][keep], pairs[1][keep]

@@ -1,0 +1,265 @@
+"""Distributed prediction on a LocalCluster of 2 worker processes: the same labels as the
+single-process engine, through faces and corners, a killed worker, a failing block, resume."""
+
+import dataclasses
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+pytest.importorskip("distributed")
+
+from napari_unet.core.bundle import save_bundle  # noqa: E402
+from napari_unet.core.distributed import (  # noqa: E402
+    connect,
+    discard_work,
+    iter_predict_blocks,
+    plan_blocks,
+    work_folder,
+)
+from napari_unet.core.errors import EngineError, InputError  # noqa: E402
+from napari_unet.core.generators import run_to_end  # noqa: E402
+from napari_unet.core.inference import iter_predict  # noqa: E402
+from napari_unet.core.io import Stack  # noqa: E402
+from napari_unet.core.metrics import match_objects  # noqa: E402
+from napari_unet.core.options import PredictOptions  # noqa: E402
+from napari_unet.core.registry import resolve_model  # noqa: E402
+from napari_unet.core.targets import instance_classes  # noqa: E402
+from tests.conftest import tiny_bundle  # noqa: E402
+
+BLOCK = 64
+OPTIONS = PredictOptions(
+    tile_size=64,
+    overlap=0.25,
+    min_size=3,
+    blending="none",
+    diameter=16.0,
+    device="cpu",
+    precision="fp32",
+)
+
+
+class SmoothOracle:
+    """A predictor of receptive field 1 pixel: the classes coded in the image (0, 1, 2 after
+    normalisation to [0, 1] x 2), one-hot, averaged over 3 x 3 pixels. Optionally slow, and
+    failing on tiles that hold the outlier pixel (counting its attempts in a file)."""
+
+    def __init__(self, delay: float = 0.0, attempts: str | None = None) -> None:
+        self.delay, self.attempts = delay, attempts
+
+    def __repr__(self) -> str:  # part of the run's plan: stable across runs
+        return f"SmoothOracle({self.delay}, {self.attempts})"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.attempts and batch.max() > 10:
+            with open(self.attempts, "a") as handle:
+                handle.write("x")
+            raise ValueError("outlier pixel")
+        time.sleep(self.delay)
+        classes = np.rint(np.clip(batch[:, 0], 0, 1) * 2)
+        out = np.stack([(classes == k).astype(np.float32) for k in range(3)], axis=1)
+        return ndi.uniform_filter(out, size=(1, 1, 3, 3), mode="nearest")
+
+
+def _volume() -> np.ndarray:
+    """(3, 192, 256) labels: balls on a grid, some on block faces and corners, some pairs
+    touching across a face."""
+    labels = np.zeros((3, 192, 256), np.uint16)
+    zz, yy, xx = np.mgrid[:3, :192, :256]
+    centres = [(64, 64), (128, 192), (64, 150), (100, 128), (30, 20), (160, 40), (150, 100)]
+    centres += [(20, 120), (20, 137)]  # touching, either side of the face at column 128
+    centres += [(120, 60), (120, 77)]
+    for k, (cy, cx) in enumerate(centres, start=1):
+        radius = 8 + (k % 3)
+        ball = (zz - 1) ** 2 * 9 + (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+        labels[ball & (labels == 0)] = k
+    return labels
+
+
+def _image(labels: np.ndarray) -> np.ndarray:
+    image = np.stack([instance_classes(p).astype(np.float32) for p in labels])
+    image[:, 0, 0], image[:, -1, -1] = 0.0, 2.0  # every plane's range is [0, 2]
+    return image
+
+
+def _bundle_bytes(tmp_path: Path, high: float = 100.0) -> tuple[object, bytes]:
+    bundle = tiny_bundle()
+    bundle.config["normalization"] = {"low": 0.0, "high": high}
+    bundle.config["object_diameter"] = 16.0
+    path = save_bundle(bundle, tmp_path / "oracle.safetensors")
+    return bundle, path.read_bytes()
+
+
+def _same_up_to_relabelling(a: np.ndarray, b: np.ndarray) -> bool:
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect("local", workers=2) as (client, _):
+        yield client
+
+
+def _reference(image, bundle, options, predictor):
+    return run_to_end(iter_predict(Stack(image, "ZYX"), bundle, options, predictor=predictor))
+
+
+def test_blocks_give_the_single_process_labels(client, tmp_path):
+    labels = _volume()
+    image = _image(labels)
+    bundle, model = _bundle_bytes(tmp_path)
+    reference = _reference(image, bundle, OPTIONS, SmoothOracle()).labels
+    blocks = plan_blocks(192, 256, BLOCK, 0)
+    assert len(blocks) == 12
+    # objects cross faces and corners, and the reference found them all
+    assert len(np.unique(reference)) - 1 == labels.max()
+    cut = [
+        k
+        for k in range(1, labels.max() + 1)
+        if len({b.grid for b in blocks if (labels[:, b.core[0], b.core[1]] == k).any()}) > 1
+    ]
+    assert len(cut) >= 6
+    output = tmp_path / "out_labels.ome.zarr"
+    result = run_to_end(
+        iter_predict_blocks(
+            Stack(image, "ZYX"),
+            model,
+            OPTIONS,
+            client,
+            output,
+            block_size=BLOCK,
+            predictor=SmoothOracle(),
+        )
+    )
+    labels_out = result.labels.compute()
+    assert labels_out.shape == reference.shape and result.axes == "ZYX"
+    assert _same_up_to_relabelling(reference, labels_out)
+    assert result.stats["objects"] == labels.max() and result.stats["blocks"] == 12
+    assert result.stats["halo"] >= 2 * 16
+    discard_work(output)
+    assert not work_folder(output).exists()
+
+
+def test_a_killed_worker_loses_nothing(client, tmp_path):
+    labels = _volume()
+    image = _image(labels)
+    bundle, model = _bundle_bytes(tmp_path)
+    reference = _reference(image, bundle, OPTIONS, SmoothOracle()).labels
+    generator = iter_predict_blocks(
+        Stack(image, "ZYX"),
+        model,
+        OPTIONS,
+        client,
+        tmp_path / "k_labels.ome.zarr",
+        block_size=BLOCK,
+        predictor=SmoothOracle(delay=0.1),
+    )
+    killed = False
+    try:
+        while True:
+            progress = next(generator)
+            if not killed and progress.stage == "blocks" and 1 <= progress.done < progress.total:
+                pid = next(iter(client.run(os.getpid).values()))
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+    except StopIteration as finished:
+        result = finished.value
+    assert killed
+    assert _same_up_to_relabelling(reference, result.labels.compute())
+
+
+def test_a_block_failing_twice_fails_the_run_with_its_place(client, tmp_path):
+    labels = _volume()
+    image = _image(labels)
+    image[1, 40, 40] = 1e6  # far from the other blocks' halos at block size 128
+    _, model = _bundle_bytes(tmp_path, high=99.9)  # the outlier stays far above 1
+    attempts = tmp_path / "attempts"
+    bad = SmoothOracle(attempts=str(attempts))
+    options = OPTIONS
+    with pytest.raises(
+        EngineError, match=r"block \(0, 0\): rows 0-127, columns 0-127 failed twice"
+    ):
+        run_to_end(
+            iter_predict_blocks(
+                Stack(image, "ZYX"),
+                model,
+                options,
+                client,
+                tmp_path / "f_labels.ome.zarr",
+                block_size=128,
+                predictor=bad,
+            )
+        )
+    assert attempts.read_text() == "xx"
+
+
+def test_a_resumed_run_skips_finished_blocks(client, tmp_path):
+    labels = _volume()
+    image = _image(labels)
+    bundle, model = _bundle_bytes(tmp_path)
+    reference = _reference(image, bundle, OPTIONS, SmoothOracle()).labels
+    output = tmp_path / "r_labels.ome.zarr"
+
+    def run():
+        return iter_predict_blocks(
+            Stack(image, "ZYX"),
+            model,
+            OPTIONS,
+            client,
+            output,
+            block_size=BLOCK,
+            predictor=SmoothOracle(),
+        )
+
+    first = run()
+    for progress in first:
+        if progress.stage == "blocks" and progress.done >= 4:
+            break
+    first.close()  # the run is stopped
+    result = run_to_end(run())
+    assert result.stats["resumed"] >= 4
+    assert _same_up_to_relabelling(reference, result.labels.compute())
+
+
+def test_the_real_network_matches_the_single_process_run(client, tmp_path):
+    from napari_unet.core.io import read_image
+    from napari_unet.core.registry import load_bundle
+
+    stack = read_image(Path(__file__).parents[1] / "sample_data" / "nuclei_2d.tif")
+    bundle = load_bundle("nuclei")
+    options = PredictOptions(tile_size=128, overlap=0.25, device="cpu", precision="fp32")
+    result = run_to_end(
+        iter_predict_blocks(
+            stack,
+            resolve_model("nuclei").read_bytes(),
+            options,
+            client,
+            tmp_path / "n_labels.ome.zarr",
+            block_size=128,
+        )
+    )
+    labels = result.labels.compute()
+    # the diameter the blocks shared (estimated once on the whole image) given to one process
+    assert result.stats["diameter"] > 0
+    options = dataclasses.replace(options, diameter=result.stats["diameter"])
+    reference = run_to_end(iter_predict(stack, bundle, options)).labels
+    matched = match_objects(reference, labels, 0.9)
+    n_reference = len(np.unique(reference)) - 1
+    assert result.stats["blocks"] >= 4
+    assert len(matched) >= 0.99 * n_reference
+    # no object is split at a face: each reference object is mostly one object here
+    for k in np.unique(reference)[1:]:
+        ids, counts = np.unique(labels[reference == k], return_counts=True)
+        assert counts[ids > 0].max(initial=0) >= 0.9 * counts.sum(), k
+
+
+def test_workers_need_a_local_cluster():
+    with pytest.raises(InputError, match="--scheduler local"), connect("tcp://x:1", workers=2):
+        pass
