@@ -276,6 +276,19 @@ def load_bundle_file(path: str | os.PathLike[str]) -> Bundle:
     return Bundle(network=network.eval(), config=config, path=path, replay=replay)
 
 
+def load_bundle_bytes(data: bytes, name: str = "model") -> Bundle:
+    """Load a bundle from the bytes of its file, with every check of :func:`load_bundle_file`
+    (a model sent to a worker that cannot see the file; ``path`` is None)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{name}.safetensors"
+        path.write_bytes(data)
+        bundle = load_bundle_file(path)  # every tensor is read into memory here
+    bundle.path = None
+    return bundle
+
+
 _WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
