@@ -224,7 +224,7 @@ def _test_data(
     if test_image is not None:
         _, plane, plane_axes = next(iter_planes(test_image.data, test_image.axes))
         raw = to_model_channels(plane, plane_axes, config["input"], channel)
-        where = f"first plane of the user's image {Path(str(test_image.path)).name}"
+        where = f"first plane of the user's image {test_image.name}"
         return _best_patch(raw, network, config, where)
     if bundle.replay is not None:
         counts = [_object_count(labels, config["mode"]) for labels in bundle.replay.labels]

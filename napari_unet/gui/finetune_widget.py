@@ -130,7 +130,7 @@ class FinetunePanel(QWidget):
         self.use_button = QPushButton("Use new model")
         for button in self._choice_buttons():
             button.setEnabled(False)
-        self.versions = VersionsPanel(self.base_combo.currentText)
+        self.versions = VersionsPanel(self.base_combo.currentText, image=self._export_image)
 
         self.advanced = collapsible_form(
             "Advanced",
@@ -316,6 +316,17 @@ class FinetunePanel(QWidget):
             if key == current:
                 self._refresh_timer.start()
             self._save_timer.start()
+
+    def _export_image(self) -> tuple[str, Any] | None:
+        """The image under the current Labels layer (name and Stack), which an export may
+        cut its test patch from if the user agrees; None when nothing was segmented."""
+        from napari_unet.core.io import Stack
+
+        layer = self.current_layer()
+        segmentation = self.session.find(layer) if layer is not None else None
+        if segmentation is None:
+            return None
+        return segmentation.image_name, Stack(segmentation.image_data, segmentation.image_axes)
 
     def refresh_planes(self, *_: Any) -> None:
         """List the corrected planes of the current layer and summarise the training set."""

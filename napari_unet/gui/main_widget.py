@@ -143,6 +143,7 @@ class UnetWidget(QWidget):
         self.finetune.save_corrections()
         stop_panel(self.segment)
         stop_panel(self.finetune)
+        stop_panel(self.finetune.versions)  # an export in progress
         stop_panel(self.changes)
         stop_panel(self.correct_next)
         self.correct_next.unbind_keys()

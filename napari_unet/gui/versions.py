@@ -3,7 +3,9 @@
 Each version (a file ``<base>-ft<n>.safetensors`` in the user's model folder) is listed with
 how it was made, read from its bundle config without loading weights
 (:class:`napari_unet.core.provenance.Provenance`), and its size on disk. A version can be
-deleted after a confirmation, except one in use; bundled models never can.
+deleted after a confirmation, except one in use; bundled models never can. A version can be
+exported as a bioimage.io package in a worker, after a dialog asks for the file, the authors,
+the licence and, when the user has an image open, whether a patch of it may be shipped.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QHeaderView,
@@ -24,7 +27,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_unet.core.io import Stack
 from napari_unet.gui.controls import button_row
+from napari_unet.gui.export_dialog import ExportChoice, ask_export
 
 COLUMNS = ("version", "date", "result", "size")
 
@@ -65,6 +70,12 @@ class VersionsPanel(QWidget):
         Models that must not be deleted now (e.g. the one selected in the Segment panel).
     confirm : callable (title, text) -> bool, optional
         Asks before deleting; a Yes/No message box by default (tests pass their own).
+    image : callable returning (name, Stack) or None, optional
+        The user's current image, offered as the source of an export's test patch; its
+        first plane is copied on the main thread when the export starts.
+    ask : callable (name, image name or None) -> ExportChoice or None, optional
+        Asks what an export needs; :func:`~napari_unet.gui.export_dialog.ask_export` by
+        default (tests pass their own).
     """
 
     deleted = Signal(str)  # the name of a deleted version
@@ -75,11 +86,16 @@ class VersionsPanel(QWidget):
         *,
         in_use: Callable[[], Collection[str]] = tuple,
         confirm: Callable[[str, str], bool] | None = None,
+        image: Callable[[], tuple[str, Stack] | None] = lambda: None,
+        ask: Callable[[str, str | None], ExportChoice | None] | None = None,
     ) -> None:
         super().__init__()
         self.family = family
         self.in_use = in_use
         self.confirm = confirm or (lambda title, text: ask_to_confirm(self, title, text))
+        self.image = image
+        self.ask = ask or (lambda name, image_name: ask_export(self, name, image_name))
+        self.worker: Any = None  # the running export
         self.paths: dict[str, Path] = {}  # listed versions by name
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(list(COLUMNS))
@@ -94,13 +110,17 @@ class VersionsPanel(QWidget):
         self.total.setWordWrap(True)
         self.delete_button = QPushButton("Delete version...")
         self.delete_button.setEnabled(False)
+        self.export_button = QPushButton("Export...")
+        self.export_button.setToolTip("Write the version as a bioimage.io model package (zip)")
+        self.export_button.setEnabled(False)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tree)
         layout.addWidget(self.total)
-        layout.addLayout(button_row(self.delete_button))
+        layout.addLayout(button_row(self.export_button, self.delete_button))
         self.tree.itemSelectionChanged.connect(self._selection_changed)
         self.delete_button.clicked.connect(lambda: self.delete())
+        self.export_button.clicked.connect(lambda: self.export())
         self._timer = QTimer(self)  # coalesces the bursts of changes of the base-model picker
         self._timer.setSingleShot(True)
         self._timer.setInterval(0)
@@ -184,6 +204,66 @@ class VersionsPanel(QWidget):
 
     def _selection_changed(self) -> None:
         self.delete_button.setEnabled(self.selected() is not None)
+        self.export_button.setEnabled(self.selected() is not None and self.worker is None)
+
+    def export(self, name: str | None = None) -> Any:
+        """Export a version (the selected one by default) after asking; the worker, or None.
+
+        The package is written by :func:`~napari_unet.core.bioimageio_export.iter_export`
+        in a worker; a notification gives its path, or says what went wrong.
+        """
+        from napari.utils.notifications import show_error, show_info
+
+        from napari_unet.core.bioimageio_export import iter_export
+        from napari_unet.core.preprocess import read_plane, stack_axes_of
+        from napari_unet.core.registry import load_bundle
+        from napari_unet.gui.workers import start_worker
+
+        name = name or self.selected()
+        if not name or self.worker is not None:
+            return None
+        path = self.paths.get(name)
+        if path is None or not path.is_file():
+            show_error(f"{name} is no longer on disk.")
+            return None
+        image = self.image()
+        choice = self.ask(name, image[0] if image else None)
+        if choice is None:
+            return None
+        test_image = None
+        if choice.share_image and image is not None:
+            stack = image[1]
+            first = (0,) * len(stack_axes_of(stack.axes))
+            plane, plane_axes = read_plane(stack.data, stack.axes, first)  # a copy, here
+            test_image = Stack(np.array(plane), plane_axes, path=Path(image[0]))
+
+        def job() -> Any:
+            return (
+                yield from iter_export(
+                    load_bundle(path),
+                    choice.output,
+                    authors=choice.authors,
+                    license_id=choice.license_id,
+                    test_image=test_image,
+                    share_test_image=choice.share_image,
+                )
+            )
+
+        def finished() -> None:
+            self.worker = None
+            self._selection_changed()
+
+        self.worker = start_worker(
+            job,
+            on_yield=lambda step: None,
+            on_return=lambda written: show_info(
+                f"Exported {name} as a bioimage.io package: {written}"
+            ),
+            on_error=lambda error: show_error(f"Could not export {name}: {error}"),
+            on_finish=finished,
+        )
+        self._selection_changed()
+        return self.worker
 
     def delete(self, name: str | None = None) -> bool:
         """Delete a version's file (the selected one by default) after asking; True if done.
