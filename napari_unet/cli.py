@@ -66,11 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "predict",
-        help="segment images and write label TIFFs",
-        description="Segment images; writes DIR/<name>_labels.tif for each input.",
+        help="segment images and write label TIFFs or OME-Zarr",
+        description="Segment images; writes DIR/<name>_labels.tif (or "
+        "DIR/<name>_labels.ome.zarr) for each input.",
     )
     p.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="TIFF/OME-TIFF/ImageJ, PNG or JPEG files"
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="TIFF/OME-TIFF/ImageJ, PNG or JPEG files, OME-Zarr images or Zarr arrays "
+        "(a folder or a URL)",
     )
     p.add_argument(
         "--output", "-o", required=True, metavar="DIR", help="folder for the label images"
@@ -134,6 +139,34 @@ def build_parser() -> argparse.ArgumentParser:
         "per object in a z-stack)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing label files")
+    p.add_argument(
+        "--format",
+        choices=("auto", "tif", "ome-zarr"),
+        default="auto",
+        help="label file format (default auto: OME-Zarr for a Zarr input or labels too large "
+        "for memory, TIFF otherwise)",
+    )
+    dask = p.add_argument_group(
+        "distributed", "run on a Dask cluster (needs the 'distributed' extra; see docs/cli.md)"
+    )
+    dask.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a Dask scheduler's address (tcp://host:8786), or 'local' to start a local cluster",
+    )
+    dask.add_argument(
+        "--scheduler-file", metavar="PATH", help="the scheduler file of a running Dask cluster"
+    )
+    dask.add_argument(
+        "--workers", type=int, metavar="N", help="worker processes of --scheduler local"
+    )
+    dask.add_argument(
+        "--block-size",
+        type=int,
+        metavar="N",
+        help="block edge in pixels (Y/X) of a distributed run (default: from the workers' "
+        "memory, at most 2048; at least the tile size)",
+    )
 
     t = commands.add_parser(
         "train",
@@ -380,12 +413,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUG
 
 
-def output_name(path: Path, series: int | None = None) -> str:
-    """``cells.ome.tif`` -> ``cells_labels.tif`` (``cells_series2_labels.tif`` for series 2)."""
+def output_name(path: Path | str, series: int | None = None, fmt: str = "tif") -> str:
+    """``cells.ome.tif`` -> ``cells_labels.tif`` (``cells_series2_labels.tif`` for series 2);
+    ``cells.ome.zarr`` -> ``cells_labels.ome.zarr`` with ``fmt="ome-zarr"``."""
     from napari_unet.core.io import strip_image_suffix
+    from napari_unet.core.zarr_io import LABELS_SUFFIX, strip_zarr_suffix
 
     part = "" if series is None else f"_series{series}"
-    return f"{strip_image_suffix(path.name)}{part}_labels.tif"
+    name = strip_zarr_suffix(strip_image_suffix(Path(str(path).rstrip("/")).name))
+    return f"{name}{part}{LABELS_SUFFIX if fmt == 'ome-zarr' else '_labels.tif'}"
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -396,9 +432,15 @@ def run_predict(args: argparse.Namespace) -> int:
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import Progress, iter_predict
-    from napari_unet.core.io import read_image, write_labels
+    from napari_unet.core.io import write_labels
     from napari_unet.core.registry import load_bundle
+    from napari_unet.core.zarr_io import check_zarr_output, is_zarr, write_labels_zarr
 
+    distributed = bool(args.scheduler or args.scheduler_file)
+    if args.workers is not None and args.scheduler != "local":
+        raise InputError("--workers starts a local cluster: use it with --scheduler local")
+    if args.block_size is not None and not distributed:
+        raise InputError("--block-size splits a distributed run: use it with --scheduler")
     options = PredictOptions(
         mode=args.mode,
         tile_size=args.tile_size,
@@ -412,26 +454,36 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device,
     )
     options.check()
-    inputs = [Path(p) for p in args.inputs]
+    inputs = list(args.inputs)
     output = Path(args.output)
-    targets: dict[Path, Path] = {}
+    targets: dict[str, Path] = {}
     for path in inputs:
-        target = output / output_name(path, args.series)
+        zarr_input = is_zarr(path)
+        if not zarr_input and not Path(path).is_file():
+            raise InputError(f"{path}: no such file")
+        fmt = args.format
+        if fmt == "auto":
+            fmt = "ome-zarr" if zarr_input or _labels_too_large(path, args) else "tif"
+        target = output / output_name(path, args.series, fmt)
         if target in targets.values():
             raise InputError(f"two inputs would both write {target}; rename one")
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        targets[path] = check_output(target, inputs, overwrite=args.overwrite)
+        check = check_zarr_output if fmt == "ome-zarr" else check_output
+        targets[path] = check(
+            target, [p for p in inputs if "://" not in p], overwrite=args.overwrite
+        )
     bundle = load_bundle(args.model)
     remove_stale_partials(output)  # left by runs that were killed
+    if distributed:
+        return _predict_on_dask(args, options, bundle, targets)
     for path, target in targets.items():
-        stack = read_image(path, axes=args.axes, series=args.series)
+        stack = _open_input(path, args)
         if stack.series_notice and args.series is None:
             print(f"{stack.series_notice} (choose with --series)", file=sys.stderr)
         generator = iter_predict(stack, bundle, options)
-        with tqdm(desc=path.name, unit="tile", file=sys.stderr, leave=False) as bar:
+        name = Path(path.rstrip("/")).name
+        with tqdm(desc=name, unit="tile", file=sys.stderr, leave=False) as bar:
 
-            def show(progress: Progress, bar: tqdm = bar, name: str = path.name) -> None:
+            def show(progress: Progress, bar: tqdm = bar, name: str = name) -> None:
                 if progress.notice:
                     bar.write(f"{name}: {progress.notice}", file=sys.stderr)
                 bar.total = progress.total
@@ -439,19 +491,144 @@ def run_predict(args: argparse.Namespace) -> int:
                 bar.update(progress.done - bar.n)
 
             result = run_to_end(generator, show)
-        write_labels(
+        write = write_labels_zarr if target.name.endswith(".zarr") else write_labels
+        write(
             target,
             result.labels,
             axes=result.axes,
             scale=stack.scale,
             units=stack.units,
             overwrite=args.overwrite,
+            **({"source": path} if write is write_labels_zarr else {}),
         )
         count = int(result.labels.max()) if result.mode == "instances" else len(result.class_names)
         what = "objects" if result.mode == "instances" else "classes"
         print(
             f"{path} -> {target} ({result.axes} {tuple(result.labels.shape)}, {count} {what}, {result.compute})"
         )
+    return 0
+
+
+def _open_input(path: str, args: argparse.Namespace) -> Any:
+    """The Stack of a TIFF/PNG/JPEG file or of a Zarr store (lazily where large)."""
+    from napari_unet.core.errors import InputError
+    from napari_unet.core.io import read_image
+    from napari_unet.core.zarr_io import is_zarr, read_zarr
+
+    if is_zarr(path):
+        if args.series is not None:
+            raise InputError(f"{path} is a Zarr store: --series applies to TIFF files")
+        return read_zarr(path, axes=args.axes)
+    return read_image(path, axes=args.axes, series=args.series)
+
+
+def _labels_too_large(path: str, args: argparse.Namespace) -> bool:
+    """Whether an input's uint32 labels would take more than half the free memory."""
+    import numpy as np
+
+    from napari_unet.core.preprocess import labels_axes_of
+    from napari_unet.core.resources import available_memory
+
+    stack = _open_input(path, args)
+    sizes = dict(zip(stack.axes, stack.data.shape, strict=True))
+    pixels = int(np.prod([sizes[a] for a in labels_axes_of(stack.axes)], dtype=np.int64))
+    return 4 * pixels > available_memory() // 2
+
+
+def _predict_on_dask(
+    args: argparse.Namespace, options: PredictOptions, bundle: Any, targets: dict[str, Path]
+) -> int:
+    """``predict --scheduler``: one input is split into blocks; several run one task each."""
+    import tempfile
+
+    from tqdm import tqdm
+
+    from napari_unet.core.bundle import save_bundle
+    from napari_unet.core.distributed import (
+        connect,
+        discard_work,
+        iter_predict_blocks,
+        iter_predict_files,
+    )
+    from napari_unet.core.generators import run_to_end
+    from napari_unet.core.io import write_labels
+    from napari_unet.core.zarr_io import write_labels_zarr
+
+    if bundle.path is not None and bundle.path.suffix == ".safetensors":
+        model = bundle.path.read_bytes()
+    else:  # a bioimage.io package: send the bundle it holds
+        with tempfile.TemporaryDirectory() as folder:
+            model = save_bundle(bundle, Path(folder) / "model.safetensors").read_bytes()
+    with (
+        connect(args.scheduler, args.scheduler_file, args.workers) as (client, threads),
+        tqdm(file=sys.stderr, leave=False) as bar,
+    ):
+
+        def show(progress: Any) -> None:
+            if progress.notice:
+                bar.write(progress.notice, file=sys.stderr)
+            bar.set_description(progress.stage)
+            bar.total = progress.total
+            bar.update(progress.done - bar.n)
+
+        if len(targets) > 1:
+            lines = run_to_end(
+                iter_predict_files(
+                    targets,
+                    model,
+                    options,
+                    client,
+                    axes=args.axes,
+                    series=args.series,
+                    overwrite=args.overwrite,
+                    torch_threads=threads,
+                ),
+                show,
+            )
+            for line in lines:
+                print(line)
+            return 0
+        ((path, target),) = targets.items()
+        stack = _open_input(path, args)
+        result = run_to_end(
+            iter_predict_blocks(
+                stack,
+                model,
+                options,
+                client,
+                target,
+                block_size=args.block_size,
+                torch_threads=threads,
+            ),
+            show,
+        )
+        if target.name.endswith(".zarr"):
+            write_labels_zarr(
+                target,
+                result.labels,
+                axes=result.axes,
+                scale=stack.scale,
+                units=stack.units,
+                source=path,
+                overwrite=args.overwrite,
+            )
+        else:
+            write_labels(
+                target,
+                result.labels.compute(),
+                axes=result.axes,
+                scale=stack.scale,
+                units=stack.units,
+                overwrite=args.overwrite,
+            )
+    discard_work(target)
+    stats = result.stats
+    what = f"{stats['objects']} objects" if result.mode == "instances" else "classes"
+    print(
+        f"{path} -> {target} ({result.axes} {tuple(result.labels.shape)}, {what}, "
+        f"{stats['blocks']} blocks of {stats['block_size']} px + {stats['halo']} px halo, "
+        f"{stats['resumed']} resumed; merge {stats['merge_seconds']:.1f} s)"
+    )
     return 0
 
 
@@ -550,7 +727,7 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.options import TrainSettings
     from napari_unet.core.registry import load_bundle, resolve_model
-    from napari_unet.core.training import TrainStep, iter_finetune, median_diameter
+    from napari_unet.core.training import TrainStep, iter_finetune
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
@@ -599,10 +776,7 @@ def run_train(args: argparse.Namespace) -> int:
             architecture={"depth": args.depth, "base_channels": args.base_channels},
             mode=mode,
             class_names=class_names,
-            object_diameter=median_diameter([s.labels for s in samples])
-            if mode == "instances"
-            else None,
-        )
+        )  # an instance model's object diameter is measured from the labels by the trainer
         base = bundle_from_config(config)
     else:
         base = load_bundle(args.init or DEFAULT_MODEL)

@@ -434,6 +434,108 @@ def iter_predict_blocks(
     )
 
 
+def iter_predict_files(
+    targets: dict[str, Path],
+    model: bytes,
+    options: PredictOptions,
+    client: Client,
+    *,
+    axes: str | None = None,
+    series: int | None = None,
+    overwrite: bool = False,
+    torch_threads: int | None = None,
+) -> Generator[Progress, None, list[str]]:
+    """Many files: one task per file, segmented whole on a worker by the single-process
+    engine and written there (inputs and outputs on a file system every worker sees).
+
+    Parameters
+    ----------
+    targets : dict of str to Path
+        Input (file, Zarr folder or URL) -> output (``.tif`` or ``.ome.zarr``), checked.
+    model : bytes
+        The model bundle's file.
+    options : PredictOptions
+    client : distributed.Client
+    axes : str, optional
+        Axis letters for every input.
+    series : int, optional
+        Series of multi-image TIFFs.
+    overwrite : bool
+        Replace existing outputs.
+    torch_threads : int, optional
+        Torch threads per worker.
+
+    Yields
+    ------
+    Progress
+        Files done of total (the first carries the dashboard's address as notice).
+
+    Returns
+    -------
+    list of str
+        One line per file: input, output, shape, objects.
+    """
+    options.check()
+    plugin = BundlePlugin(model, torch_threads)
+    client.register_plugin(plugin, name=plugin.name)
+    yield Progress(0, len(targets), "files", notice=f"dashboard: {client.dashboard_link}")
+    futures = {
+        client.submit(
+            _predict_file,
+            source,
+            str(target),
+            options,
+            plugin.name,
+            axes,
+            series,
+            overwrite,
+            retries=1,
+            pure=False,
+        ): source
+        for source, target in targets.items()
+    }
+    lines = []
+    for future in as_completed(futures):
+        if future.status != "finished":
+            error = future.exception()
+            for other in futures:
+                other.cancel()
+            raise EngineError(f"{futures[future]} failed twice: {error}") from error
+        lines.append(future.result())
+        yield Progress(len(lines), len(targets), "files")
+    return lines
+
+
+def _predict_file(
+    source: str,
+    target: str,
+    options: PredictOptions,
+    plugin: str,
+    axes: str | None,
+    series: int | None,
+    overwrite: bool,
+) -> str:
+    """Segment one file on a worker and write its labels; a line saying what was done."""
+    from napari_unet.core.generators import run_to_end
+    from napari_unet.core.io import read_image, write_labels
+    from napari_unet.core.zarr_io import is_zarr, read_zarr, write_labels_zarr
+
+    bundle = get_worker().plugins[plugin].bundle
+    zarr_input = is_zarr(source)
+    stack = (
+        read_zarr(source, axes=axes) if zarr_input else read_image(source, axes=axes, series=series)
+    )
+    result = run_to_end(iter_predict(stack, bundle, options))
+    keywords = {"axes": result.axes, "scale": stack.scale, "units": stack.units}
+    if target.endswith(".zarr"):
+        write_labels_zarr(target, result.labels, source=source, overwrite=overwrite, **keywords)
+    else:
+        write_labels(target, result.labels, overwrite=overwrite, **keywords)
+    objects = result.stats.get("objects")
+    what = f"{objects} objects" if objects is not None else f"{len(result.class_names)} classes"
+    return f"{source} -> {target} ({result.axes} {tuple(result.labels.shape)}, {what})"
+
+
 def _worker_memory(client: Client) -> int | None:
     limits = [w.get("memory_limit") for w in client.scheduler_info()["workers"].values()]
     limits = [m for m in limits if m]

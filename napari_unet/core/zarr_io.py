@@ -11,10 +11,11 @@ a reader never sees half a label image, and nothing is ever written into the use
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,10 +141,12 @@ def _open_multiscale(source: str, level: int) -> tuple[dict[str, Any], Any]:
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
-    location = parse_url(source, mode="r")
+    with _quiet("ome_zarr"):  # it logs warnings about versions and "source" links
+        location = parse_url(source, mode="r")
+        nodes = list(Reader(location)()) if location is not None else []
     if location is None:
         raise ImageReadError(f"{source}: not an OME-Zarr image")
-    for node in Reader(location)():
+    for node in nodes:
         if node.load(Multiscales) is None:
             continue
         if not 0 <= level < len(node.data):
@@ -153,6 +156,18 @@ def _open_multiscale(source: str, level: int) -> tuple[dict[str, Any], Any]:
             )
         return node.metadata, node.data[level]
     raise ImageReadError(f"{source}: a Zarr group without an OME-Zarr multiscale image")
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence a library's log messages below errors for the time of a call."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _axes_scale_units(
@@ -182,6 +197,40 @@ def _axes_scale_units(
 def labels_path(directory: str | os.PathLike[str], name: str) -> Path:
     """Where the labels of the image ``name`` go: ``DIR/<name>_labels.ome.zarr``."""
     return Path(directory) / f"{name}{LABELS_SUFFIX}"
+
+
+def check_zarr_output(
+    path: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Refuse, before any work, an OME-Zarr output that must not or cannot be written: one
+    that exists (without ``overwrite``), is not a folder, is or lies inside one of the
+    ``inputs`` (never into the user's own Zarr), or whose folder cannot be written to.
+
+    Returns
+    -------
+    Path
+    """
+    from napari_unet.core.atomic import check_output
+
+    path = Path(path)
+    resolved = path.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if resolved == source or source in resolved.parents:
+            raise InputError(
+                f"{path} is inside the input {source}; choose another output folder, "
+                "napari-unet never writes into its inputs"
+            )
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{path} exists and is not an OME-Zarr folder; choose another name")
+        if not overwrite:
+            raise InputError(f"{path} exists; pass --overwrite to replace it")
+    check_output(path.with_name(f".{path.name}.check"), overwrite=True)  # the folder is writable
+    return path
 
 
 def check_expressible(axes: str) -> None:
