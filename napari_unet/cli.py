@@ -727,7 +727,7 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.options import TrainSettings
     from napari_unet.core.registry import load_bundle, resolve_model
-    from napari_unet.core.training import TrainStep, iter_finetune, median_diameter
+    from napari_unet.core.training import TrainStep, iter_finetune
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
@@ -776,10 +776,7 @@ def run_train(args: argparse.Namespace) -> int:
             architecture={"depth": args.depth, "base_channels": args.base_channels},
             mode=mode,
             class_names=class_names,
-            object_diameter=median_diameter([s.labels for s in samples])
-            if mode == "instances"
-            else None,
-        )
+        )  # an instance model's object diameter is measured from the labels by the trainer
         base = bundle_from_config(config)
     else:
         base = load_bundle(args.init or DEFAULT_MODEL)

@@ -339,3 +339,25 @@ def test_zoomed_patches_show_objects_at_another_size_with_usual_boundaries(zoom)
     ratio = (shown[1] / max(1, shown[2])) / (interior / boundary)
     assert ratio == pytest.approx(zoom, rel=0.35)
     assert x.shape == (1, 1, 96, 96)
+
+
+def test_training_planes_are_brought_to_the_models_object_size():
+    """Objects 3x the model's size are trained on at its size, as prediction would see them."""
+    from napari_unet.core.diameter import labels_diameter
+
+    config = tiny_bundle().config  # objects of 14 px
+    image, labels = disks((240, 240), n=10, radius=(20, 22), seed=12)
+    factors: dict[str, float] = {}
+    sample = TrainingSample(image, labels, labels > 0, "YX", "plane A")
+    scaled = training.at_model_scale(sample, config, factors)
+    assert scaled.labels.shape == scaled.image.shape == scaled.known.shape
+    assert labels_diameter([scaled.labels]).diameter == pytest.approx(14, rel=0.2)
+    assert set(np.unique(scaled.labels)) <= set(np.unique(labels))  # ids kept
+    # the same plane corrected again (one object erased) keeps the scale it was given
+    again = TrainingSample(image, np.where(labels == 1, 0, labels), None, "YX", "plane A")
+    assert training.at_model_scale(again, config, factors).labels.shape == scaled.labels.shape
+    # a plane whose only object fills it has no measurable size: left as it is
+    whole = TrainingSample(image, np.ones_like(labels), None, "YX", "plane B")
+    assert training.at_model_scale(whole, config, factors) is whole
+    semantic = tiny_bundle("semantic").config
+    assert training.at_model_scale(sample, semantic, {}) is sample

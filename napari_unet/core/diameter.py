@@ -16,6 +16,7 @@ which the second look at the working scale corrects (see :func:`refine`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,25 +105,39 @@ def measure_diameter(probabilities: np.ndarray, threshold: float = 0.5) -> Diame
     Returns
     -------
     DiameterEstimate
-        Components touching the window's edge are cut by it and left out, unless that leaves
-        fewer than :data:`MIN_OBJECTS`.
+        :func:`labels_diameter` of the foreground's connected components.
     """
     from scipy import ndimage as ndi
 
-    foreground = (1.0 - probabilities[0]) > threshold
-    components, n = ndi.label(foreground)
-    if n == 0:
-        return DiameterEstimate(None, 0)
-    areas = np.bincount(components.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    edge_ids = np.unique(
-        np.concatenate([components[0], components[-1], components[:, 0], components[:, -1]])
-    )
-    inside = np.ones(n, dtype=bool)
-    inside[edge_ids[edge_ids > 0] - 1] = False
-    if inside.sum() >= MIN_OBJECTS:
-        areas = areas[inside]
+    return labels_diameter([ndi.label((1.0 - probabilities[0]) > threshold)[0]])
+
+
+def labels_diameter(label_images: Sequence[np.ndarray]) -> DiameterEstimate:
+    """Typical object diameter in instance label images: the same measure as the estimate's.
+
+    The area-weighted median equivalent diameter over the objects of all the images. Objects
+    touching an image's edge are cut by it and left out, unless that leaves fewer than
+    :data:`MIN_OBJECTS`. The model's trained diameter and the scale of its training planes
+    are measured this way, so that an estimate compares like with like.
+    """
+    inside, cut = [], []
+    for labels in label_images:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.size == 0:
+            continue
+        areas = np.bincount(labels.ravel())
+        areas[0] = 0
+        edge = np.zeros(len(areas), dtype=bool)
+        edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+        present = areas > 0
+        inside.append(areas[present & ~edge])
+        cut.append(areas[present & edge])
+    areas = np.concatenate(inside) if inside else np.zeros(0)
+    if len(areas) < MIN_OBJECTS:
+        areas = np.concatenate([areas, *cut])
     if len(areas) < MIN_OBJECTS:
         return DiameterEstimate(None, len(areas))
+    areas = areas.astype(np.float64)
     return DiameterEstimate(_weighted_median(np.sqrt(4.0 * areas / math.pi), areas), len(areas))
 
 

@@ -35,3 +35,31 @@ class TrainingSample:
     known: np.ndarray | None = None
     plane_axes: str = "YX"
     source: str = ""
+
+    def rescaled(self, factor: float) -> TrainingSample:
+        """The sample resized by ``factor`` along Y and X.
+
+        The image is interpolated linearly (anti-aliased when shrinking); labels and the
+        known-mask take the nearest pixel, so ids and classes stay what they were.
+        """
+        if factor == 1.0:
+            return self
+        from skimage.transform import resize
+
+        plane = tuple(max(1, round(n * factor)) for n in self.labels.shape)
+
+        def nearest(a: np.ndarray) -> np.ndarray:
+            resized = resize(a, plane, order=0, anti_aliasing=False, preserve_range=True)
+            return resized.astype(a.dtype)
+
+        image = resize(
+            np.asarray(self.image, dtype=np.float32),
+            plane + self.image.shape[2:],
+            order=1,
+            anti_aliasing=factor < 1.0,
+            preserve_range=True,
+        ).astype(np.float32)
+        known = None if self.known is None else nearest(np.asarray(self.known))
+        return TrainingSample(
+            image, nearest(np.asarray(self.labels)), known, self.plane_axes, self.source
+        )

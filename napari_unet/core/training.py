@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from napari_unet.core.augment import augment, draw_zoom, zoom_patch
 from napari_unet.core.bundle import Bundle, clone_bundle, network_state
 from napari_unet.core.devices import Compute, resolve_compute, usable_cores
+from napari_unet.core.diameter import labels_diameter, rescale_factor
 from napari_unet.core.errors import EngineError, TrainingDataError
 from napari_unet.core.heldout import (
     HeldOut,
@@ -443,6 +444,12 @@ def iter_finetune(
         raise TrainingDataError(
             "the training set is empty: label or correct at least one plane first"
         )
+    if config["mode"] == "instances" and not config.get("object_diameter"):
+        check_labels_of(samples, config)
+        config["object_diameter"] = labels_diameter([s.labels for s in samples]).diameter
+    given = samples
+    factors: dict[str, float] = {}  # a re-corrected plane keeps its first scale
+    samples = [at_model_scale(s, config, factors) for s in samples]
     prepared = [prepare_sample(s, config, settings) for s in samples]
     if all(p.known_index.size == 0 for p in prepared):
         raise TrainingDataError("no labelled pixels: every known-mask is empty")
@@ -493,7 +500,8 @@ def iter_finetune(
         for step in range(1, settings.steps + 1):
             if more_samples is not None:
                 for sample in more_samples():
-                    item = _held_out_of(prepare_sample(sample, config, settings), sample, held_by)
+                    scaled = at_model_scale(sample, config, factors)
+                    item = _held_out_of(prepare_sample(scaled, config, settings), scaled, held_by)
                     if item is None:
                         continue
                     if sample.source and sample.source in train_sources:  # a re-corrected plane
@@ -567,7 +575,7 @@ def iter_finetune(
     _record(
         bundle,
         base,
-        [*samples, *added],
+        [*given, *added],
         settings,
         history,
         comparison,
@@ -660,17 +668,37 @@ def _record(
     config["parent"] = base.name if base.path else config.get("parent")
     config["created"] = run["date"]
     config["name"] = None
-    labelled = [s.labels for s in samples if s.labels.size]
-    if config["mode"] == "instances" and labelled and not config.get("object_diameter"):
-        config["object_diameter"] = median_diameter(labelled)
 
 
-def median_diameter(label_images: Sequence[np.ndarray]) -> float | None:
-    """Median equivalent diameter of the objects in instance label images, in pixels."""
-    areas = []
-    for labels in label_images:
-        counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel())[1:]
-        areas.extend(counts[counts > 0].tolist())
-    if not areas:
-        return None
-    return float(2.0 * math.sqrt(float(np.median(areas)) / math.pi))
+def at_model_scale(
+    sample: TrainingSample, config: dict[str, Any], factors: dict[str, float]
+) -> TrainingSample:
+    """The sample rescaled so its objects have the size the model works at.
+
+    Prediction rescales each plane by its estimated object size
+    (:mod:`napari_unet.core.diameter`); training does the same from the labels' own median
+    diameter, so that the network learns at the scale it is used at. Semantic models, models
+    without a trained diameter and planes without objects are left as they are. ``factors``
+    remembers the factor of each source, so that a plane corrected again during a run keeps
+    the scale (and the held-out regions) it had.
+    """
+    trained = config.get("object_diameter")
+    shapes = {np.shape(sample.image)[:2], np.shape(sample.labels)}
+    if sample.known is not None:
+        shapes.add(np.shape(sample.known))
+    if config["mode"] != "instances" or not trained or len(shapes) > 1:
+        return sample  # shapes that disagree are reported by prepare_sample
+    factor = factors.get(sample.source) if sample.source else None
+    if factor is None:
+        check_labels_of([sample], config)
+        diameter = labels_diameter([sample.labels]).diameter
+        factor = 1.0 if diameter is None else rescale_factor(trained, diameter)
+        if sample.source:
+            factors[sample.source] = factor
+    return sample.rescaled(factor)
+
+
+def check_labels_of(samples: Sequence[TrainingSample], config: dict[str, Any]) -> None:
+    """Raise TrainingDataError for label images the model's mode cannot read."""
+    for sample in samples:
+        check_labels(np.asarray(sample.labels), config["mode"], len(config["class_names"]))
