@@ -60,6 +60,91 @@ def dsb_split(val_share: float = 0.1) -> dict[str, list[str]]:
     return split
 
 
+def dsb_families() -> list[dict[str, Any]]:
+    """Every DSB image with its family: a group of images that look alike.
+
+    An image's group is its modality, grey/colour and size (in DSB, one experiment's images
+    share a size). Groups of 40 images or more hold several experiments: they are split
+    further by look, with k-means (k = n / 30, seeded) on the log median nucleus diameter
+    and the log mean intensity, so near-duplicate images of one experiment share a family.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    from napari_unet.core.diameter import labels_diameter
+    from napari_unet.core.io import read_image
+
+    with open(DATA / "dsb2018_train" / "image_index.tsv") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    for row in rows:
+        truth = read_image(DATA / "dsb2018_train" / "labels" / f"{row['id']}.tif").data
+        row["diameter"] = labels_diameter([truth]).diameter or 1.0
+        row["group"] = (
+            f"{row['modality_guess']}/{row['gray_or_color']}/{row['height']}x{row['width']}"
+        )
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    for name, members in sorted(groups.items()):
+        if len(members) < 40:
+            for row in members:
+                row["family"] = name
+            continue
+        look = np.array(
+            [[np.log(r["diameter"]), np.log(float(r["mean_intensity"]) + 1.0)] for r in members]
+        )
+        look = (look - look.mean(0)) / (look.std(0) + 1e-9)
+        _, cluster = kmeans2(look, round(len(members) / 30), seed=SEED, minit="++")
+        for row, k in zip(members, cluster, strict=True):
+            row["family"] = f"{name}/look{k}"
+    return rows
+
+
+def dsb_family_split(heldout_share: float = 0.2) -> dict[str, Any]:
+    """All usable DSB images split by family (:func:`dsb_families`); written once, then reused.
+
+    Stratified by group, in a seeded order: a group of several families gives whole families
+    until ``heldout_share`` of its images are held out (at most half of them); of the groups
+    that are a single family, every second one is held out whole (a kind never seen).
+    """
+    path = SPLITS / "dsb2018_family_split.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    rows = dsb_families()
+    groups: dict[str, dict[str, list[str]]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], {}).setdefault(row["family"], []).append(row["id"])
+    rng = np.random.default_rng(SEED)
+    heldout: list[str] = []
+    single = sorted(g for g, fams in groups.items() if len(fams) == 1)
+    heldout += [single[i] for i in rng.permutation(len(single))[::2]]
+    for group in sorted(g for g in groups if g not in single):
+        families = groups[group]
+        size = sum(len(ids) for ids in families.values())
+        held = 0
+        for name in (sorted(families)[i] for i in rng.permutation(len(families))):
+            if held >= heldout_share * size:
+                break
+            if held + len(families[name]) <= 0.5 * size:
+                heldout.append(name)
+                held += len(families[name])
+    families_of = {row["family"]: row["group"] for row in rows}
+    held_ids = {i for name in heldout for i in groups[families_of[name]][name]}
+    split = {
+        "seed": SEED,
+        "rule": "by image family: modality, grey/colour and size, large groups split by look "
+        "(k-means on log median diameter and log mean intensity); whole families held out "
+        "(benchmarks/train_bundled.py dsb_family_split)",
+        "heldout_families": sorted(heldout),
+        "heldout": sorted(held_ids),
+        "train": sorted(r["id"] for r in rows if r["id"] not in held_ids),
+        "families": {r["id"]: r["family"] for r in rows},
+        "diameters": {r["id"]: round(r["diameter"], 2) for r in rows},
+    }
+    SPLITS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(split, indent=1))
+    return split
+
+
 def isbi_split() -> dict[str, list[str]]:
     """ISBI 2012 sections: 16 for training, 4 held out (every fifth section)."""
     sections = sorted(p.stem for p in (DATA / "isbi2012_em" / "images").glob("*.png"))
@@ -73,13 +158,22 @@ def build_nuclei_set(folder: Path, ids: list[str]) -> None:
 
     training_set = TrainingSet(folder, "instances", ["background", "interior", "boundary"])
     for image_id in ids:
-        image = read_image(DATA / "dsb2018_train" / "images" / f"{image_id}.png")
         labels = read_image(DATA / "dsb2018_train" / "labels" / f"{image_id}.tif").data
-        grey = image.data[..., 0]
+        grey = dsb_grey(image_id)
         training_set.add_image(
             image_id, source=f"dsb2018_train/{image_id}", shape=grey.shape, axes="YX"
         )
         training_set.put_plane(image_id, (), grey, labels, None, fully_checked=True)
+
+
+def dsb_grey(image_id: str) -> np.ndarray:
+    """A DSB image as the model reads an RGB image: luminance (grey images: their grey)."""
+    from napari_unet.core.io import read_image
+    from napari_unet.core.preprocess import to_model_channels
+
+    rgb = read_image(DATA / "dsb2018_train" / "images" / f"{image_id}.png").data[..., :3]
+    grey = to_model_channels(rgb, "YXS", {"channels": 1, "rgb": "luminance"}, None)[0]
+    return np.clip(np.round(grey), 0, 255).astype(np.uint8)
 
 
 def replay_set(ids: list[str], patches: int = 24, size: int = 256) -> Any:
@@ -93,7 +187,7 @@ def replay_set(ids: list[str], patches: int = 24, size: int = 256) -> Any:
     rng = np.random.default_rng(SEED)
     images, labels, used = [], [], []
     for image_id in rng.permutation(ids):
-        grey = read_image(DATA / "dsb2018_train" / "images" / f"{image_id}.png").data[..., 0]
+        grey = dsb_grey(str(image_id))
         truth = read_image(DATA / "dsb2018_train" / "labels" / f"{image_id}.tif").data
         if min(grey.shape) < size:
             continue
@@ -123,7 +217,7 @@ def attach_replay(path: Path) -> None:
     from napari_unet.core.registry import load_bundle
 
     bundle = load_bundle(path)
-    bundle.replay = replay_set(dsb_split()["train"])
+    bundle.replay = replay_set(dsb_family_split()["train"])
     save_bundle(bundle, path, overwrite=True, half=True)
     print(f"attached {len(bundle.replay.labels)} replay patches to {path}", flush=True)
 
@@ -168,9 +262,10 @@ def main() -> int:
     # the settings the bundled models were trained with (see their model cards)
     common = ["--base-channels", "16", "--depth", "4", "--learning-rate", "2e-3"]
     if args.model == "nuclei":
-        build_nuclei_set(scratch / "set", dsb_split()["train"][: args.limit])
+        build_nuclei_set(scratch / "set", dsb_family_split()["train"][: args.limit])
         steps = args.steps or 5000
         extra = [*common, "--val-fraction", "0.08", "--val-every", "500", "--border-weights"]
+        extra += ["--zoom", "0.5", "2", "--invert-chance", "0.2", "--blur-chance", "0.2"]
     else:
         build_em_set(scratch / "set", isbi_split()["train"])
         steps = args.steps or 2000

@@ -592,7 +592,10 @@ def _replay_items(base: Bundle, settings: TrainSettings) -> list[_Prepared]:
     if base.replay is None or not settings.replay_fraction:
         return []
     own = replace(settings, channel=None, border_weights=False)
-    return [prepare_sample(sample, base.config, own) for sample in base.replay.samples()]
+    return [
+        prepare_sample(at_model_scale(sample, base.config, {}), base.config, own)
+        for sample in base.replay.samples()
+    ]
 
 
 def _held_out_of(
