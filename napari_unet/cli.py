@@ -417,10 +417,10 @@ def output_name(path: Path | str, series: int | None = None, fmt: str = "tif") -
     """``cells.ome.tif`` -> ``cells_labels.tif`` (``cells_series2_labels.tif`` for series 2);
     ``cells.ome.zarr`` -> ``cells_labels.ome.zarr`` with ``fmt="ome-zarr"``."""
     from napari_unet.core.io import strip_image_suffix
-    from napari_unet.core.zarr_io import LABELS_SUFFIX, strip_zarr_suffix
+    from napari_unet.core.zarr_io import LABELS_SUFFIX
 
     part = "" if series is None else f"_series{series}"
-    name = strip_zarr_suffix(strip_image_suffix(Path(str(path).rstrip("/")).name))
+    name = strip_image_suffix(Path(str(path).rstrip("/")).name)
     return f"{name}{part}{LABELS_SUFFIX if fmt == 'ome-zarr' else '_labels.tif'}"
 
 

@@ -263,3 +263,60 @@ def test_the_real_network_matches_the_single_process_run(client, tmp_path):
 def test_workers_need_a_local_cluster():
     with pytest.raises(InputError, match="--scheduler local"), connect("tcp://x:1", workers=2):
         pass
+
+
+def test_cli_on_an_existing_scheduler(client, tmp_path, capsys):
+    import zarr
+    from ome_zarr_models.v04 import ImageLabel
+
+    from napari_unet.cli import main
+    from napari_unet.core.io import read_image, write_labels
+
+    model = save_bundle(tiny_bundle(), tmp_path / "tiny.safetensors")
+    images = []
+    for name in ("a", "b"):
+        images.append(tmp_path / f"{name}.tif")
+        write_labels(images[-1], _volume()[:, :96, :130], axes="ZYX", scale={"Y": 0.5, "X": 0.5})
+    common = ["--model", str(model), "--tile-size", "64", "--device", "cpu"]
+    address = client.scheduler.address
+    # one input: blocks, OME-Zarr out
+    assert (
+        main(
+            [
+                "predict",
+                str(images[0]),
+                "-o",
+                str(tmp_path / "one"),
+                "--scheduler",
+                address,
+                "--block-size",
+                "64",
+                "--format",
+                "ome-zarr",
+                *common,
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr()
+    assert "dashboard" in out.err and "6 blocks of 64 px" in out.out
+    store = tmp_path / "one" / "a_labels.ome.zarr"
+    ImageLabel.from_zarr(zarr.open_group(str(store), mode="r"))
+    assert not work_folder(store).exists()
+    # several inputs: one task per file
+    assert (
+        main(
+            [
+                "predict",
+                *map(str, images),
+                "-o",
+                str(tmp_path / "many"),
+                "--scheduler",
+                address,
+                *common,
+            ]
+        )
+        == 0
+    )
+    for name in ("a", "b"):
+        assert read_image(tmp_path / "many" / f"{name}_labels.tif").data.shape == (3, 96, 130)

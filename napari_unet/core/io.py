@@ -24,6 +24,7 @@ from napari_unet.core.tiff_pages import TiffPages
 AXIS_LETTERS = "TZCYXSI"
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+ZARR_SUFFIXES = (".ome.zarr", ".zarr")  # folders (core/zarr_io.py reads them)
 LAZY_BYTES = 256 * 2**20  # larger TIFFs are memory-mapped or read plane by plane
 SUPPORTED_DTYPES = "bool, uint8, uint16, uint32, int8, int16, int32, float16, float32, float64"
 
@@ -81,9 +82,9 @@ class Stack:
 
 
 def strip_image_suffix(name: str) -> str:
-    """Remove ``.ome.tif``, ``.tif``, ``.tiff``, ``.png``... from a file name."""
+    """Remove ``.ome.tif``, ``.tif``, ``.tiff``, ``.png``, ``.ome.zarr``... from a name."""
     lower = name.lower()
-    for suffix in TIFF_SUFFIXES + RASTER_SUFFIXES:
+    for suffix in TIFF_SUFFIXES + RASTER_SUFFIXES + ZARR_SUFFIXES:
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name

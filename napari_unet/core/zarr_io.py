@@ -24,9 +24,8 @@ import numpy as np
 
 from napari_unet.core.atomic import PARTIAL_SUFFIX
 from napari_unet.core.errors import ImageReadError, InputError
-from napari_unet.core.io import Stack, check_axes
+from napari_unet.core.io import ZARR_SUFFIXES, Stack, check_axes
 
-ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 LABELS_SUFFIX = "_labels.ome.zarr"
 NGFF_AXES = "TCZYX"  # the axes NGFF can express, in the order it requires
 # our unit symbols -> the unit names NGFF allows (UDUNITS-2); the reverse on reading
@@ -79,15 +78,6 @@ def is_zarr(source: str | os.PathLike[str]) -> bool:
     )
 
 
-def strip_zarr_suffix(name: str) -> str:
-    """``cells.ome.zarr`` -> ``cells``; other names unchanged."""
-    lower = name.lower()
-    for suffix in ZARR_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def read_zarr(source: str | os.PathLike[str], *, axes: str | None = None, level: int = 0) -> Stack:
     """Open an OME-Zarr image (or a plain Zarr array) lazily as a :class:`Stack`.
 
@@ -111,6 +101,14 @@ def read_zarr(source: str | os.PathLike[str], *, axes: str | None = None, level:
     ImageReadError
         If the store cannot be opened or holds neither an image nor an array.
     """
+    return read_zarr_pyramid(source, axes=axes, level=level)[0]
+
+
+def read_zarr_pyramid(
+    source: str | os.PathLike[str], *, axes: str | None = None, level: int = 0
+) -> tuple[Stack, list[Any], bool]:
+    """Like :func:`read_zarr`, with every resolution level's dask array (largest first) and
+    whether the image is a label image (NGFF ``image-label``)."""
     import dask.array as da
     import zarr
 
@@ -121,40 +119,42 @@ def read_zarr(source: str | os.PathLike[str], *, axes: str | None = None, level:
         raise ImageReadError(f"{text}: not a readable Zarr store ({error})") from error
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
+    labels = False
     if isinstance(node, zarr.Array):
-        data = da.from_zarr(node)
-        found = "YX" if data.ndim == 2 else "I" * (data.ndim - 2) + "YX"
+        levels = [da.from_zarr(node)]
+        ndim = levels[0].ndim
+        found = "YX" if ndim == 2 else "I" * (ndim - 2) + "YX"
     else:
-        multiscale, data = _open_multiscale(text, level)
+        from ome_zarr.writer import get_metadata
+
+        multiscale, levels = _open_multiscale(text)
+        if not 0 <= level < len(levels):
+            raise InputError(
+                f"{text} has {len(levels)} resolution levels (0-{len(levels) - 1}); "
+                f"level {level} does not exist"
+            )
         found, scale, units = _axes_scale_units(multiscale, level)
+        labels = "image-label" in get_metadata(node)
     path = None if is_url(text) else Path(text)
-    stack = Stack(data, found, scale, units, path)
+    stack = Stack(levels[level], found, scale, units, path)
     if axes is not None:
         axes = axes.upper()
-        check_axes(axes, data.shape)
+        check_axes(axes, stack.data.shape)
         stack.axes = axes
-    return stack
+    return stack, levels[level:], labels
 
 
-def _open_multiscale(source: str, level: int) -> tuple[dict[str, Any], Any]:
-    """The first multiscale image of an OME-Zarr group and the dask array of ``level``."""
+def _open_multiscale(source: str) -> tuple[dict[str, Any], list[Any]]:
+    """The first multiscale image of an OME-Zarr group: its metadata and levels."""
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
     with _quiet("ome_zarr"):  # it logs warnings about versions and "source" links
         location = parse_url(source, mode="r")
         nodes = list(Reader(location)()) if location is not None else []
-    if location is None:
-        raise ImageReadError(f"{source}: not an OME-Zarr image")
     for node in nodes:
-        if node.load(Multiscales) is None:
-            continue
-        if not 0 <= level < len(node.data):
-            raise InputError(
-                f"{source} has {len(node.data)} resolution levels (0-{len(node.data) - 1}); "
-                f"level {level} does not exist"
-            )
-        return node.metadata, node.data[level]
+        if node.load(Multiscales) is not None:
+            return node.metadata, list(node.data)
     raise ImageReadError(f"{source}: a Zarr group without an OME-Zarr multiscale image")
 
 
@@ -189,7 +189,8 @@ def _axes_scale_units(
     for transform in transforms[level] if level < len(transforms) else []:
         if transform.get("type") == "scale":
             for letter, value in zip(letters, transform["scale"], strict=False):
-                if letter in "TZYX":
+                # NGFF wants a scale on every axis: 1 without a unit is "not known"
+                if letter in "TZYX" and (letter in units or float(value) != 1.0):
                     scale[letter] = float(value)
     return letters, scale, units
 

@@ -49,6 +49,8 @@ def _as_dask(data: Any) -> Any:
     """A dask array over an array-like, one chunk per plane, so napari reads what it shows."""
     import dask.array as da
 
+    if isinstance(data, da.Array):  # an OME-Zarr level: chunked as stored
+        return data
     page = tuple(getattr(data, "page_shape", data.shape[-2:]))
     chunks = (1,) * (data.ndim - len(page)) + page
     return da.from_array(data, chunks=chunks, asarray=True, fancy=False)
