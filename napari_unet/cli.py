@@ -123,7 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--diameter",
         type=float,
         metavar="PX",
-        help="typical object diameter in pixels (rescales the image)",
+        help="typical object diameter in pixels; the image is rescaled so objects have the "
+        "size the model was trained on (default: estimated for each plane)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average each tile's 8 flips and rotations (8x slower)",
     )
     p.add_argument(
         "--threshold",
@@ -429,6 +435,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_unet.core.atomic import check_output, remove_stale_partials
+    from napari_unet.core.diameter import describe_sizes
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import Progress, iter_predict
@@ -450,6 +457,7 @@ def run_predict(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         link_z=not args.per_plane,
         diameter=args.diameter,
+        tta=args.tta,
         channel=args.channel,
         device=args.device,
     )
@@ -506,6 +514,9 @@ def run_predict(args: argparse.Namespace) -> int:
         print(
             f"{path} -> {target} ({result.axes} {tuple(result.labels.shape)}, {count} {what}, {result.compute})"
         )
+        sizes = describe_sizes(result.stats["sizes"], bundle.config.get("object_diameter"))
+        if sizes:
+            print(f"  {sizes}")
     return 0
 
 

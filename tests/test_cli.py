@@ -52,7 +52,10 @@ def test_predict_writes_labels_with_scale(tmp_path, model, capsys):
     written = read_image(tmp_path / "out" / "cells_labels.tif")
     assert written.data.shape == (2, 80, 90) and written.axes == "ZYX"
     assert written.scale["Z"] == pytest.approx(2.0) and written.scale["X"] == pytest.approx(0.25)
-    assert "cells_labels.tif" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cells_labels.tif" in out
+    assert "14 px" in out.splitlines()[-1]  # the object size used is said (an untrained model
+    # finds nothing to measure: "too few objects to estimate their size ... (14 px)")
     # existing output without --overwrite: an error before any work
     assert (
         main(
@@ -500,3 +503,15 @@ def test_z_stacks_are_linked_by_default_and_per_plane_on_request(tmp_path):
     n = len(np.unique(linked)) - 1
     assert n >= 3 and len(np.unique(planes)) - 1 == 3 * n
     assert np.array_equal(np.unique(linked[0]), np.unique(linked[2]))  # one id through Z
+
+
+def test_predict_follows_a_given_diameter_and_tta(tmp_path, model, capsys):
+    image, _ = disks((120, 120), n=8, radius=(12, 14))
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    args = ["predict", str(tmp_path / "big.tif"), "--model", model, "--device", "cpu"]
+    assert main([*args, "-o", str(tmp_path / "a"), "--diameter", "28", "--tta"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "objects about 28 px across (as given; the model expects 14 px): image scaled 0.50x" in out
+    )
+    assert read_image(tmp_path / "a" / "big_labels.tif").data.shape == (120, 120)

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_unet.core.diameter import describe_sizes
 from napari_unet.core.options import PredictOptions
 from napari_unet.gui.controls import button_row, collapsible_form, float_spin, form, int_spin
 from napari_unet.gui.corrections import CorrectionTracker
@@ -82,7 +83,15 @@ class SegmentPanel(QWidget):
         self.overlap_spin = float_spin(0.0, 0.5, step=0.025, decimals=4)
         self.threshold_spin = float_spin(0.05, 0.95)
         self.min_size_spin = int_spin(0, 100000, special="auto")
-        self.diameter_spin = float_spin(0.0, 1000.0, 1.0, special="model's")
+        self.diameter_spin = float_spin(0.0, 2000.0, 1.0, decimals=1, special="auto")
+        self.diameter_spin.setToolTip(
+            "Typical object diameter in pixels. 'auto' estimates it for each plane from a "
+            "first look and rescales the image so objects have the size the model was trained on."
+        )
+        self.tta_check = QCheckBox("average 8 flips/rotations (8x slower)")
+        self.tta_check.setToolTip(
+            "Test-time augmentation: segment each tile in its 8 orientations and average them."
+        )
         self.channel_spin = int_spin(-1, 64, special="-")
         self.link_check = QCheckBox("link objects through Z")
         self.run_button = QPushButton("Segment")
@@ -100,6 +109,7 @@ class SegmentPanel(QWidget):
                 ("Threshold", self.threshold_spin),
                 ("Min object size (px)", self.min_size_spin),
                 ("Object diameter (px)", self.diameter_spin),
+                ("Test-time aug.", self.tta_check),
                 ("Channel", self.channel_spin),
                 ("", self.link_check),
             ],
@@ -258,6 +268,7 @@ class SegmentPanel(QWidget):
             min_size=self.min_size_spin.value() or None,
             link_z=self.link_check.isChecked(),
             diameter=self.diameter_spin.value() or None,
+            tta=self.tta_check.isChecked(),
             channel=None if self.channel_spin.value() < 0 else self.channel_spin.value(),
             device=str(self.device_combo.currentData()),
         )
@@ -352,9 +363,11 @@ class SegmentPanel(QWidget):
     def _on_result(self, prediction: Any) -> None:
         layer = self._job["layer"]
         labels_layer = self._write_labels(layer, prediction)
+        sizes = describe_sizes(prediction.stats.get("sizes", []), self._job.get("diameter"))
         self.status.setText(
             f"{labels_layer.name}: {self._describe(prediction)} ({prediction.compute}).\n"
-            "Correct mistakes with the brush, eraser and fill,\nthen fine-tune."
+            + (f"{sizes[0].upper()}{sizes[1:]}.\n" if sizes else "")
+            + "Correct mistakes with the brush, eraser and fill,\nthen fine-tune."
         )
         self.progress_bar.setValue(self.progress_bar.maximum())
         self.segmented.emit(labels_layer)
