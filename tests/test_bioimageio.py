@@ -1,7 +1,8 @@
 """bioimage.io export and import: the ecosystem's own check, exact re-import, the CLI.
 
-``bioimageio.core.test_model`` runs in a child process: it imports ``torch._dynamo`` and
-triton, which must never load in a process that may open a napari window.
+``bioimageio.core.test_model`` and fine-tuning run in child processes: they import
+``torch._dynamo`` and triton, which must never load in a process that may open a napari
+window (the GUI tests run later in the same pytest process).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from napari_unet.cli import EXIT_USER, main
 from napari_unet.core.architecture_source import standalone_source
 from napari_unet.core.bioimageio_export import export_package
 from napari_unet.core.bioimageio_import import load_package_bundle
-from napari_unet.core.bundle import save_bundle
 from napari_unet.core.errors import BundleError, InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import PredictOptions, iter_predict
@@ -29,7 +29,7 @@ from napari_unet.core.io import read_image
 from napari_unet.core.model import UNet
 from napari_unet.core.options import TrainSettings
 from napari_unet.core.registry import load_bundle
-from napari_unet.core.training import iter_finetune
+from napari_unet.core.training_process import iter_finetune_in_child
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data"
 AUTHORS = {"authors": ["Ada Lovelace"], "license_id": "CC-BY-4.0"}
@@ -73,8 +73,8 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     settings = TrainSettings(
         steps=3, patch_size=64, batch_size=2, val_every=3, learning_rate=1e-3, device="cpu"
     )
-    tuned = run_to_end(iter_finetune(base, corrections, settings)).bundle
-    tuned_path = save_bundle(tuned, folder / "nuclei-ft1.safetensors")
+    tuned_path = folder / "nuclei-ft1.safetensors"
+    run_to_end(iter_finetune_in_child("nuclei", corrections, settings, tuned_path))
     return {
         "nuclei": export_package(base, folder / "nuclei.zip", **AUTHORS),
         "nuclei-ft1": export_package(load_bundle(tuned_path), folder / "nuclei-ft1.zip", **AUTHORS),
@@ -112,8 +112,8 @@ def test_package_describes_sizes_halo_preprocessing_and_lineage(exported):
     assert test_input.shape == (1, 1, 256, 256) and test_input.std() > 0
 
 
-def test_reimport_predicts_identical_labels_and_fine_tunes_again(exported):
-    image = read_image(SAMPLES / "nuclei_2d.tif")
+def test_reimport_predicts_identical_labels_and_fine_tunes_again(exported, tmp_path):
+    image = np.asarray(read_image(SAMPLES / "nuclei_2d.tif").data)[:256, :384]
     options = PredictOptions(device="cpu")
     for original, package in [
         (load_bundle("nuclei"), exported["nuclei"]),
@@ -122,11 +122,12 @@ def test_reimport_predicts_identical_labels_and_fine_tunes_again(exported):
         imported = load_bundle(package)
         assert imported.path == package and imported.name == original.name
         expected = run_to_end(iter_predict(image, original, options)).labels
-        assert expected.max() > 50
+        assert expected.max() > 20
         assert np.array_equal(run_to_end(iter_predict(image, imported, options)).labels, expected)
     settings = TrainSettings(steps=1, patch_size=64, batch_size=2, val_every=1, device="cpu")
-    again = run_to_end(iter_finetune(imported, imported.replay.samples()[:1], settings))
-    assert again.bundle.config["parent"] == "nuclei-ft1"
+    again = tmp_path / "nuclei-ft2.safetensors"
+    run_to_end(iter_finetune_in_child(package, imported.replay.samples()[:1], settings, again))
+    assert load_bundle(again).config["parent"] == "nuclei-ft1"
 
 
 def test_architecture_source_runs_without_napari_unet(tmp_path):
@@ -217,7 +218,7 @@ def test_cli_export_with_consented_user_image_loads_no_dynamo(tmp_path):
     )
     assert done.stdout.split()[-3:] == ["0", "False", "False"], done.stderr[-2000:]
     with zipfile.ZipFile(output) as archive:
-        assert "user's image nuclei_2d.tif" in archive.read("README.md").decode()
+        assert "user's image nuclei_2d" in archive.read("README.md").decode()
 
 
 def test_cli_export_mistakes_exit_2(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,25 @@ def test_export_dialog_needs_authors_and_offers_the_image_only_when_there_is_one
     qtbot.addWidget(without)
     without.share_check.setChecked(True)
     assert not without.offers_image and not without.choice().share_image
+
+
+def test_segment_panel_runs_a_package_chosen_as_model(qtbot, dock, tmp_path):
+    from napari_unet.core.bioimageio_export import export_package
+    from napari_unet.core.io import read_image
+    from napari_unet.core.registry import load_bundle
+
+    package = export_package(
+        load_bundle("em-membranes"), tmp_path / "em.zip", authors=["A"], license_id="CC-BY-NC-4.0"
+    )
+    viewer, widget = dock
+    sections = read_image(Path(__file__).resolve().parents[1] / "sample_data" / "em_sections.tif")
+    viewer.add_image(np.asarray(sections.data[0, :192, :192]), name="section")
+    results = []
+    for model in ("em-membranes", str(package)):
+        widget.segment.select_model(model)
+        assert widget.segment.model == model
+        widget.segment.image_combo.setCurrentText("section")
+        assert widget.segment.run(new_layer=True) is not None
+        qtbot.waitUntil(lambda: widget.segment.worker is None, timeout=60_000)
+        results.append(np.array(viewer.layers[-1].data))
+    assert len(np.unique(results[0])) == 2 and np.array_equal(results[0], results[1])

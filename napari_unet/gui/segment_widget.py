@@ -180,7 +180,10 @@ class SegmentPanel(QWidget):
         if self.model_combo.itemData(index) != BROWSE:
             return
         path, _ = QFileDialog.getOpenFileName(
-            self, "Choose a model bundle", "", "Model bundles (*.safetensors)"
+            self,
+            "Choose a model",
+            "",
+            "napari-unet bundles or bioimage.io packages (*.safetensors *.zip rdf.yaml)",
         )
         if path:
             self.refresh_models(select=path)
