@@ -537,10 +537,14 @@ def _labels_too_large(path: str, args: argparse.Namespace) -> bool:
     """Whether an input's uint32 labels would take more than half the free memory."""
     import numpy as np
 
+    from napari_unet.core.errors import UnetError
     from napari_unet.core.preprocess import labels_axes_of
     from napari_unet.core.resources import available_memory
 
-    stack = _open_input(path, args)
+    try:
+        stack = _open_input(path, args)
+    except UnetError:  # reported when the input is segmented, after the model is checked
+        return False
     sizes = dict(zip(stack.axes, stack.data.shape, strict=True))
     pixels = int(np.prod([sizes[a] for a in labels_axes_of(stack.axes)], dtype=np.int64))
     return 4 * pixels > available_memory() // 2

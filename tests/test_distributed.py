@@ -320,3 +320,18 @@ def test_cli_on_an_existing_scheduler(client, tmp_path, capsys):
     )
     for name in ("a", "b"):
         assert read_image(tmp_path / "many" / f"{name}_labels.tif").data.shape == (3, 96, 130)
+
+
+def test_a_worker_with_another_version_refuses_the_model():
+    from distributed import Client, LocalCluster
+
+    from napari_unet.core.distributed import BundlePlugin
+
+    plugin = BundlePlugin(b"not read", None)
+    plugin.version = "0.0.0-other"
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as own,
+        pytest.raises(EngineError, match="install the same version on every worker"),
+    ):
+        own.register_plugin(plugin, name=plugin.name)
