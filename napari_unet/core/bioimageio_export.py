@@ -478,6 +478,7 @@ def _description(
                 "test_tensor": _sha(files, "test_input.npy"),
                 "sample_tensor": _sha(files, "sample_input.tif"),
                 "data": {"type": "float32"},
+                "pad": {"mode": "symmetric"},  # as napari-unet's tiling mirrors image borders
                 "preprocessing": [
                     {
                         "id": "scale_range",
