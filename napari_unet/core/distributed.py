@@ -115,7 +115,10 @@ class ImageSource:
     def window(self, rows: slice, cols: slice) -> np.ndarray:
         """Rows and columns of every plane, other axes whole."""
         key = tuple(rows if a == "Y" else cols if a == "X" else slice(None) for a in self.axes)
-        return np.asarray(self.open()[key])
+        window = self.open()[key]
+        if hasattr(window, "compute"):  # a lazy (dask) image: read here, not through the cluster
+            window = window.compute(scheduler="sync")
+        return np.asarray(window)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ class BundlePlugin(WorkerPlugin):
         self.data = data
         self.torch_threads = torch_threads
         self.version = __version__
-        self.name = "napari-unet-model-" + hashlib.sha256(data).hexdigest()[:16]
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        self.name = f"napari-unet-model-{digest}-{torch_threads}"
         self.bundle: Any = None
 
     def setup(self, worker: Any) -> None:
@@ -336,8 +340,7 @@ def iter_predict_blocks(
     options.check()
     bundle = load_bundle_bytes(model)
     mode = options.mode or bundle.mode
-    plugin = BundlePlugin(model, torch_threads)
-    client.register_plugin(plugin, name=plugin.name)
+    plugin = _load_model(client, model, torch_threads)
     started = time.perf_counter()
     ranges = _plane_ranges(stack, bundle.config, options.channel)
     # one object diameter for every block: the one given, else one estimated on the whole
@@ -346,7 +349,7 @@ def iter_predict_blocks(
     if diameter is None and mode == "instances":
         diameter = _estimate_diameter(client, stack, ranges, bundle, options, plugin, predictor)
     diameter = diameter or bundle.config.get("object_diameter")
-    options = dataclasses.replace(options, diameter=diameter, post_workers=0)
+    options = dataclasses.replace(options, diameter=diameter)
     memory = _worker_memory(client)
     if block_size is None:
         block_size = default_block_size(stack, bundle, options, memory)
@@ -476,8 +479,7 @@ def iter_predict_files(
         One line per file: input, output, shape, objects.
     """
     options.check()
-    plugin = BundlePlugin(model, torch_threads)
-    client.register_plugin(plugin, name=plugin.name)
+    plugin = _load_model(client, model, torch_threads)
     yield Progress(0, len(targets), "files", notice=f"dashboard: {client.dashboard_link}")
     futures = {
         client.submit(
@@ -536,6 +538,20 @@ def _predict_file(
     return f"{source} -> {target} ({result.axes} {tuple(result.labels.shape)}, {what})"
 
 
+def _load_model(client: Client, model: bytes, torch_threads: int | None) -> BundlePlugin:
+    """Have every worker (and every worker that joins later) load the model once; a
+    cluster that already has it keeps it."""
+    plugin = BundlePlugin(model, torch_threads)
+    known = client.run_on_scheduler(_worker_plugin_names)
+    if plugin.name not in known:
+        client.register_plugin(plugin, name=plugin.name)
+    return plugin
+
+
+def _worker_plugin_names(dask_scheduler: Any) -> list[str]:
+    return list(dask_scheduler.worker_plugins)
+
+
 def _worker_memory(client: Client) -> int | None:
     limits = [w.get("memory_limit") for w in client.scheduler_info()["workers"].values()]
     limits = [m for m in limits if m]
@@ -571,14 +587,17 @@ def _plane_ranges(
     stack: Stack, config: dict[str, Any], channel: int | None
 ) -> dict[tuple[int, ...], np.ndarray]:
     """Normalisation percentiles of every plane of the whole image (read once, plane by
-    plane, by the client)."""
-    return {
-        index: channel_ranges(
-            to_model_channels(plane, plane_axes, config["input"], channel),
-            config["normalization"],
-        )
-        for index, plane, plane_axes in iter_planes(stack.data, stack.axes)
-    }
+    plane, by the client itself: a lazy image is not sent through the cluster)."""
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        return {
+            index: channel_ranges(
+                to_model_channels(plane, plane_axes, config["input"], channel),
+                config["normalization"],
+            )
+            for index, plane, plane_axes in iter_planes(stack.data, stack.axes)
+        }
 
 
 def _estimate_diameter(
