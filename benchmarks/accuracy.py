@@ -1,7 +1,8 @@
 """Accuracy of the bundled models and of fine-tuning from corrections, on real data.
 
-    python benchmarks/accuracy.py nuclei      # held-out DSB 2018 grey images vs a classical baseline
-    python benchmarks/accuracy.py em          # held-out ISBI 2012 sections
+    python benchmarks/accuracy.py nuclei [--model FILE] [--quick]
+        # held-out DSB 2018 families at 0.5x-3x, size estimated or not, TTA; CTC HeLa frames
+    python benchmarks/accuracy.py em          # held-out ISBI 2012 sections, with and without TTA
     python benchmarks/accuracy.py finetune    # CTC HeLa: fine-tune on k = 1, 2 frames, score the rest
     python benchmarks/accuracy.py all
 
@@ -22,77 +23,159 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_bundled import DATA, dsb_split, isbi_split  # noqa: E402
+from train_bundled import DATA, dsb_family_split, dsb_grey, isbi_split  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def classical_baseline(image: np.ndarray) -> np.ndarray:
-    """Otsu threshold + distance-transform watershed (the usual non-learned pipeline)."""
-    from scipy import ndimage as ndi
-    from skimage.feature import peak_local_max
-    from skimage.filters import gaussian, threshold_otsu
-    from skimage.segmentation import watershed
+def evaluate_nuclei(model: str = "nuclei", quick: bool = False) -> dict[str, object]:
+    """The nuclei model on the held-out families of the DSB split, at several image scales.
 
-    smooth = gaussian(image.astype(np.float32), 1.0)
-    mask = smooth > threshold_otsu(smooth)
-    distance = ndi.distance_transform_edt(mask)
-    peaks = peak_local_max(
-        distance, min_distance=4, labels=ndi.label(mask)[0], exclude_border=False
-    )
-    markers = np.zeros(mask.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    return watershed(-distance, markers, mask=mask)
+    Every held-out image is segmented as it is and rescaled 0.5x, 2x and 3x (linear
+    interpolation; labels by nearest pixel), with the object size estimated (the default) and
+    at the model's own scale (``diameter`` = the trained one: no adaptation); at 1x also with
+    test-time augmentation. Size bins use the truth's median object diameter in the image as
+    segmented; images whose nuclei are under 10 px after rescaling are left out of the bins.
+    The CTC HeLa frames are an external test set (nuclei cut by the border left out of both).
+    """
+    from skimage.segmentation import clear_border
+    from skimage.transform import rescale
 
-
-def score_instances(predictions: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float]:
-    from napari_unet.core.metrics import instance_scores
-
-    scores = [instance_scores(p, t) for p, t in zip(predictions, truths, strict=True)]
-    return {
-        "images": len(scores),
-        "ap50": float(np.mean([s.at(0.5) for s in scores])),
-        "ap75": float(np.mean([s.at(0.75) for s in scores])),
-        "ap50_95": float(np.mean([s.mean_ap for s in scores])),
-        "precision50": float(np.mean([s.precision(0.5) for s in scores])),
-        "recall50": float(np.mean([s.recall(0.5) for s in scores])),
-    }
-
-
-def evaluate_nuclei() -> dict[str, object]:
+    from napari_unet.core.diameter import labels_diameter
     from napari_unet.core.inference import PredictOptions, predict
     from napari_unet.core.io import read_image
+    from napari_unet.core.metrics import instance_scores
     from napari_unet.core.registry import load_bundle
 
-    bundle = load_bundle("nuclei")
-    ids = dsb_split()["heldout"]
-    truths, ours, baseline = [], [], []
-    start = time.perf_counter()
-    for image_id in ids:
-        grey = read_image(DATA / "dsb2018_train" / "images" / f"{image_id}.png").data[..., 0]
-        truths.append(read_image(DATA / "dsb2018_train" / "labels" / f"{image_id}.tif").data)
-        ours.append(predict(grey, bundle, PredictOptions()).labels)
-        baseline.append(classical_baseline(grey))
-    result = {
-        "nuclei": score_instances(ours, truths),
-        "otsu_watershed": score_instances(baseline, truths),
-        "seconds": time.perf_counter() - start,
+    bundle = load_bundle(model)
+    trained = bundle.config["object_diameter"]
+    split = dsb_family_split()
+    ids = split["heldout"][:: 6 if quick else 1]
+    variants = {
+        "1x": (1.0, PredictOptions()),
+        "1x at model scale": (1.0, PredictOptions(diameter=trained)),
+        "1x + TTA": (1.0, PredictOptions(tta=True)),
+        "0.5x": (0.5, PredictOptions()),
+        "0.5x at model scale": (0.5, PredictOptions(diameter=trained)),
+        "2x": (2.0, PredictOptions()),
+        "2x at model scale": (2.0, PredictOptions(diameter=trained)),
+        "3x": (3.0, PredictOptions()),
+        "3x at model scale": (3.0, PredictOptions(diameter=trained)),
     }
-    print(
-        f"\nnuclei on {len(ids)} held-out grey DSB 2018 images (split: benchmarks/splits/dsb2018_grey_split.json)"
-    )
-    print(
-        f"{'method':<16} {'AP@0.5':>7} {'AP@0.75':>8} {'AP@.5:.95':>10} {'P@0.5':>6} {'R@0.5':>6}"
-    )
-    for name in ("nuclei", "otsu_watershed"):
-        r = result[name]
+    rows = []
+    for image_id in ids:
+        grey = dsb_grey(image_id).astype(np.float32)
+        truth = read_image(DATA / "dsb2018_train" / "labels" / f"{image_id}.tif").data
+        family = split["families"][image_id]
+        for name, (scale, options) in variants.items():
+            image, labels = grey, truth
+            if scale != 1.0:
+                image = rescale(grey, scale, order=1, anti_aliasing=scale < 1, preserve_range=True)
+                labels = rescale(truth, scale, order=0, anti_aliasing=False, preserve_range=True)
+                labels = labels.astype(truth.dtype)
+            start = time.perf_counter()
+            result = predict(image, bundle, options)
+            seconds = time.perf_counter() - start
+            scores = instance_scores(result.labels, labels)
+            (size,) = result.stats["sizes"]
+            rows.append(
+                {
+                    "id": image_id,
+                    "family": family,
+                    "kind": family.split("/")[0],
+                    "variant": name,
+                    "scale": scale,
+                    "ap50": scores.at(0.5),
+                    "ap75": scores.at(0.75),
+                    "truth_diameter": labels_diameter([labels]).diameter,
+                    "estimated_diameter": size.diameter if size.source == "estimated" else None,
+                    "factor": size.factor,
+                    "seconds": seconds,
+                    "pixels": int(image.size),
+                }
+            )
         print(
-            f"{name:<16} {r['ap50']:7.3f} {r['ap75']:8.3f} {r['ap50_95']:10.3f} {r['precision50']:6.3f} {r['recall50']:6.3f}"
+            f"{image_id[:8]} {family:<48} "
+            + " ".join(f"{r['ap50']:.2f}" for r in rows[-len(variants) :]),
+            flush=True,
         )
-    return result
+    hela = []
+    for path in sorted((DATA / "ctc_hela" / "images").glob("*.tif")):
+        image = read_image(path).data
+        truth = read_image(DATA / "ctc_hela" / "labels" / path.name).data
+        for name, options in (
+            ("auto", PredictOptions()),
+            ("model scale", PredictOptions(diameter=trained)),
+        ):
+            result = predict(image, bundle, options)
+            hela.append(
+                {
+                    "frame": path.stem,
+                    "variant": name,
+                    "ap50": instance_scores(clear_border(result.labels), clear_border(truth)).at(
+                        0.5
+                    ),
+                    "estimated_diameter": result.stats["sizes"][0].diameter,
+                    "truth_diameter": labels_diameter([truth]).diameter,
+                }
+            )
+    report_nuclei(rows, hela, model, trained)
+    return {"model": model, "trained_diameter": trained, "images": rows, "hela": hela}
 
 
-def evaluate_em() -> dict[str, object]:
+SIZE_BINS = ((10, 20), (20, 40), (40, 80), (80, 1000))
+
+
+def report_nuclei(rows: list[dict], hela: list[dict], model: str, trained: float) -> None:
+    """Print the tables of :func:`evaluate_nuclei`."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    n = len({r["id"] for r in rows})
+    print(
+        f"\n{model} (trained diameter {trained:.1f} px) on {n} held-out DSB images of unseen "
+        "families (benchmarks/splits/dsb2018_family_split.json)"
+    )
+    header = "".join(f"{f'{a}-{b} px':>11}" for a, b in SIZE_BINS)
+    print(f"{'variant':<22} {'AP@0.5':>7} {'AP@0.75':>8} {'s/MP':>6} {header}")
+    for v in variants:
+        rs = [r for r in rows if r["variant"] == v]
+        bins = []
+        for a, b in SIZE_BINS:
+            inside = [r["ap50"] for r in rs if r["truth_diameter"] and a <= r["truth_diameter"] < b]
+            bins.append(f"{np.mean(inside):6.3f} ({len(inside):>3})" if inside else f"{'-':>11}")
+        speed = sum(r["seconds"] for r in rs) / (sum(r["pixels"] for r in rs) / 1e6)
+        print(
+            f"{v:<22} {np.mean([r['ap50'] for r in rs]):7.3f} "
+            f"{np.mean([r['ap75'] for r in rs]):8.3f} {speed:6.2f} "
+            + "".join(f"{x:>11}" for x in bins)
+        )
+    print("\nper kind of image, 1x (size estimated):")
+    ones = [r for r in rows if r["variant"] == "1x"]
+    for kind in sorted({r["kind"] for r in ones}):
+        rs = [r for r in ones if r["kind"] == kind]
+        print(f"  {kind:<34} {len(rs):>4} images  AP@0.5 {np.mean([r['ap50'] for r in rs]):.3f}")
+    print("\nsize estimate against the truth's diameter (same measure), size-estimated variants:")
+    for v in [v for v in variants if "model scale" not in v and "TTA" not in v]:
+        rs = [r for r in rows if r["variant"] == v and r["truth_diameter"]]
+        ratios = np.array(
+            [r["estimated_diameter"] / r["truth_diameter"] for r in rs if r["estimated_diameter"]]
+        )
+        none = sum(1 for r in rs if not r["estimated_diameter"])
+        print(
+            f"  {v:<6} median ratio {np.median(ratios):.2f}, within 25%: {np.mean(np.abs(np.log(ratios)) < np.log(1.25)):.0%}, "
+            f"median |error| {np.median(np.abs(ratios - 1)):.0%}, no estimate: {none}"
+        )
+    print("\nCTC HeLa frames (external; border nuclei left out):")
+    for v in dict.fromkeys(h["variant"] for h in hela):
+        hs = [h for h in hela if h["variant"] == v]
+        print(
+            f"  {v:<12} AP@0.5 {np.mean([h['ap50'] for h in hs]):.3f}  "
+            f"estimated {np.median([h['estimated_diameter'] or np.nan for h in hs]):.1f} px vs truth {np.median([h['truth_diameter'] for h in hs]):.1f} px"
+        )
+
+
+def evaluate_em(tta: bool = False) -> dict[str, object]:
+    """Pixel error, membrane IoU and Rand error on the held-out ISBI sections (with ``tta``:
+    averaged over the 8 flips and rotations, as the U-Net paper averaged rotated copies)."""
     from scipy import ndimage as ndi
 
     from napari_unet.core.inference import PredictOptions, predict
@@ -107,7 +190,7 @@ def evaluate_em() -> dict[str, object]:
         truth = (read_image(DATA / "isbi2012_em" / "labels" / f"{section}.png").data == 0).astype(
             np.uint8
         )
-        labels = predict(image, bundle, PredictOptions()).labels
+        labels = predict(image, bundle, PredictOptions(tta=tta)).labels
         cells_truth = ndi.label(truth == 0)[0]
         cells_pred = ndi.label(labels == 0)[0]
         rows.append(
@@ -122,11 +205,14 @@ def evaluate_em() -> dict[str, object]:
         k: float(np.mean([r[k] for r in rows]))
         for k in ("pixel_error", "membrane_iou", "rand_error")
     }
-    print(f"\nem-membranes on held-out ISBI 2012 training sections {[r['section'] for r in rows]}")
+    print(
+        f"\nem-membranes{' + TTA' if tta else ''} on held-out ISBI 2012 training sections "
+        f"{[r['section'] for r in rows]}"
+    )
     print(
         f"pixel error {mean['pixel_error']:.4f}  membrane IoU {mean['membrane_iou']:.3f}  Rand error {mean['rand_error']:.4f}"
     )
-    return {"sections": rows, "mean": mean}
+    return {"tta": tta, "sections": rows, "mean": mean}
 
 
 def simulate_corrections(
@@ -285,6 +371,8 @@ def evaluate_finetune(ks: tuple[int, ...] = (1, 2)) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("nuclei", "em", "finetune", "all"))
+    parser.add_argument("--model", default="nuclei", help="nuclei model to measure (name or file)")
+    parser.add_argument("--quick", action="store_true", help="nuclei: every sixth image only")
     args = parser.parse_args()
     import torch
 
@@ -292,7 +380,11 @@ def main() -> int:
         f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    jobs = {"nuclei": evaluate_nuclei, "em": evaluate_em, "finetune": evaluate_finetune}
+    jobs = {
+        "nuclei": lambda: evaluate_nuclei(args.model, args.quick),
+        "em": lambda: {"plain": evaluate_em(), "tta": evaluate_em(tta=True)},
+        "finetune": evaluate_finetune,
+    }
     for name, job in jobs.items():
         if args.what in (name, "all"):
             result = job()
