@@ -9,9 +9,10 @@ OME-Zarr labels:
 
 * the single-process path (``iter_predict`` + ``write_labels_zarr``);
 * the distributed path on a LocalCluster with 1 worker (all cores in its torch threads) and
-  with 2 workers (the cores shared), at the default block size and at each ``--blocks`` size:
-  seconds, throughput, overhead against the single process, the halo, the merge's share of
-  the total, and each worker's peak resident memory (workers start fresh for every run).
+  with 2 workers (the cores shared), at the default block size and at each ``--blocks`` size
+  (with tiles no larger than the block): seconds, throughput, overhead against the single
+  process, the halo, the merge's share of the total, and the largest worker peak resident
+  memory, in all and above the warm worker's (workers restart for every run).
 
 Both paths get the model's own object diameter, so neither spends time estimating it and
 both do the same work. Cluster start-up is not timed (a cluster serves many runs).
@@ -20,8 +21,11 @@ both do the same work. Cluster start-up is not timed (a cluster serves many runs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import resource
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -93,36 +97,45 @@ def single_process(source: Path, out: Path, options) -> float:
     return time.perf_counter() - start
 
 
-def distributed(source: Path, out: Path, options, workers: int, block: int | None) -> dict:
-    from napari_unet.core.distributed import (
-        BundlePlugin,
-        connect,
-        discard_work,
-        iter_predict_blocks,
-    )
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def distributed(client, threads: int, source: Path, out: Path, options, block: int | None) -> dict:
+    """One timed run on fresh, warmed-up workers: seconds, stats, and each worker's peak
+    resident memory and how far it rose above the warm start."""
+    from napari_unet.core.distributed import BundlePlugin, discard_work, iter_predict_blocks
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.registry import resolve_model
     from napari_unet.core.zarr_io import read_zarr, write_labels_zarr
 
     model = resolve_model("nuclei").read_bytes()
-    with connect("local", workers=workers) as (client, threads):
-        client.wait_for_workers(workers)
-        # start-up, not timed: torch and the OME-Zarr reader imported, the model loaded once
-        client.run(importlib.import_module, "ome_zarr.reader")
-        warm = BundlePlugin(model, threads)
-        client.register_plugin(warm, name=warm.name)
-        start = time.perf_counter()
-        stack = read_zarr(source)
-        result = run_to_end(
-            iter_predict_blocks(
-                stack, model, options, client, out, block_size=block, torch_threads=threads
-            )
+    client.restart()  # fresh processes: peak memory is this run's
+    # start-up, not timed: torch and the OME-Zarr reader imported, the model loaded once
+    client.run(importlib.import_module, "ome_zarr.reader")
+    warm = BundlePlugin(model, threads)
+    client.register_plugin(warm, name=warm.name)
+    start_rss = client.run(_rss)
+    start = time.perf_counter()
+    stack = read_zarr(source)
+    result = run_to_end(
+        iter_predict_blocks(
+            stack, model, options, client, out, block_size=block, torch_threads=threads
         )
-        write_labels_zarr(out, result.labels, axes=result.axes)
-        seconds = time.perf_counter() - start
-        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    )
+    write_labels_zarr(out, result.labels, axes=result.axes)
+    seconds = time.perf_counter() - start
+    peaks = client.run(_peak_rss)
     discard_work(out)
-    return {"seconds": seconds, "peak": max(peaks.values()), "threads": threads, **result.stats}
+    shutil.rmtree(out)
+    rise = max(peaks[w] - start_rss[w] for w in peaks)
+    return {"seconds": seconds, "peak": max(peaks.values()), "rise": rise, **result.stats}
 
 
 def main() -> int:
@@ -131,9 +144,11 @@ def main() -> int:
     parser.add_argument("--planes", type=int, default=8)
     parser.add_argument("--blocks", type=int, nargs="*", default=[1024, 512])
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row (median shown)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
+    from napari_unet.core.distributed import connect
     from napari_unet.core.options import PredictOptions
     from napari_unet.core.registry import load_bundle
 
@@ -143,34 +158,49 @@ def main() -> int:
     megapixels = stack.size / 1e6
     print(
         f"stack {args.planes} x {args.size} x {args.size} uint16 ({megapixels:.1f} Mpx), model "
-        f"nuclei, tile {options.tile_size}, device {args.device}, diameter {diameter:.1f} px"
+        f"nuclei, device {args.device}, diameter {diameter:.1f} px, median of {args.repeats}"
     )
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         source = write_input(stack, folder)
-        seconds = single_process(source, folder / "single_labels.ome.zarr", options)
+        out = folder / "labels.ome.zarr"
+        singles = []
+        for _ in range(args.repeats):
+            singles.append(single_process(source, out, options))
+            shutil.rmtree(out)
+        single = statistics.median(singles)
         print(
-            f"{'run':<28}{'blocks':>7}{'block':>7}{'halo':>6}{'s':>8}{'Mpx/s':>8}"
-            f"{'overhead':>10}{'merge':>8}{'peak GiB':>10}"
+            f"{'run':<26}{'tile':>6}{'blocks':>7}{'block':>7}{'halo':>6}{'s':>8}{'Mpx/s':>8}"
+            f"{'overhead':>10}{'merge':>8}{'peak GiB':>10}{'rise GiB':>10}"
         )
         print(
-            f"{'single process':<28}{'':>7}{'':>7}{'':>6}{seconds:>8.1f}"
-            f"{megapixels / seconds:>8.3f}"
+            f"{'single process':<26}{options.tile_size:>6}{'':>7}{'':>7}{'':>6}{single:>8.1f}"
+            f"{megapixels / single:>8.3f}   (runs: {', '.join(f'{t:.1f}' for t in singles)})"
         )
         for workers in args.workers:
-            for block in [None, *args.blocks]:
-                out = folder / f"d{workers}_{block}_labels.ome.zarr"
-                r = distributed(source, out, options, workers, block)
-                label = f"{workers} worker(s) x {r['threads']} thr" + (
-                    " (default)" if block is None else ""
-                )
-                print(
-                    f"{label:<28}{r['blocks']:>7}{r['block_size']:>7}{r['halo']:>6}"
-                    f"{r['seconds']:>8.1f}{megapixels / r['seconds']:>8.3f}"
-                    f"{r['seconds'] / seconds - 1:>+10.1%}"
-                    f"{r['merge_seconds'] / r['seconds']:>8.1%}{r['peak'] / GIB:>10.2f}"
-                )
-                sys.stdout.flush()
+            with connect("local", workers=workers) as (client, threads):
+                for block in [None, *args.blocks]:
+                    tile = options.tile_size if block is None else min(options.tile_size, block)
+                    run_options = dataclasses.replace(options, tile_size=tile)
+                    runs = [
+                        distributed(client, threads, source, out, run_options, block)
+                        for _ in range(args.repeats)
+                    ]
+                    seconds = statistics.median(r["seconds"] for r in runs)
+                    r = runs[0]
+                    label = f"{workers} worker x {threads} thread" + (
+                        " (default)" if block is None else ""
+                    )
+                    print(
+                        f"{label:<26}{tile:>6}{r['blocks']:>7}{r['block_size']:>7}{r['halo']:>6}"
+                        f"{seconds:>8.1f}{megapixels / seconds:>8.3f}"
+                        f"{seconds / single - 1:>+10.1%}"
+                        f"{statistics.median(x['merge_seconds'] / x['seconds'] for x in runs):>8.1%}"
+                        f"{max(x['peak'] for x in runs) / GIB:>10.2f}"
+                        f"{max(x['rise'] for x in runs) / GIB:>10.2f}"
+                        f"   (runs: {', '.join(format(x['seconds'], '.1f') for x in runs)})"
+                    )
+                    sys.stdout.flush()
     return 0
 
 

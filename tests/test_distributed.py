@@ -260,6 +260,21 @@ def test_the_real_network_matches_the_single_process_run(client, tmp_path):
         assert counts[ids > 0].max(initial=0) >= 0.9 * counts.sum(), k
 
 
+def test_blocks_are_at_least_a_tile(client, tmp_path):
+    _, model = _bundle_bytes(tmp_path)
+    with pytest.raises(InputError, match="smaller than the tile size 64"):
+        next(
+            iter_predict_blocks(
+                Stack(np.zeros((64, 64)), "YX"),
+                model,
+                OPTIONS,
+                client,
+                tmp_path / "o",
+                block_size=32,
+            )
+        )
+
+
 def test_workers_need_a_local_cluster():
     with pytest.raises(InputError, match="--scheduler local"), connect("tcp://x:1", workers=2):
         pass

@@ -338,6 +338,11 @@ def iter_predict_blocks(
     from napari_unet.core.bundle import load_bundle_bytes
 
     options.check()
+    if block_size is not None and block_size < options.tile_size:
+        raise InputError(
+            f"block size {block_size} is smaller than the tile size {options.tile_size}: give "
+            "a larger --block-size or a smaller --tile-size"
+        )
     bundle = load_bundle_bytes(model)
     mode = options.mode or bundle.mode
     plugin = _load_model(client, model, torch_threads)
@@ -353,8 +358,6 @@ def iter_predict_blocks(
     memory = _worker_memory(client)
     if block_size is None:
         block_size = default_block_size(stack, bundle, options, memory)
-    if block_size < min(options.tile_size, 16):
-        raise InputError(f"block size must be at least the tile size ({options.tile_size})")
     halo = block_halo(bundle, options)
     axes = stack.axes
     labels_axes = labels_axes_of(axes)
