@@ -21,6 +21,7 @@ import yaml
 from napari_unet.cli import EXIT_USER, main
 from napari_unet.core.architecture_source import standalone_source
 from napari_unet.core.bioimageio_export import export_package
+from napari_unet.core.bioimageio_foreign import open_package, predict_with_package
 from napari_unet.core.bioimageio_import import load_package_bundle
 from napari_unet.core.errors import BundleError, InputError
 from napari_unet.core.generators import run_to_end
@@ -28,6 +29,7 @@ from napari_unet.core.inference import PredictOptions, iter_predict
 from napari_unet.core.io import read_image
 from napari_unet.core.model import UNet
 from napari_unet.core.options import TrainSettings
+from napari_unet.core.preprocess import normalize
 from napari_unet.core.registry import load_bundle
 from napari_unet.core.training_process import iter_finetune_in_child
 
@@ -235,3 +237,121 @@ def test_cli_export_mistakes_exit_2(tmp_path, capsys):
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and error.startswith("napari-unet export: error:")
     assert not list(tmp_path.iterdir())
+
+
+def repackage(source: Path, target: Path, edit, files: dict[str, bytes] | None = None) -> Path:
+    """A copy of a package whose description ``edit`` changes in place; ``files`` replace or
+    add members, and members the description no longer names are left out."""
+    with zipfile.ZipFile(source) as archive:
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+        edit(rdf)
+        text = yaml.safe_dump(rdf)
+        members = {name: archive.read(name) for name in archive.namelist() if name != "rdf.yaml"}
+    members.update(files or {})
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr("rdf.yaml", text)
+        for name, content in members.items():
+            if name in text:
+                archive.writestr(name, content)
+    return target
+
+
+def foreign(rdf: dict) -> None:
+    """Make a napari-unet description look like another tool's: no bundle, no own config."""
+    rdf["config"].pop("napari_unet")
+    rdf.pop("attachments")
+
+
+def test_foreign_package_runs_its_torchscript_through_bioimageio_core(exported, tmp_path):
+    pytest.importorskip("bioimageio.core")
+    package = repackage(exported["nuclei"], tmp_path / "other.zip", foreign)
+    with pytest.raises(BundleError, match="not exported by napari-unet"):
+        load_bundle(package)
+    plane = np.asarray(read_image(SAMPLES / "nuclei_2d.tif").data)[:256, :384]
+    result = predict_with_package(plane, package)
+    assert (result.kind, result.axes, result.weight_format) == (
+        "image",
+        "channel,y,x",
+        "torchscript",
+    )
+    assert result.data.shape == (3, 256, 384)
+    network = load_bundle("nuclei").network.eval()
+    normalised = normalize(plane[np.newaxis].astype(np.float32), {"low": 1.0, "high": 99.8})
+    with torch.no_grad():
+        ours = torch.softmax(network(torch.from_numpy(normalised)[None]), dim=1)[0].numpy()
+    # bioimageio.core pads by the halo before normalising: the borders differ, the inside not
+    inside = (slice(None), slice(48, -48), slice(48, -48))
+    assert np.abs(result.data[inside] - ours[inside]).max() < 0.02
+
+
+def test_foreign_python_code_and_remote_weights_need_consent_or_are_refused(exported, tmp_path):
+    pytest.importorskip("bioimageio.core")
+
+    def code_only(rdf):
+        foreign(rdf)
+        del rdf["weights"]["torchscript"]
+
+    package = repackage(exported["nuclei"], tmp_path / "code.zip", code_only)
+    plane = np.asarray(read_image(SAMPLES / "nuclei_2d.tif").data)[:96, :96]
+    with pytest.raises(BundleError, match="allow the package's code"):
+        predict_with_package(plane, package)
+    assert predict_with_package(plane, package, allow_code=True).weight_format == (
+        "pytorch_state_dict"
+    )
+
+    def remote(rdf):
+        code_only(rdf)
+        rdf["weights"]["pytorch_state_dict"]["source"] = "https://example.org/weights.pt"
+
+    package = repackage(exported["nuclei"], tmp_path / "remote.zip", remote)
+    with pytest.raises(BundleError, match="on the internet"):
+        open_package(package, allow_code=True)
+
+
+class ClassMap(torch.nn.Module):
+    """Class 1 where the normalised pixel is over 0.5, as integers (a class-map model)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x > 0.5).to(torch.int64)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("head", ["probability", "class map"])
+def test_foreign_single_channel_outputs_become_labels(exported, tmp_path, head):
+    pytest.importorskip("bioimageio.core")
+    import io
+
+    if head == "probability":
+        network = torch.nn.Conv2d(1, 1, 1)  # sigmoid over 0.5 where the input is over 0.5
+        with torch.no_grad():
+            network.weight.fill_(40.0)
+            network.bias.fill_(-20.0)
+    else:
+        network = ClassMap()
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(network), buffer)
+
+    def single_channel(rdf):
+        foreign(rdf)
+        del rdf["weights"]["pytorch_state_dict"]
+        weights = rdf["weights"]["torchscript"]
+        del weights["parent"], weights["sha256"]
+        weights["source"] = "head.pt"
+        (output,) = rdf["outputs"]
+        output["axes"][1]["channel_names"] = ["foreground"]
+        output.pop("sample_tensor")
+        if head == "probability":
+            output["postprocessing"] = [{"id": "sigmoid"}]
+        else:
+            output["postprocessing"] = []
+            output["data"] = {"type": "int64"}
+
+    package = repackage(
+        exported["nuclei"], tmp_path / "head.zip", single_channel, {"head.pt": buffer.getvalue()}
+    )
+    plane = np.zeros((96, 128), np.float32)
+    plane[10:30, 10:30] = plane[50:80, 60:100] = 100.0
+    result = predict_with_package(plane, package, min_size=5)
+    assert (result.kind, result.axes) == ("labels", "y,x")
+    expected = 2 if head == "probability" else 1  # objects, or the one foreground class
+    assert result.data.max() == expected and np.array_equal(result.data > 0, plane > 0)
