@@ -314,6 +314,10 @@ class _Validation:
         self.options = replace(
             options or PredictOptions(),
             mode=None,
+            # the held-out planes are at the model's scale already (at_model_scale), from
+            # their labels: no estimate needed, and a diameter the user gave for the raw
+            # image would be wrong for them
+            diameter=config.get("object_diameter") if config["mode"] == "instances" else None,
             link_z=False,
             device=settings.device,
             precision=settings.precision,
