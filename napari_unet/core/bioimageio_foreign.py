@@ -76,14 +76,14 @@ def open_package(path: str | os.PathLike[str], *, allow_code: bool = False) -> t
             "running bioimage.io packages from other software needs the optional extra: "
             'pip install "napari-unet[bioimageio]"'
         ) from error
-    description = load_description(Path(path), perform_io_checks=False)
+    # older (0.4) descriptions are converted, so that axes are always objects with ids
+    description = load_description(Path(path), format_version="latest", perform_io_checks=False)
     if isinstance(description, InvalidDescr) or getattr(description, "type", None) != "model":
         raise BundleError(f"{path} is not a valid bioimage.io model description")
     entries = {
-        name: entry
-        for name, entry in (("torchscript", description.weights.torchscript),)
-        + (("pytorch_state_dict", description.weights.pytorch_state_dict),)
-        if entry is not None
+        name: getattr(description.weights, name)
+        for name in (*SAFE_FORMATS, *CODE_FORMATS)
+        if getattr(description.weights, name) is not None
     }
     remote = sorted(name for name, entry in entries.items() if "://" in str(entry.source))
     local = [name for name in entries if name not in remote]
