@@ -144,6 +144,8 @@ def iter_export(
     output = Path(output)
     config = bundle.config
     _check_request(config, output, authors, license_id, test_image, share_test_image, overwrite)
+    if pixel_size_um is not None and not pixel_size_um > 0:
+        raise InputError(f"the pixel size must be positive, got {pixel_size_um}")
     total = 4
     yield ExportStep(0, total, "choosing a test patch")
     network = copy.deepcopy(bundle.network).float().cpu().eval()
@@ -159,7 +161,7 @@ def iter_export(
         buffer = io.BytesIO()
         torch.jit.save(torch.jit.script(network), buffer)
     yield ExportStep(3, total, "writing the package")
-    files = _package_files(bundle, network, data, probabilities, buffer.getvalue())
+    files = _package_files(bundle, network, data, normalised, probabilities, buffer.getvalue())
     rdf = _description(
         bundle,
         files,
@@ -334,14 +336,14 @@ def _package_files(
     bundle: Bundle,
     network: torch.nn.Module,
     data: PatchData,
+    normalised: np.ndarray,
     probabilities: np.ndarray,
     torchscript: bytes,
 ) -> dict[str, bytes]:
-    """Every file of the package but the description, by name."""
+    """Every file of the package but the description and README, by name."""
     config = bundle.config
     state = io.BytesIO()
     torch.save(network.state_dict(), state)
-    normalised = normalize(data.raw, config["normalization"])
     if config["mode"] == "instances":
         labels = instance_labels(
             probabilities[0],
