@@ -126,7 +126,7 @@ def test_reimport_predicts_identical_labels_and_fine_tunes_again(exported, tmp_p
         expected = run_to_end(iter_predict(image, original, options)).labels
         assert expected.max() > 20
         assert np.array_equal(run_to_end(iter_predict(image, imported, options)).labels, expected)
-    settings = TrainSettings(steps=1, patch_size=64, batch_size=2, val_every=1, device="cpu")
+    settings = TrainSettings(steps=1, patch_size=64, batch_size=2, val_fraction=0.0, device="cpu")
     again = tmp_path / "nuclei-ft2.safetensors"
     run_to_end(iter_finetune_in_child(package, imported.replay.samples()[:1], settings, again))
     assert load_bundle(again).config["parent"] == "nuclei-ft1"
