@@ -223,7 +223,8 @@ def readme(
         + (
             f"Objects should be about {diameter:.0f} pixels across (the median object "
             "diameter of the training labels); rescale images whose objects are much "
-            "larger or smaller (napari-unet's `--diameter` does this)."
+            "larger or smaller (napari-unet estimates the object size of each plane and "
+            "rescales it, or uses the `--diameter` it is given)."
             if diameter
             else "The model was trained without a reference object size."
         )

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from napari_unet.core.bundle import Bundle, load_bundle_file
+from napari_unet.core.bundle import Bundle, load_bundle_bytes
 from napari_unet.core.errors import BundleError
 
 DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
@@ -67,7 +66,7 @@ def load_package_bundle(path: str | os.PathLike[str]) -> Bundle:
     Returns
     -------
     Bundle
-        As :func:`~napari_unet.core.bundle.load_bundle_file`; its ``path`` is the package.
+        As :func:`~napari_unet.core.bundle.load_bundle_bytes`; its ``path`` is the package.
 
     Raises
     ------
@@ -103,10 +102,7 @@ def load_package_bundle(path: str | os.PathLike[str]) -> Bundle:
     digest = hashlib.sha256(content).hexdigest()
     if entry.get("sha256") and entry["sha256"] != digest:
         raise BundleError(f"{path}: {name} does not match the SHA-256 in the description")
-    with tempfile.TemporaryDirectory() as folder:
-        copy = Path(folder) / name
-        copy.write_bytes(content)
-        bundle = load_bundle_file(copy)
+    bundle = load_bundle_bytes(content, name.removesuffix(".safetensors"))
     bundle.path = path
     return bundle
 
