@@ -1,5 +1,6 @@
 """GUI tests: napari under Xvfb (pytest-xvfb), widgets driven through their methods."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -891,3 +892,32 @@ def test_a_request_that_cannot_fit_is_a_notification_in_the_docked_widget(qtbot,
     )
     assert "cells labels" not in [layer.name for layer in viewer.layers]
     assert widget.segment.run_button.isEnabled()
+
+
+def test_segment_panel_estimates_the_object_size_and_says_so(qtbot, docked):
+    """Nuclei 2.5x larger than the model's are shrunk to its size; the status line says so."""
+    from skimage.transform import rescale
+
+    from napari_unet.core.metrics import instance_scores
+    from napari_unet.gui.sample_data import nuclei_2d
+
+    viewer, widget = docked
+    plane = nuclei_2d()[0][0][:200, :240]
+    layer = viewer.add_image(
+        rescale(plane, 2.5, order=1, preserve_range=True).astype(plane.dtype), name="big"
+    )
+    widget.segment.model_combo.setCurrentText("nuclei")
+    assert widget.segment.diameter_spin.text() == "auto"
+    labels = _segment_layer(qtbot, widget, layer)
+    big_status = widget.segment.status.text()
+    assert "estimated from" in big_status, big_status
+    small = viewer.add_image(plane, name="small")
+    reference = np.asarray(_segment_layer(qtbot, widget, small).data)
+    small_status = widget.segment.status.text()
+
+    def across(status):
+        return float(re.search(r"objects about (\d+) px across", status, re.IGNORECASE).group(1))
+
+    assert across(big_status) / across(small_status) == pytest.approx(2.5, rel=0.2)
+    shrunk = rescale(np.asarray(labels.data), 0.4, order=0, preserve_range=True).astype(np.uint32)
+    assert instance_scores(shrunk, reference).at(0.5) > 0.7  # the same nuclei found
