@@ -20,6 +20,7 @@ import yaml
 
 from napari_unet.cli import EXIT_USER, main
 from napari_unet.core.architecture_source import standalone_source
+from napari_unet.core.bioimageio_docs import BUNDLED_ORIGINS
 from napari_unet.core.bioimageio_export import export_package
 from napari_unet.core.bioimageio_foreign import open_package, predict_with_package
 from napari_unet.core.bioimageio_import import load_package_bundle
@@ -355,3 +356,16 @@ def test_foreign_single_channel_outputs_become_labels(exported, tmp_path, head):
     assert (result.kind, result.axes) == ("labels", "y,x")
     expected = 2 if head == "probability" else 1  # objects, or the one foreground class
     assert result.data.max() == expected and np.array_equal(result.data > 0, plane > 0)
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_ORIGINS))
+def test_bundled_origins_repeat_their_model_cards(name):
+    """The packages' data and scores of the bundled models must follow their model cards."""
+    import re
+
+    card = (Path(__file__).resolve().parents[1] / "docs" / "models" / f"{name}.md").read_text()
+    origin = BUNDLED_ORIGINS[name]
+    for number in re.findall(r"\d+\.\d+", origin.validation):
+        assert number in card, f"{number} of BUNDLED_ORIGINS[{name!r}] is not in its model card"
+    history = load_bundle(name).config["training"]["history"]
+    assert f"{len(history[0]['samples'])} " in origin.data  # images trained on
