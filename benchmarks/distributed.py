@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import resource
 import shutil
 import statistics
 import sys
@@ -103,8 +102,29 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _start_sampling(dask_worker) -> None:
+    """Sample this worker's resident memory every 20 ms until :func:`_stop_sampling` (the
+    run's own peak: ``ru_maxrss`` would also hold the start-up's)."""
+    import threading
+
+    import psutil
+
+    process = psutil.Process()
+    state = {"peak": process.memory_info().rss, "running": True}
+
+    def sample() -> None:
+        while state["running"]:
+            state["peak"] = max(state["peak"], process.memory_info().rss)
+            time.sleep(0.02)
+
+    threading.Thread(target=sample, daemon=True).start()
+    dask_worker.napari_unet_rss = state
+
+
+def _stop_sampling(dask_worker) -> int:
+    state = dask_worker.napari_unet_rss
+    state["running"] = False
+    return state["peak"]
 
 
 def distributed(client, threads: int, source: Path, out: Path, options, block: int | None) -> dict:
@@ -122,6 +142,7 @@ def distributed(client, threads: int, source: Path, out: Path, options, block: i
     warm = BundlePlugin(model, threads)
     client.register_plugin(warm, name=warm.name)
     start_rss = client.run(_rss)
+    client.run(_start_sampling)
     start = time.perf_counter()
     stack = read_zarr(source)
     result = run_to_end(
@@ -131,7 +152,7 @@ def distributed(client, threads: int, source: Path, out: Path, options, block: i
     )
     write_labels_zarr(out, result.labels, axes=result.axes)
     seconds = time.perf_counter() - start
-    peaks = client.run(_peak_rss)
+    peaks = client.run(_stop_sampling)
     discard_work(out)
     shutil.rmtree(out)
     rise = max(peaks[w] - start_rss[w] for w in peaks)

@@ -111,7 +111,10 @@ def _reference(image, bundle, options, predictor):
     return run_to_end(iter_predict(Stack(image, "ZYX"), bundle, options, predictor=predictor))
 
 
-def test_blocks_give_the_single_process_labels(client, tmp_path):
+@pytest.mark.parametrize("lazy", [False, True], ids=["in memory", "dask array"])
+def test_blocks_give_the_single_process_labels(client, tmp_path, lazy):
+    import dask.array as da
+
     labels = _volume()
     image = _image(labels)
     bundle, model = _bundle_bytes(tmp_path)
@@ -129,7 +132,7 @@ def test_blocks_give_the_single_process_labels(client, tmp_path):
     output = tmp_path / "out_labels.ome.zarr"
     result = run_to_end(
         iter_predict_blocks(
-            Stack(image, "ZYX"),
+            Stack(da.from_array(image, chunks=(3, 50, 50)) if lazy else image, "ZYX"),
             model,
             OPTIONS,
             client,

@@ -201,3 +201,21 @@ def test_napari_reader_opens_ome_zarr_lazily_as_multiscale_labels(tmp_path):
     assert kind == "labels" and kwargs["multiscale"] and kwargs["scale"] == [2.0, 2.0]
     assert all(isinstance(level, da.Array) for level in data)
     np.testing.assert_array_equal(data[0], labels)
+
+
+@pytest.mark.gui
+def test_our_ome_zarr_opens_in_napari(make_napari_viewer, tmp_path):
+    labels = np.zeros((2, 600, 520), np.uint32)
+    labels[:, 10:50, 20:80] = 3
+    path = write_labels_zarr(
+        tmp_path / "v_labels.ome.zarr",
+        labels,
+        axes="ZYX",
+        scale={"Z": 2.0, "Y": 0.5, "X": 0.5},
+        units={"Z": UM, "Y": UM, "X": UM},
+    )
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-unet")
+    assert layer._type_string == "labels" and layer.multiscale and len(layer.data) == 2
+    assert tuple(layer.scale) == pytest.approx((2.0, 0.5, 0.5))
+    np.testing.assert_array_equal(np.asarray(layer.data[0]), labels)

@@ -306,8 +306,9 @@ def iter_predict_blocks(
     Parameters
     ----------
     stack : Stack
-        The image; with a ``path``, workers reopen it there (a shared file system or a URL),
-        otherwise each block's window is sent with its task.
+        The image; with a ``path``, workers reopen it there (a shared file system); a lazy
+        (dask) image without one, such as an OME-Zarr URL, is read by the workers from its
+        store; otherwise each block's window is sent with its task.
     model : bytes
         The model bundle's file.
     options : PredictOptions
@@ -389,7 +390,7 @@ def iter_predict_blocks(
         client.submit(
             _segment_block,
             block,
-            source if source.path else _with_window(source, block),
+            source if source.path or _is_lazy(source.array) else _with_window(source, block),
             ranges,
             options,
             plugin.name,
@@ -559,6 +560,11 @@ def _worker_memory(client: Client) -> int | None:
     limits = [w.get("memory_limit") for w in client.scheduler_info()["workers"].values()]
     limits = [m for m in limits if m]
     return min(limits) if limits else None
+
+
+def _is_lazy(array: Any) -> bool:
+    """A dask array (an OME-Zarr URL, say): workers read their windows from its store."""
+    return hasattr(array, "dask")
 
 
 def _with_window(source: ImageSource, block: Block) -> ImageSource:

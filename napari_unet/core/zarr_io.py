@@ -56,7 +56,7 @@ _FROM_NGFF_UNIT = {
     "minute": "min",
     "hour": "h",
 }
-_MIN_LEVEL_EDGE = 256  # the pyramid stops when a level's Y and X are both this small
+_MIN_LEVEL_EDGE = 256  # a pyramid level is added only if its larger edge reaches this
 _MAX_LEVELS = 6
 
 
