@@ -111,22 +111,26 @@ def _reference(image, bundle, options, predictor):
     return run_to_end(iter_predict(Stack(image, "ZYX"), bundle, options, predictor=predictor))
 
 
-@pytest.mark.parametrize("lazy", [False, True], ids=["in memory", "dask array"])
-def test_blocks_give_the_single_process_labels(client, tmp_path, lazy):
+@pytest.mark.parametrize(
+    ("lazy", "z_block"),
+    [(False, None), (True, None), (False, 2)],
+    ids=["in memory", "dask array", "Z split"],
+)
+def test_blocks_give_the_single_process_labels(client, tmp_path, lazy, z_block):
     import dask.array as da
 
     labels = _volume()
     image = _image(labels)
     bundle, model = _bundle_bytes(tmp_path)
     reference = _reference(image, bundle, OPTIONS, SmoothOracle()).labels
-    blocks = plan_blocks(192, 256, BLOCK, 0)
+    blocks = plan_blocks((3, 192, 256), BLOCK, 0)
     assert len(blocks) == 12
     # objects cross faces and corners, and the reference found them all
     assert len(np.unique(reference)) - 1 == labels.max()
     cut = [
         k
         for k in range(1, labels.max() + 1)
-        if len({b.grid for b in blocks if (labels[:, b.core[0], b.core[1]] == k).any()}) > 1
+        if len({b.grid for b in blocks if (labels[:, b.core[1], b.core[2]] == k).any()}) > 1
     ]
     assert len(cut) >= 6
     output = tmp_path / "out_labels.ome.zarr"
@@ -138,13 +142,15 @@ def test_blocks_give_the_single_process_labels(client, tmp_path, lazy):
             client,
             output,
             block_size=BLOCK,
+            z_block=z_block,
             predictor=SmoothOracle(),
         )
     )
     labels_out = result.labels.compute()
     assert labels_out.shape == reference.shape and result.axes == "ZYX"
     assert _same_up_to_relabelling(reference, labels_out)
-    assert result.stats["objects"] == labels.max() and result.stats["blocks"] == 12
+    assert result.stats["objects"] == labels.max()
+    assert result.stats["blocks"] == (12 if z_block is None else 24)
     assert result.stats["halo"] >= 2 * 16
     discard_work(output)
     assert not work_folder(output).exists()
@@ -187,7 +193,7 @@ def test_a_block_failing_twice_fails_the_run_with_its_place(client, tmp_path):
     bad = SmoothOracle(attempts=str(attempts))
     options = OPTIONS
     with pytest.raises(
-        EngineError, match=r"block \(0, 0\): rows 0-127, columns 0-127 failed twice"
+        EngineError, match=r"block \(0, 0, 0\): rows 0-127, columns 0-127 failed twice"
     ):
         run_to_end(
             iter_predict_blocks(
@@ -276,6 +282,18 @@ def test_blocks_are_at_least_a_tile(client, tmp_path):
                 block_size=32,
             )
         )
+
+
+def test_z_is_split_only_when_a_block_would_not_fit():
+    from napari_unet.core.distributed import default_z_block
+
+    bundle = tiny_bundle()
+    stack = Stack(np.zeros((64, 8, 8), np.uint16), "ZYX")
+    plenty, tight = 2**40, 200 * 2**20
+    assert default_z_block(stack, bundle, OPTIONS, 512, plenty) is None
+    planes = default_z_block(stack, bundle, OPTIONS, 512, tight)
+    assert planes is not None and 1 <= planes < 64
+    assert default_z_block(Stack(np.zeros((8, 8)), "YX"), bundle, OPTIONS, 512, tight) is None
 
 
 def test_workers_need_a_local_cluster():

@@ -1,6 +1,7 @@
 """Segment one large image on a Dask cluster: blocks with halos, merged across their faces.
 
-The image is cut into a grid of Y/X blocks (every other axis whole, Z included). Each block
+The image is cut into a grid of Y/X blocks (every other axis whole; Z too, unless a block of
+all its planes would not fit in a worker: then into slabs, see :func:`default_z_block`). Each block
 is read with a halo wide enough for the tiles' context and the largest object, segmented on a
 worker by :func:`~napari_unet.core.inference.iter_predict` (the single-process engine, with
 the whole image's normalisation percentiles and one object diameter for every block), and
@@ -63,19 +64,22 @@ class Block:
     Attributes
     ----------
     grid : tuple of int
-        (row, column) in the block grid.
+        (slab, row, column) in the block grid; slabs split Z, when it is split.
     core, outer : tuple of slice
-        Rows and columns of the image; ``outer`` is ``core`` plus the halo, clipped.
+        Planes (Z; ``slice(0, 1)`` without a Z axis), rows and columns of the image;
+        ``outer`` is ``core`` plus the halo, clipped.
     """
 
-    grid: tuple[int, int]
-    core: tuple[slice, slice]
-    outer: tuple[slice, slice]
+    grid: tuple[int, int, int]
+    core: tuple[slice, slice, slice]
+    outer: tuple[slice, slice, slice]
 
     def where(self) -> str:
-        """``block (0, 1): rows 0-511, columns 512-1023`` for messages."""
-        (r0, r1), (c0, c1) = ((s.start, s.stop - 1) for s in self.core)
-        return f"block {self.grid}: rows {r0}-{r1}, columns {c0}-{c1}"
+        """``block (0, 0, 1): rows 0-511, columns 512-1023`` (and its planes when Z is
+        split) for messages."""
+        (z0, z1), (r0, r1), (c0, c1) = ((s.start, s.stop - 1) for s in self.core)
+        planes = f"planes {z0}-{z1}, " if self.grid[0] or self.outer[0] != self.core[0] else ""
+        return f"block {self.grid}: {planes}rows {r0}-{r1}, columns {c0}-{c1}"
 
 
 @dataclass(frozen=True)
@@ -112,9 +116,10 @@ class ImageSource:
 
         return read_image(self.path, axes=self.axes, series=self.series).data
 
-    def window(self, rows: slice, cols: slice) -> np.ndarray:
-        """Rows and columns of every plane, other axes whole."""
-        key = tuple(rows if a == "Y" else cols if a == "X" else slice(None) for a in self.axes)
+    def window(self, planes: slice, rows: slice, cols: slice) -> np.ndarray:
+        """Planes (Z, if the image has it), rows and columns; other axes whole."""
+        where = {"Z": planes, "Y": rows, "X": cols}
+        key = tuple(where.get(a, slice(None)) for a in self.axes)
         window = self.open()[key]
         if hasattr(window, "compute"):  # a lazy (dask) image: read here, not through the cluster
             window = window.compute(scheduler="sync")
@@ -134,7 +139,8 @@ class DistributedPrediction:
     axes, mode : str
     class_names : list of str
     stats : dict
-        ``blocks``, ``block_size``, ``halo``, ``resumed`` (blocks already done),
+        ``blocks``, ``block_size``, ``z_block`` (planes per block; None: all), ``halo``,
+        ``resumed`` (blocks already done),
         ``objects``, ``merged_pairs``, ``predict_seconds``, ``merge_seconds``, ``diameter``.
     """
 
@@ -223,24 +229,37 @@ def connect(
         yield client, None
 
 
-def plan_blocks(height: int, width: int, block_size: int, halo: int) -> list[Block]:
-    """The grid of ``block_size`` blocks over a ``height`` x ``width`` plane, row by row."""
+def plan_blocks(
+    shape: tuple[int, int, int],
+    block_size: int,
+    halo: int,
+    z_block: int | None = None,
+    z_halo: int = 0,
+) -> list[Block]:
+    """The grid of blocks over a (depth, height, width) image, slab by slab, row by row:
+    ``block_size`` in Y and X with ``halo``; ``z_block`` planes (default all) with
+    ``z_halo``."""
     if block_size < 16:
         raise InputError(f"block size must be at least 16 pixels, got {block_size}")
+    depth, height, width = shape
+    z_block = z_block or depth
     blocks = []
-    for r, y0 in enumerate(range(0, height, block_size)):
-        for c, x0 in enumerate(range(0, width, block_size)):
-            y1, x1 = min(y0 + block_size, height), min(x0 + block_size, width)
-            blocks.append(
-                Block(
-                    (r, c),
-                    (slice(y0, y1), slice(x0, x1)),
-                    (
-                        slice(max(0, y0 - halo), min(height, y1 + halo)),
-                        slice(max(0, x0 - halo), min(width, x1 + halo)),
-                    ),
+    for k, z0 in enumerate(range(0, depth, z_block)):
+        for r, y0 in enumerate(range(0, height, block_size)):
+            for c, x0 in enumerate(range(0, width, block_size)):
+                z1 = min(z0 + z_block, depth)
+                y1, x1 = min(y0 + block_size, height), min(x0 + block_size, width)
+                blocks.append(
+                    Block(
+                        (k, r, c),
+                        (slice(z0, z1), slice(y0, y1), slice(x0, x1)),
+                        (
+                            slice(max(0, z0 - z_halo), min(depth, z1 + z_halo)),
+                            slice(max(0, y0 - halo), min(height, y1 + halo)),
+                            slice(max(0, x0 - halo), min(width, x1 + halo)),
+                        ),
+                    )
                 )
-            )
     return blocks
 
 
@@ -278,6 +297,32 @@ def default_block_size(
     return size
 
 
+def default_z_block(
+    stack: Stack, bundle: Any, options: PredictOptions, block_size: int, worker_memory: int | None
+) -> int | None:
+    """Planes per block: all of them (None) unless a block of ``block_size`` with every
+    plane would not fit in half a worker's memory; then as many as fit (at least one)."""
+    if "Z" not in stack.axes or not worker_memory:
+        return None
+    sizes = dict(zip(stack.axes, stack.data.shape, strict=True))
+    others = [n for a, n in sizes.items() if a not in "ZYXCS"]
+    edge = block_size + 2 * block_halo(bundle, options)
+    tile = min(options.tile_size, edge)
+
+    def fits(planes: int) -> bool:
+        need = prediction_memory(
+            (*others, planes, edge, edge), (edge, edge), bundle.config, tile, 1, 1
+        )
+        return need <= _BLOCK_MEMORY_SHARE * worker_memory
+
+    if fits(sizes["Z"]):
+        return None
+    planes = sizes["Z"]
+    while planes > 1 and not fits(planes):
+        planes //= 2
+    return planes
+
+
 def work_folder(output: str | os.PathLike[str]) -> Path:
     """The folder a run keeps its finished blocks in until the output is written (found
     again by a resumed run; a dot name ending in ``.partial`` hides it from listings)."""
@@ -298,6 +343,7 @@ def iter_predict_blocks(
     output: str | os.PathLike[str],
     *,
     block_size: int | None = None,
+    z_block: int | None = None,
     torch_threads: int | None = None,
     predictor: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Generator[Progress, None, DistributedPrediction]:
@@ -321,6 +367,10 @@ def iter_predict_blocks(
     block_size : int, optional
         Block edge in Y/X pixels (at least the tile size); default from the workers'
         memory (:func:`default_block_size`).
+    z_block : int, optional
+        Planes per block; default all, unless they do not fit in a worker's memory
+        (:func:`default_z_block`). Objects linked through Z are joined across slab faces as
+        across Y/X faces (a one-plane halo in Z).
     torch_threads : int, optional
         Torch threads per worker (a local cluster's share of the cores).
     predictor : callable, optional
@@ -359,13 +409,17 @@ def iter_predict_blocks(
     memory = _worker_memory(client)
     if block_size is None:
         block_size = default_block_size(stack, bundle, options, memory)
+    if z_block is None:
+        z_block = default_z_block(stack, bundle, options, block_size, memory)
     halo = block_halo(bundle, options)
     axes = stack.axes
     labels_axes = labels_axes_of(axes)
-    work_axes = "".join(a for a in labels_axes if a not in "YX") + "YX"  # Y, X last
     sizes = dict(zip(axes, stack.data.shape, strict=True))
-    work_shape = tuple(sizes[a] for a in work_axes)
-    blocks = plan_blocks(sizes["Y"], sizes["X"], block_size, halo)
+    # the work store's axes: the others, then Z (of size 1 when the image has none), Y, X
+    others = "".join(a for a in labels_axes if a not in "ZYX")
+    work_shape = (*(sizes[a] for a in others), sizes.get("Z", 1), sizes["Y"], sizes["X"])
+    linked = "Z" in axes and options.link_z and mode == "instances"
+    blocks = plan_blocks(work_shape[-3:], block_size, halo, z_block, z_halo=1 if linked else 0)
     source = ImageSource(
         axes,
         path=None if stack.path is None else str(stack.path),
@@ -376,13 +430,16 @@ def iter_predict_blocks(
         "shape": list(stack.data.shape),
         "axes": axes,
         "block_size": block_size,
+        "z_block": z_block,
         "halo": halo,
         "model": hashlib.sha256(model).hexdigest(),
         "options": repr(options),
         "predictor": repr(predictor),
     }
     token = hashlib.sha256(json.dumps([plan, str(output)]).encode()).hexdigest()[:12]
-    work = _open_work(work_folder(output), plan, work_shape, block_size)
+    work = _open_work(
+        work_folder(output), plan, work_shape, (z_block or work_shape[-3], block_size)
+    )
     counts = {b.grid: n for b in blocks if (n := work.count(b)) is not None}
     resumed = len(counts)
     yield Progress(len(counts), len(blocks), "blocks", notice=f"dashboard: {client.dashboard_link}")
@@ -397,7 +454,7 @@ def iter_predict_blocks(
             str(work.path),
             mode,
             predictor,
-            key=f"napari-unet-block-{block.grid[0]}-{block.grid[1]}-{token}",
+            key=f"napari-unet-block-{'-'.join(map(str, block.grid))}-{token}",
             retries=1,
             pure=False,
         ): block
@@ -416,10 +473,14 @@ def iter_predict_blocks(
     predicted = time.perf_counter()
     yield Progress(0, 1, "merging")
     if mode == "instances":
-        luts, pairs, objects = _merge(work, blocks, counts, block_size)
+        luts, pairs, objects = _merge(work, blocks, counts)
     else:
         luts, pairs, objects = None, 0, None
-    labels = work.final_labels(luts).transpose([work_axes.index(a) for a in labels_axes])
+    labels = work.final_labels(luts)
+    work_axes = others + "ZYX"
+    if "Z" not in labels_axes:
+        labels, work_axes = labels[..., 0, :, :], others + "YX"
+    labels = labels.transpose([work_axes.index(a) for a in labels_axes])
     merged = time.perf_counter()
     yield Progress(1, 1, "merging")
     return DistributedPrediction(
@@ -430,6 +491,7 @@ def iter_predict_blocks(
         stats={
             "blocks": len(blocks),
             "block_size": block_size,
+            "z_block": z_block,
             "halo": halo,
             "resumed": resumed,
             "objects": objects,
@@ -570,7 +632,7 @@ def _is_lazy(array: Any) -> bool:
 def _with_window(source: ImageSource, block: Block) -> ImageSource:
     """A source holding only the block's window (sent with its task)."""
     window = source.window(*block.outer)
-    offset = [block.outer[0].start, block.outer[1].start]
+    offset = [s.start for s in block.outer]
     return dataclasses.replace(source, array=_Shifted(window, offset, source.axes))
 
 
@@ -585,8 +647,8 @@ class _Shifted:
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         shifted = []
         for a, s in zip(self.axes, key, strict=True):
-            if a in "YX":
-                o = self.offset["YX".index(a)]
+            if a in "ZYX":
+                o = self.offset["ZYX".index(a)]
                 s = slice(s.start - o, s.stop - o)
             shifted.append(s)
         return self.window[tuple(shifted)]
@@ -684,16 +746,25 @@ def _segment_block(
     window = source.window(*block.outer)
     result = run_to_end(
         iter_predict(
-            Stack(window, source.axes), bundle, options, predictor=predictor, plane_ranges=ranges
+            Stack(window, source.axes),
+            bundle,
+            options,
+            predictor=predictor,
+            plane_ranges=_window_ranges(ranges, source.axes, block.outer[0]),
         )
     )
-    work_axes = "".join(a for a in result.axes if a not in "YX") + "YX"
-    labels = result.labels.transpose([result.axes.index(a) for a in work_axes])
-    (top, left) = (block.outer[0].start, block.outer[1].start)
+    others = "".join(a for a in result.axes if a not in "ZYX")
+    labels = result.labels.transpose(
+        [result.axes.index(a) for a in others + "ZYX" if a in result.axes]
+    )
+    if "Z" not in result.axes:
+        labels = labels[..., np.newaxis, :, :]
     inner = (
         ...,
-        slice(block.core[0].start - top, block.core[0].stop - top),
-        slice(block.core[1].start - left, block.core[1].stop - left),
+        *(
+            slice(c.start - o.start, c.stop - o.start)
+            for c, o in zip(block.core, block.outer, strict=True)
+        ),
     )
     work = _Work(Path(work_path))
     if mode != "instances":
@@ -710,23 +781,46 @@ def _segment_block(
     return int(present.size)
 
 
+def _window_ranges(
+    ranges: dict[tuple[int, ...], np.ndarray], axes: str, planes: slice
+) -> dict[tuple[int, ...], np.ndarray]:
+    """The whole image's plane percentiles indexed as the planes of a window starting at
+    ``planes.start`` along Z."""
+    stack_axes = [a for a in axes if a not in "YXCS"]
+    if "Z" not in stack_axes:
+        return ranges
+    z = stack_axes.index("Z")
+    return {
+        (*index[:z], index[z] - planes.start, *index[z + 1 :]): r
+        for index, r in ranges.items()
+        if planes.start <= index[z] < planes.stop
+    }
+
+
 def _frame(numbered: np.ndarray, block: Block) -> dict[str, np.ndarray]:
-    """The block's ids (array of shape (..., Y, X)) on the lines just outside its core, its
-    neighbours' pixels, each with its window ``[r0, r1, c0, c1]`` in image coordinates."""
-    (top, bottom), (left, right) = ((s.start, s.stop) for s in block.outer)
-    (y0, y1), (x0, x1) = ((s.start, s.stop) for s in block.core)
-    c0, c1 = max(x0 - 1, left), min(x1 + 1, right)  # top and bottom lines reach the corners
-    lines = {
-        "top": (y0 - 1, y0, c0, c1) if y0 > top else None,
-        "bottom": (y1, y1 + 1, c0, c1) if y1 < bottom else None,
-        "left": (y0, y1, x0 - 1, x0) if x0 > left else None,
-        "right": (y0, y1, x1, x1 + 1) if x1 < right else None,
+    """The block's ids (array of shape (..., Z, Y, X)) just outside its core, its neighbours'
+    pixels: the lines beside its four Y/X faces through its planes, and the planes above and
+    below it (when Z is split and linked), each with its window ``[z0, z1, r0, r1, c0, c1]``
+    in image coordinates."""
+    (low, high), (top, bottom), (left, right) = ((s.start, s.stop) for s in block.outer)
+    (z0, z1), (y0, y1), (x0, x1) = ((s.start, s.stop) for s in block.core)
+    r0, r1 = max(y0 - 1, top), min(y1 + 1, bottom)
+    c0, c1 = max(x0 - 1, left), min(x1 + 1, right)  # the lines reach the corners
+    faces = {
+        "top": (z0, z1, y0 - 1, y0, c0, c1) if y0 > top else None,
+        "bottom": (z0, z1, y1, y1 + 1, c0, c1) if y1 < bottom else None,
+        "left": (z0, z1, y0, y1, x0 - 1, x0) if x0 > left else None,
+        "right": (z0, z1, y0, y1, x1, x1 + 1) if x1 < right else None,
+        "below": (z0 - 1, z0, r0, r1, c0, c1) if z0 > low else None,
+        "above": (z1, z1 + 1, r0, r1, c0, c1) if z1 < high else None,
     }
     frame = {}
-    for name, window in lines.items():
+    for name, window in faces.items():
         if window is not None:
-            r0, r1, q0, q1 = window
-            frame[name] = numbered[..., r0 - top : r1 - top, q0 - left : q1 - left]
+            p0, p1, q0, q1, w0, w1 = window
+            frame[name] = numbered[
+                ..., p0 - low : p1 - low, q0 - top : q1 - top, w0 - left : w1 - left
+            ]
             frame[name + "_window"] = np.array(window)
     return frame
 
@@ -742,7 +836,7 @@ class _Work:
         self.local = zarr.open_array(str(path / "local.zarr"), mode="r+")
 
     def marker(self, block: Block) -> Path:
-        return self.path / "blocks" / f"{block.grid[0]}_{block.grid[1]}.npz"
+        return self.path / "blocks" / f"{'_'.join(map(str, block.grid))}.npz"
 
     def mark_done(self, block: Block, count: int, frame: dict[str, np.ndarray]) -> None:
         with atomic_path(self.marker(block)) as tmp, open(tmp, "wb") as handle:
@@ -759,9 +853,9 @@ class _Work:
         with np.load(self.marker(block)) as saved:
             return {k: saved[k] for k in saved.files if k != "count"}
 
-    def final_labels(self, luts: dict[tuple[int, int], np.ndarray] | None) -> Any:
-        """The final labels as a dask array of shape (..., Y, X), one chunk per block, each
-        chunk's ids through its block's table."""
+    def final_labels(self, luts: dict[tuple[int, int, int], np.ndarray] | None) -> Any:
+        """The final labels as a dask array of shape (..., Z, Y, X), one chunk per block,
+        each chunk's ids through its block's table."""
         import dask
         import dask.array as da
 
@@ -770,23 +864,28 @@ class _Work:
             return local
         dtype = next(iter(luts.values())).dtype
         chunks = local.to_delayed()
-        grid = chunks.reshape(chunks.shape[-2:])  # the other axes are one chunk
-        rows = []
-        for r in range(grid.shape[0]):
-            row = []
-            for c in range(grid.shape[1]):
-                shape = local.blocks[(0,) * (local.ndim - 2) + (r, c)].shape
-                lookup = dask.delayed(_through, pure=True)(grid[r, c], luts[(r, c)])
-                row.append(da.from_delayed(lookup, shape, dtype))
-            rows.append(da.concatenate(row, axis=-1))
-        return da.concatenate(rows, axis=-2)
+        grid = chunks.reshape(chunks.shape[-3:])  # the other axes are one chunk
+        slabs = []
+        for k in range(grid.shape[0]):
+            rows = []
+            for r in range(grid.shape[1]):
+                row = []
+                for c in range(grid.shape[2]):
+                    shape = local.blocks[(0,) * (local.ndim - 3) + (k, r, c)].shape
+                    lookup = dask.delayed(_through, pure=True)(grid[k, r, c], luts[(k, r, c)])
+                    row.append(da.from_delayed(lookup, shape, dtype))
+                rows.append(da.concatenate(row, axis=-1))
+            slabs.append(da.concatenate(rows, axis=-2))
+        return da.concatenate(slabs, axis=-3)
 
 
 def _through(local: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut[local]
 
 
-def _open_work(path: Path, plan: dict[str, Any], shape: tuple[int, ...], block_size: int) -> _Work:
+def _open_work(
+    path: Path, plan: dict[str, Any], shape: tuple[int, ...], block: tuple[int, int]
+) -> _Work:
     """The work folder for this plan: the previous run's when it had the same plan (resume),
     else a new one."""
     import zarr
@@ -801,7 +900,8 @@ def _open_work(path: Path, plan: dict[str, Any], shape: tuple[int, ...], block_s
             return _Work(path)
     shutil.rmtree(path, ignore_errors=True)
     (path / "blocks").mkdir(parents=True)
-    chunks = (*shape[:-2], block_size, block_size)
+    z_block, block_size = block
+    chunks = (*shape[:-3], z_block, block_size, block_size)
     zarr.open_array(str(path / "local.zarr"), mode="w", shape=shape, chunks=chunks, dtype=np.uint32)
     with atomic_path(plan_file) as tmp:
         tmp.write_text(json.dumps(plan))
@@ -809,31 +909,39 @@ def _open_work(path: Path, plan: dict[str, Any], shape: tuple[int, ...], block_s
 
 
 def _merge(
-    work: _Work, blocks: list[Block], counts: dict[tuple[int, int], int], size: int
-) -> tuple[dict[tuple[int, int], np.ndarray], int, int]:
+    work: _Work, blocks: list[Block], counts: dict[tuple[int, int, int], int]
+) -> tuple[dict[tuple[int, int, int], np.ndarray], int, int]:
     """Tables from block-local to final ids, the number of merged pairs, and of objects."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    grid_rows = max(b.grid[0] for b in blocks) + 1
-    grid_cols = max(b.grid[1] for b in blocks) + 1
-    offsets = np.zeros((grid_rows, grid_cols), dtype=np.int64)
+    grid = tuple(max(b.grid[i] for b in blocks) + 1 for i in range(3))
+    offsets = np.zeros(grid, dtype=np.int64)
     running = 0
-    for block in blocks:  # row by row: final ids follow the blocks' order
+    for block in blocks:  # slab, row, column order: final ids follow the blocks
         offsets[block.grid] = running
         running += counts[block.grid]
     total = running
+    # the grid is regular: the first block's extent is every block's step
+    step = [s.stop - s.start for s in blocks[0].core]
     sources, targets = [], []
     for block in blocks:
         frame = work.frame(block)
-        for name in ("top", "bottom", "left", "right"):
+        for name in ("top", "bottom", "left", "right", "below", "above"):
             if name not in frame:
                 continue
-            r0, r1, c0, c1 = (int(v) for v in frame[name + "_window"])
+            p0, p1, r0, r1, c0, c1 = (int(v) for v in frame[name + "_window"])
             mine = frame[name].astype(np.int64)
             mine = np.where(mine > 0, mine + offsets[block.grid], 0)
-            local = np.asarray(work.local[..., r0:r1, c0:c1]).astype(np.int64)
-            owner = offsets[np.arange(r0, r1)[:, None] // size, np.arange(c0, c1)[None, :] // size]
+            local = np.asarray(work.local[..., p0:p1, r0:r1, c0:c1]).astype(np.int64)
+            owner = offsets[
+                np.ix_(
+                    *(
+                        np.arange(u, v) // n
+                        for (u, v), n in zip(((p0, p1), (r0, r1), (c0, c1)), step, strict=True)
+                    )
+                )
+            ]
             theirs = np.where(local > 0, local + owner, 0)
             a, b = _same_objects(mine.ravel(), theirs.ravel())
             sources.append(a)
