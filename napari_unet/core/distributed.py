@@ -41,7 +41,7 @@ from distributed import Client, WorkerPlugin, as_completed, get_worker
 from napari_unet.core.atomic import PARTIAL_SUFFIX, atomic_path
 from napari_unet.core.errors import EngineError, InputError
 from napari_unet.core.inference import Progress, iter_predict, prediction_memory
-from napari_unet.core.io import Stack
+from napari_unet.core.io import LAZY_BYTES, Stack
 from napari_unet.core.options import PredictOptions
 from napari_unet.core.preprocess import (
     channel_ranges,
@@ -55,6 +55,7 @@ MERGE_IOU = 0.5  # least IoU, on a block's frame, of two ids that are one object
 DEFAULT_BLOCK = 2048  # block edge when memory allows; at least the tile size
 _BLOCK_MEMORY_SHARE = 0.5  # of a worker's memory, for one block's prediction
 _PLAN_FILE = "plan.json"
+CLIENT_READ_BYTES = LAZY_BYTES  # larger images have their plane percentiles measured by workers
 
 
 @dataclass(frozen=True)
@@ -398,7 +399,13 @@ def iter_predict_blocks(
     mode = options.mode or bundle.mode
     plugin = _load_model(client, model, torch_threads)
     started = time.perf_counter()
-    ranges = _plane_ranges(stack, bundle.config, options.channel)
+    source = ImageSource(
+        stack.axes,
+        path=None if stack.path is None else str(stack.path),
+        series=stack.series if stack.path is not None else None,
+        array=stack.data if stack.path is None else None,
+    )
+    ranges = _plane_ranges(client, stack, source, bundle.config, options.channel)
     # one object diameter for every block: the one given, else one estimated on the whole
     # image's most structured window, else the trained one (no rescale)
     diameter = options.diameter
@@ -420,12 +427,6 @@ def iter_predict_blocks(
     work_shape = (*(sizes[a] for a in others), sizes.get("Z", 1), sizes["Y"], sizes["X"])
     linked = "Z" in axes and options.link_z and mode == "instances"
     blocks = plan_blocks(work_shape[-3:], block_size, halo, z_block, z_halo=1 if linked else 0)
-    source = ImageSource(
-        axes,
-        path=None if stack.path is None else str(stack.path),
-        series=stack.series if stack.path is not None else None,
-        array=stack.data if stack.path is None else None,
-    )
     plan = {
         "shape": list(stack.data.shape),
         "axes": axes,
@@ -655,20 +656,46 @@ class _Shifted:
 
 
 def _plane_ranges(
-    stack: Stack, config: dict[str, Any], channel: int | None
+    client: Client, stack: Stack, source: ImageSource, config: dict[str, Any], channel: int | None
 ) -> dict[tuple[int, ...], np.ndarray]:
-    """Normalisation percentiles of every plane of the whole image (read once, plane by
-    plane, by the client itself: a lazy image is not sent through the cluster)."""
+    """Normalisation percentiles of every plane of the whole image: read plane by plane by
+    the client for an image up to :data:`CLIENT_READ_BYTES` (or one only the client holds),
+    else by the workers, one task per plane."""
     import dask
 
-    with dask.config.set(scheduler="threads"):
-        return {
-            index: channel_ranges(
-                to_model_channels(plane, plane_axes, config["input"], channel),
-                config["normalization"],
-            )
-            for index, plane, plane_axes in iter_planes(stack.data, stack.axes)
-        }
+    nbytes = int(np.prod(stack.data.shape, dtype=np.int64)) * np.dtype(stack.data.dtype).itemsize
+    if nbytes <= CLIENT_READ_BYTES or (source.path is None and not _is_lazy(source.array)):
+        with dask.config.set(scheduler="threads"):  # a lazy image is read here, not sent
+            return {
+                index: _channel_ranges(plane, plane_axes, config, channel)
+                for index, plane, plane_axes in iter_planes(stack.data, stack.axes)
+            }
+    shape = [n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a not in "YXCS"]
+    indices = list(np.ndindex(*shape))
+    futures = client.map(
+        _plane_range, indices, source=source, config=config, channel=channel, pure=False
+    )
+    return dict(zip(indices, client.gather(futures), strict=True))
+
+
+def _plane_range(
+    index: tuple[int, ...], *, source: ImageSource, config: dict[str, Any], channel: int | None
+) -> np.ndarray:
+    """One plane's percentiles, on a worker."""
+    import dask
+
+    from napari_unet.core.preprocess import read_plane
+
+    with dask.config.set(scheduler="sync"):  # read here, not back through the cluster
+        plane, plane_axes = read_plane(source.open(), source.axes, index)
+    return _channel_ranges(plane, plane_axes, config, channel)
+
+
+def _channel_ranges(
+    plane: np.ndarray, plane_axes: str, config: dict[str, Any], channel: int | None
+) -> np.ndarray:
+    x = to_model_channels(plane, plane_axes, config["input"], channel)
+    return channel_ranges(x, config["normalization"])
 
 
 def _estimate_diameter(
@@ -683,12 +710,15 @@ def _estimate_diameter(
     """The object diameter of the middle plane's most structured window, estimated by the
     engine itself (:func:`~napari_unet.core.inference.iter_predict` with no diameter) on a
     worker; None when no object is found."""
+    import dask
+
     from napari_unet.core.diameter import sample_window
     from napari_unet.core.preprocess import normalize, read_plane
 
     shape = [n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a not in "YXCS"]
     index = tuple(n // 2 for n in shape)
-    plane, plane_axes = read_plane(stack.data, stack.axes, index)
+    with dask.config.set(scheduler="threads"):  # read here, not through the cluster
+        plane, plane_axes = read_plane(stack.data, stack.axes, index)
     x = to_model_channels(plane, plane_axes, bundle.config["input"], options.channel)
     rows, cols = sample_window(normalize(x, bundle.config["normalization"], ranges[index]))
     window = plane[rows, cols]
