@@ -35,31 +35,6 @@ SPLITS = ROOT / "benchmarks" / "splits"
 SEED = 2018
 
 
-def dsb_split(val_share: float = 0.1) -> dict[str, list[str]]:
-    """Grey fluorescence DSB images split by id with a fixed seed; written once, then reused."""
-    path = SPLITS / "dsb2018_grey_split.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    with open(DATA / "dsb2018_train" / "image_index.tsv") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    ids = sorted(
-        r["id"]
-        for r in rows
-        if r["gray_or_color"] == "gray" and r["modality_guess"] == "fluorescence"
-    )
-    order = np.random.default_rng(SEED).permutation(len(ids))
-    n_val = int(round(val_share * len(ids)))
-    split = {
-        "seed": SEED,
-        "rule": "gray + fluorescence in image_index.tsv",
-        "heldout": sorted(ids[i] for i in order[:n_val]),
-        "train": sorted(ids[i] for i in order[n_val:]),
-    }
-    SPLITS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(split, indent=1))
-    return split
-
-
 def dsb_families() -> list[dict[str, Any]]:
     """Every DSB image with its family: a group of images that look alike.
 
