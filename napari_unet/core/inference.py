@@ -292,21 +292,22 @@ def iter_predict(
             planes_left = n_planes - plane_number
             size, probabilities = yield from sizer.size_plane(x, tiler, planes_left)
             if probabilities is None:
-                if size.factor > 1.0:
-                    check_fits(
-                        prediction_memory(
-                            labels_shape,
-                            _scaled(plane_shape, size.factor),
-                            config,
-                            fallback.tile,
-                            options.batch_size,
-                            workers,
-                        ),
-                        f"segmenting a plane enlarged {size.factor:.2f}x for its small objects",
-                        "give the object diameter yourself (a larger value enlarges less)",
-                    )
                 if size.factor != 1.0:
-                    x = _resize(x, _scaled(plane_shape, size.factor))
+                    shape = _scaled(plane_shape, size.factor)
+                    if size.factor > 1.0 and size.source == "estimated":  # given: checked above
+                        check_fits(
+                            prediction_memory(
+                                labels_shape,
+                                shape,
+                                config,
+                                fallback.tile,
+                                options.batch_size,
+                                workers,
+                            ),
+                            f"segmenting a plane enlarged {size.factor:.2f}x for its small objects",
+                            "give the object diameter yourself (a larger value enlarges less)",
+                        )
+                    x = _resize(x, shape)
                 probabilities = yield from tiler.predict(x, planes_left)
             pipeline.submit(index, probabilities, min_size=sizer.min_size(size))
             yield from store_finished()
