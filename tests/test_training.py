@@ -71,6 +71,36 @@ def test_training_learns_disks(tmp_path, trained):
     assert predict(image, loaded, PredictOptions(device="cpu")).labels.max() > 0
 
 
+def _norm_statistics(network):
+    return {
+        name: tensor.clone()
+        for name, tensor in network.state_dict().items()
+        if name.endswith(("running_mean", "running_var"))
+    }
+
+
+@pytest.mark.parametrize("freeze_norm", [True, False])
+def test_fine_tuning_keeps_the_base_batch_norm_statistics_unless_told(trained, freeze_norm):
+    """Frozen statistics stay the base's (its scale and shift still learn); a model trained
+    from scratch (the fixture) learned its own."""
+    base = trained[1].bundle
+    fresh = _norm_statistics(tiny_bundle().network)
+    before = _norm_statistics(base.network)
+    assert any(not torch.equal(before[name], fresh[name]) for name in fresh)
+    settings = replace(QUICK, steps=4, val_fraction=0.0, freeze_norm=freeze_norm)
+    _, result = run(iter_finetune(base, samples(2, seed=7), settings))
+    after = _norm_statistics(result.bundle.network)
+    unchanged = all(torch.equal(before[name], after[name]) for name in before)
+    assert unchanged == freeze_norm
+    weights = {
+        name: tensor
+        for name, tensor in result.bundle.network.state_dict().items()
+        if name.endswith(".weight")
+    }
+    base_weights = base.network.state_dict()
+    assert any(not torch.equal(base_weights[name], weights[name]) for name in weights)
+
+
 def test_a_deliberately_worse_version_is_ranked_worse(trained):
     """The held-out comparison ranks a damaged copy of a good model below the model."""
     good = trained[1].bundle

@@ -330,8 +330,8 @@ class _Validation:
         return bool(self.samples)
 
     def predict(self, network: torch.nn.Module) -> list[np.ndarray]:
-        """Labels of every held-out plane predicted by ``network`` (left in its mode)."""
-        was_training = network.training
+        """Labels of every held-out plane predicted by ``network`` (left in its modes)."""
+        modes = [(module, module.training) for module in network.modules()]
         bundle = Bundle(network=network.eval(), config=self.config)
         try:
             return [
@@ -339,7 +339,8 @@ class _Validation:
                 for s in self.samples
             ]
         finally:
-            network.train(was_training)
+            for module, training in modes:
+                module.training = training
 
     def compare(self, labels: list[np.ndarray]) -> VersionComparison:
         """The base model's labels against ``labels`` on the held-out regions."""
@@ -383,6 +384,24 @@ def _optimizer(network: torch.nn.Module, settings: TrainSettings) -> torch.optim
             network.parameters(), lr=settings.learning_rate, weight_decay=decay
         )
     return torch.optim.SGD(network.parameters(), lr=settings.learning_rate, momentum=0.99)
+
+
+def _train_mode(network: torch.nn.Module, freeze_norm: bool) -> None:
+    """Put ``network`` in training mode; with ``freeze_norm``, its trained batch-norm layers
+    in eval mode.
+
+    A frozen layer normalises with its running statistics and does not update them; its
+    scale and shift are still trained. Layers that have never tracked a batch are not frozen.
+    """
+    network.train()
+    if freeze_norm:
+        for module in network.modules():
+            if (
+                isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                and module.num_batches_tracked is not None
+                and int(module.num_batches_tracked) > 0
+            ):
+                module.eval()
 
 
 def _learning_rate_factor(step: int, total: int) -> float:
@@ -499,7 +518,7 @@ def iter_finetune(
         ],
         pin_memory=compute.device.type == "cuda",
     )
-    network.train()
+    _train_mode(network, settings.freeze_norm)
     try:
         for step in range(1, settings.steps + 1):
             if more_samples is not None:
