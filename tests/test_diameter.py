@@ -8,7 +8,9 @@ import pytest
 from napari_unet.core.diameter import (
     FACTOR_RANGE,
     MIN_OBJECTS,
+    DiameterEstimate,
     PlaneSize,
+    confirms_enlargement,
     describe_sizes,
     measure_diameter,
     rescale_factor,
@@ -156,3 +158,16 @@ def test_describe_sizes_says_what_was_done():
         "objects about 21 px across (estimated from 30 objects in 1 of 2 planes; "
         "the model expects 20 px): image not rescaled"
     )
+
+
+def test_an_enlargement_needs_the_closer_look_to_agree():
+    first = DiameterEstimate(8.0, 100, 0.10)
+    assert confirms_enlargement(first, DiameterEstimate(19.0, 110, 0.08))  # same objects, surer
+    assert not confirms_enlargement(first, DiameterEstimate(19.0, 200, 0.08))  # noise multiplies
+    assert not confirms_enlargement(first, DiameterEstimate(19.0, 100, 0.30))  # less sure
+    assert not confirms_enlargement(first, DiameterEstimate(None, 1, 0.0))  # nothing found
+
+
+def test_an_unconfirmed_enlargement_is_explained():
+    text = describe_sizes([PlaneSize(1.0, None, "unconfirmed", 600)], 20.0)
+    assert "not confirmed" in text and "model's scale (20 px)" in text

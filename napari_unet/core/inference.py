@@ -22,6 +22,7 @@ from napari_unet.core.diameter import (
     GIVEN_BAND,
     DiameterEstimate,
     PlaneSize,
+    confirms_enlargement,
     measure_diameter,
     rescale_factor,
     sample_window,
@@ -475,8 +476,10 @@ class _PlaneSizer:
     a sample window of the plane first (:func:`~napari_unet.core.diameter.sample_window`) and
     measures the objects it finds; when they are off by more than the no-rescale band, it
     looks again at the scale that estimate suggests (objects near the trained size are
-    measured best) and keeps that second measure. A window that is the whole plane is not
-    predicted twice when it needs no rescale.
+    measured best) and keeps that second measure. An enlargement the second look does not
+    confirm (:func:`~napari_unet.core.diameter.confirms_enlargement`) is refused: the plane
+    is segmented at the model's scale. A window that is the whole plane is not predicted
+    twice when it needs no rescale.
     """
 
     def __init__(self, trained: float | None, options: PredictOptions, mode: str) -> None:
@@ -513,24 +516,32 @@ class _PlaneSizer:
         whole = sample.shape == x.shape
         first = yield from tiler.predict(sample, planes_left, look=not whole)
         found = measure_diameter(first, self.options.threshold)
-        reuse: np.ndarray | None = first if whole else None
         factor = 1.0 if found.diameter is None else rescale_factor(self.trained, found.diameter)
-        if factor != 1.0:
+        if factor == 1.0:
+            size = self._estimated(found)
+        else:
             closer = _resize(sample, _scaled(sample.shape[1:], factor))
             second = measure_diameter(
                 (yield from tiler.predict(closer, planes_left, look=True)), self.options.threshold
             )
-            reuse = None
-            if second.diameter is not None:
-                found = DiameterEstimate(second.diameter / factor, second.objects)
-                factor = rescale_factor(self.trained, found.diameter)
-        size = (
-            PlaneSize(factor, found.diameter, "estimated", found.objects)
-            if found.diameter is not None
-            else PlaneSize(1.0, None, "model")
-        )
+            if factor > 1.0 and not confirms_enlargement(found, second):
+                size = PlaneSize(1.0, None, "unconfirmed", found.objects)
+            elif second.diameter is None:
+                size = self._estimated(found)
+            else:
+                size = self._estimated(
+                    DiameterEstimate(second.diameter / factor, second.objects, second.undecided)
+                )
         self.sizes.append(size)
-        return size, reuse
+        return size, (first if whole and size.factor == 1.0 else None)
+
+    def _estimated(self, found: DiameterEstimate) -> PlaneSize:
+        """The plane's size from a measure in its own pixels (the model's with no measure)."""
+        assert self.trained is not None
+        if found.diameter is None:
+            return PlaneSize(1.0, None, "model")
+        factor = rescale_factor(self.trained, found.diameter)
+        return PlaneSize(factor, found.diameter, "estimated", found.objects)
 
 
 def _scaled(shape: tuple[int, ...], factor: float) -> tuple[int, ...]:
