@@ -17,16 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.core.options import (
+    DEFAULT_MODE,
+    DEFAULT_MODEL,
     DEVICES,
+    LABEL_FORMATS,
     MODES,
     OPTIMIZERS,
+    NewModelSettings,
     PredictOptions,
     TrainSettings,
 )
 
-DEFAULT_MODEL = "nuclei"
 PREDICT_DEFAULTS = PredictOptions()
 TRAIN_DEFAULTS = TrainSettings()
+NEW_MODEL = NewModelSettings()
 EXIT_USER = 2  # argparse's usage status, for every mistake and environment fault alike
 EXIT_BUG = 70  # an unexpected exception: a bug to report (EX_SOFTWARE)
 EXIT_INTERRUPTED = 130
@@ -53,8 +57,18 @@ class _PairAction(argparse.Action):
         namespace.pairs = pairs
 
 
+Commands = Any  # the object argparse's add_subparsers returns
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``napari-unet`` command."""
+    """The argument parser of the ``napari-unet`` command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        One subcommand per ``run_*`` function; every default and choice comes from
+        :mod:`napari_unet.core.options`, and ``--help`` shows it.
+    """
     parser = argparse.ArgumentParser(
         prog="napari-unet",
         description="Segment microscopy images with a U-Net, and train it on your own labels.",
@@ -63,7 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
         f"(a bug: please report it); {EXIT_INTERRUPTED} interrupted",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_predict,
+        _add_train,
+        _add_evaluate,
+        _add_models,
+        _add_info,
+        _add_export,
+        _add_demo,
+    ):
+        add(commands)
+    return parser
 
+
+def _add_predict(commands: Commands) -> None:
+    """``napari-unet predict``: the inputs, the model and its tiling, the output."""
     p = commands.add_parser(
         "predict",
         help="segment images and write label TIFFs or OME-Zarr",
@@ -84,32 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=DEFAULT_MODEL,
         metavar="NAME_OR_PATH",
-        help=f"model name, .safetensors file or bioimage.io .zip exported by napari-unet "
-        f"(default: {DEFAULT_MODEL})",
+        help="model name, .safetensors file or bioimage.io .zip exported by napari-unet "
+        "(default: %(default)s)",
     )
     p.add_argument("--mode", choices=MODES, help="default: the model's mode")
     _add_device(p)
-    p.add_argument(
-        "--tile-size",
-        type=int,
-        default=PREDICT_DEFAULTS.tile_size,
-        metavar="N",
-        help=f"largest tile edge in pixels (default {PREDICT_DEFAULTS.tile_size})",
+    _add_number(p, "--tile-size", PREDICT_DEFAULTS.tile_size, "largest tile edge in pixels")
+    _add_number(
+        p, "--overlap", PREDICT_DEFAULTS.overlap, "tile overlap as a fraction of the tile", "F"
     )
-    p.add_argument(
-        "--overlap",
-        type=float,
-        default=PREDICT_DEFAULTS.overlap,
-        metavar="F",
-        help=f"tile overlap as a fraction of the tile (default {PREDICT_DEFAULTS.overlap})",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=PREDICT_DEFAULTS.batch_size,
-        metavar="N",
-        help=f"tiles per forward pass (default {PREDICT_DEFAULTS.batch_size})",
-    )
+    _add_number(p, "--batch-size", PREDICT_DEFAULTS.batch_size, "tiles per forward pass")
     p.add_argument(
         "--axes",
         metavar="AXES",
@@ -131,28 +143,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="test-time augmentation: average each tile's 8 flips and rotations (8x slower)",
     )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=PREDICT_DEFAULTS.threshold,
-        help=f"probability threshold for objects (default {PREDICT_DEFAULTS.threshold})",
+    _add_number(
+        p, "--threshold", PREDICT_DEFAULTS.threshold, "probability threshold for objects", "P"
     )
     p.add_argument("--min-size", type=int, metavar="PX", help="smallest object kept, in pixels")
     p.add_argument(
         "--per-plane",
-        action="store_true",
+        action="store_false",
+        dest="link_z",
+        default=PREDICT_DEFAULTS.link_z,
         help="segment each Z plane on its own (default: objects are linked through Z, one id "
         "per object in a z-stack)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing label files")
     p.add_argument(
         "--format",
-        choices=("auto", "tif", "ome-zarr"),
-        default="auto",
-        help="label file format (default auto: OME-Zarr for a Zarr input or labels too large "
-        "for memory, TIFF otherwise)",
+        choices=LABEL_FORMATS,
+        default=LABEL_FORMATS[0],
+        help="label file format (default: %(default)s, which is OME-Zarr for a Zarr input or "
+        "labels too large for memory, TIFF otherwise)",
     )
-    dask = p.add_argument_group(
+    _add_distributed(p)
+
+
+def _add_distributed(parser: argparse.ArgumentParser) -> None:
+    """``predict``'s options of a run on a Dask cluster."""
+    dask = parser.add_argument_group(
         "distributed", "run on a Dask cluster (needs the 'distributed' extra; see docs/cli.md)"
     )
     dask.add_argument(
@@ -174,111 +190,45 @@ def build_parser() -> argparse.ArgumentParser:
         "memory, at most 2048; at least the tile size)",
     )
 
+
+def _add_train(commands: Commands) -> None:
+    """``napari-unet train``: what to learn from, where to start, the schedule, the output."""
     t = commands.add_parser(
         "train",
         help="train or fine-tune a model on labelled images",
         description="Train a model bundle from labelled images or a training-set folder.",
     )
-    t.add_argument(
-        "--image",
-        action=_PairAction,
-        metavar="IMAGE",
-        help="an image (repeat --image/--labels for more)",
-    )
-    t.add_argument(
-        "--labels",
-        action=_PairAction,
-        metavar="LABELS",
-        help="its label image (instance ids or class indices)",
-    )
-    t.add_argument(
-        "--mask",
-        action=_PairAction,
-        metavar="MASK",
-        help="optional: nonzero where a person drew or checked the labels; when fine-tuning, "
-        "labels outside it are read as the model's prediction the person left as it was "
-        "(trained on with a lower weight); from scratch they are ignored",
-    )
-    t.add_argument(
-        "--dataset", metavar="DIR", help="a training-set folder saved by the napari plugin"
-    )
+    _add_training_data(t)
     start = t.add_mutually_exclusive_group()
     start.add_argument(
         "--init",
         metavar="NAME_OR_PATH",
-        help=f"model to fine-tune (default: {DEFAULT_MODEL} for instances)",
+        help=f"model to fine-tune (default: {DEFAULT_MODEL})",
     )
     start.add_argument("--from-scratch", action="store_true", help="start from random weights")
-    t.add_argument("--mode", choices=MODES, help="with --from-scratch (default instances)")
+    t.add_argument(
+        "--mode",
+        choices=MODES,
+        help=f"with --from-scratch: what the new model learns (default: {NEW_MODEL.mode}; "
+        "a fine-tune keeps its base's mode)",
+    )
     t.add_argument("--class-names", metavar="A,B,..", help="semantic class names, background first")
     t.add_argument(
-        "--depth", type=int, default=4, help="with --from-scratch: U-Net depth (default 4)"
+        "--depth",
+        type=int,
+        default=NEW_MODEL.depth,
+        metavar="N",
+        help="with --from-scratch: U-Net depth (default: %(default)s)",
     )
     t.add_argument(
         "--base-channels",
         type=int,
-        default=16,
-        help="with --from-scratch: width of the first level (default 16)",
-    )
-    t.add_argument("--steps", type=int, help="optimiser steps (default: the GUI's schedule)")
-    t.add_argument(
-        "--learning-rate", type=float, help="default 1e-4 (fine-tuning) or 2e-3 (from scratch)"
-    )
-    t.add_argument("--patch-size", type=int, default=TRAIN_DEFAULTS.patch_size, metavar="N")
-    t.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size, metavar="N")
-    t.add_argument(
-        "--val-fraction",
-        type=float,
-        default=TRAIN_DEFAULTS.val_fraction,
-        metavar="F",
-        help="share of the labelled planes (or pixels) held out to compare the new model with "
-        f"the base (default {TRAIN_DEFAULTS.val_fraction})",
-    )
-    t.add_argument(
-        "--val-every",
-        type=int,
-        default=TRAIN_DEFAULTS.val_every,
+        default=NEW_MODEL.base_channels,
         metavar="N",
-        help=f"score the held-out labels every N steps (default {TRAIN_DEFAULTS.val_every})",
+        help="with --from-scratch: width of the first level (default: %(default)s)",
     )
-    t.add_argument(
-        "--border-weights",
-        action="store_true",
-        help="the U-Net paper's weight map between touching objects",
-    )
-    t.add_argument(
-        "--zoom",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        help="random zoom of the training patches between LOW and HIGH (e.g. 0.5 2), so the "
-        "model learns more than one object size (default: off)",
-    )
-    t.add_argument(
-        "--invert-chance",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="chance of showing a patch with inverted contrast (dark objects on bright)",
-    )
-    t.add_argument(
-        "--blur-chance",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="chance of blurring a patch (Gaussian, sigma 0.5-1.5 px)",
-    )
-    t.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        default=TRAIN_DEFAULTS.optimizer,
-        help="AdamW (default) or the paper's SGD with momentum 0.99",
-    )
-    t.add_argument("--axes", metavar="AXES", help="axis letters of the images")
-    t.add_argument(
-        "--channel", type=int, metavar="K", help="channel to train on in multichannel images"
-    )
-    t.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
+    _add_schedule(t)
+    _add_augmentation(t)
     t.add_argument(
         "--half", action="store_true", help="store the weights as float16 (half the size)"
     )
@@ -286,20 +236,130 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", "-o", required=True, metavar="MODEL.safetensors")
     t.add_argument("--overwrite", action="store_true", help="replace an existing model file")
 
+
+def _add_training_data(parser: argparse.ArgumentParser) -> None:
+    """``train``'s labelled images: ``--image/--labels/--mask`` groups or a ``--dataset``."""
+    parser.add_argument(
+        "--image",
+        action=_PairAction,
+        metavar="IMAGE",
+        help="an image (repeat --image/--labels for more)",
+    )
+    parser.add_argument(
+        "--labels",
+        action=_PairAction,
+        metavar="LABELS",
+        help="its label image (instance ids or class indices)",
+    )
+    parser.add_argument(
+        "--mask",
+        action=_PairAction,
+        metavar="MASK",
+        help="optional: nonzero where a person drew or checked the labels; when fine-tuning, "
+        "labels outside it are read as the model's prediction the person left as it was "
+        "(trained on with a lower weight); from scratch they are ignored",
+    )
+    parser.add_argument(
+        "--dataset", metavar="DIR", help="a training-set folder saved by the napari plugin"
+    )
+    parser.add_argument("--axes", metavar="AXES", help="axis letters of the images")
+    parser.add_argument(
+        "--channel", type=int, metavar="K", help="channel to train on in multichannel images"
+    )
+
+
+def _add_schedule(parser: argparse.ArgumentParser) -> None:
+    """``train``'s optimiser, steps, patches and validation."""
+    _add_number(parser, "--steps", TRAIN_DEFAULTS.steps, "optimiser steps, as the GUI's Fine-tune")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        metavar="LR",
+        help=f"the optimiser's step size (default: {TRAIN_DEFAULTS.learning_rate:g}; "
+        f"from scratch: {NEW_MODEL.learning_rate:g})",
+    )
+    _add_number(parser, "--patch-size", TRAIN_DEFAULTS.patch_size, "training patch edge in pixels")
+    _add_number(parser, "--batch-size", TRAIN_DEFAULTS.batch_size, "patches per optimiser step")
+    _add_number(
+        parser,
+        "--val-fraction",
+        TRAIN_DEFAULTS.val_fraction,
+        "share of the labelled planes (or pixels) held out to compare the new model with the base",
+        "F",
+    )
+    _add_number(
+        parser, "--val-every", TRAIN_DEFAULTS.val_every, "score the held-out labels every N steps"
+    )
+    parser.add_argument(
+        "--border-weights",
+        action="store_true",
+        help="the U-Net paper's weight map between touching objects",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=TRAIN_DEFAULTS.optimizer,
+        help="AdamW or the paper's SGD with momentum 0.99 (default: %(default)s)",
+    )
+    _add_number(parser, "--seed", TRAIN_DEFAULTS.seed, "seed of the random draws")
+
+
+def _add_augmentation(parser: argparse.ArgumentParser) -> None:
+    """``train``'s augmentations beyond the default flips, elastic and intensity changes."""
+    augment = TRAIN_DEFAULTS.augment
+    parser.add_argument(
+        "--zoom",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="random zoom of the training patches between LOW and HIGH (e.g. 0.5 2), so the "
+        "model learns more than one object size (default: off)",
+    )
+    _add_number(
+        parser,
+        "--invert-chance",
+        augment.invert,
+        "chance of showing a patch with inverted contrast (dark objects on bright)",
+        "P",
+    )
+    _add_number(
+        parser,
+        "--blur-chance",
+        augment.blur,
+        "chance of blurring a patch (Gaussian, sigma 0.5-1.5 px)",
+        "P",
+    )
+
+
+def _add_evaluate(commands: Commands) -> None:
+    """``napari-unet evaluate``."""
     e = commands.add_parser("evaluate", help="score a label image against ground truth")
     e.add_argument("--prediction", required=True, metavar="P.tif")
     e.add_argument("--truth", required=True, metavar="T.tif")
-    e.add_argument("--mode", choices=MODES, default="instances")
-    e.add_argument("--json", action="store_true", help="print JSON")
+    e.add_argument(
+        "--mode",
+        choices=MODES,
+        default=DEFAULT_MODE,
+        help="object ids or class indices (default: %(default)s)",
+    )
+    _add_json(e)
 
-    m = commands.add_parser("models", help="list bundled and your own models")
-    m.add_argument("--json", action="store_true", help="print JSON")
 
+def _add_models(commands: Commands) -> None:
+    """``napari-unet models``."""
+    _add_json(commands.add_parser("models", help="list bundled and your own models"))
+
+
+def _add_info(commands: Commands) -> None:
+    """``napari-unet info``."""
     i = commands.add_parser("info", help="show how a file is read (shape, dtype, axes, scale)")
     i.add_argument("file", metavar="FILE")
     i.add_argument("--axes", metavar="AXES", help="axis letters to apply")
     _add_series(i)
 
+
+def _add_export(commands: Commands) -> None:
+    """``napari-unet export``: the model, its authors and licence, the test image."""
     x = commands.add_parser(
         "export",
         help="write a model as a bioimage.io package (zip)",
@@ -355,10 +415,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--overwrite", action="store_true", help="replace an existing package")
 
+
+def _add_demo(commands: Commands) -> None:
+    """``napari-unet demo``."""
     commands.add_parser(
         "demo", help="open napari with sample data, the widgets and the bundled model"
     )
-    return parser
+
+
+def _add_number(
+    parser: argparse.ArgumentParser, flag: str, default: float, text: str, metavar: str = "N"
+) -> None:
+    """An option taking one number of ``default``'s type, its default shown in ``--help``."""
+    parser.add_argument(
+        flag,
+        type=type(default),
+        default=default,
+        metavar=metavar,
+        help=f"{text} (default: %(default)s)",
+    )
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _add_series(parser: argparse.ArgumentParser) -> None:
@@ -374,9 +453,9 @@ def _add_series(parser: argparse.ArgumentParser) -> None:
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
-        default="auto",
+        default=PREDICT_DEFAULTS.device,
         choices=DEVICES,
-        help="default auto: cuda > mps > cpu",
+        help="auto picks cuda > mps > cpu (default: %(default)s)",
     )
 
 
@@ -455,7 +534,7 @@ def run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         threshold=args.threshold,
         min_size=args.min_size,
-        link_z=not args.per_plane,
+        link_z=args.link_z,
         diameter=args.diameter,
         tta=args.tta,
         channel=args.channel,
@@ -740,7 +819,6 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_unet.core.bundle import bundle_from_config, new_config, save_bundle
     from napari_unet.core.errors import InputError, UnetError
     from napari_unet.core.generators import run_to_end
-    from napari_unet.core.options import TrainSettings
     from napari_unet.core.registry import load_bundle, resolve_model
     from napari_unet.core.training import TrainStep, iter_finetune
 
@@ -751,23 +829,19 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.from_scratch:  # the base model's file is an input too
         inputs.append(resolve_model(args.init or DEFAULT_MODEL))
     check_output(output, inputs, overwrite=args.overwrite)
-    defaults = TrainSettings()
+    start = NEW_MODEL if args.from_scratch else TRAIN_DEFAULTS
     settings = TrainSettings(
-        steps=defaults.steps if args.steps is None else args.steps,
-        learning_rate=(2e-3 if args.from_scratch else defaults.learning_rate)
-        if args.learning_rate is None
-        else args.learning_rate,
-        # fine-tuning reads labels outside a mask as the base model's accepted prediction;
-        # from scratch there is no such prediction, so they are ignored
-        context_weight=0.0 if args.from_scratch else defaults.context_weight,
+        steps=args.steps,
+        learning_rate=start.learning_rate if args.learning_rate is None else args.learning_rate,
+        context_weight=start.context_weight,
         patch_size=args.patch_size,
         batch_size=args.batch_size,
         val_fraction=args.val_fraction,
         val_every=args.val_every,
         border_weights=args.border_weights,
         augment=replace(
-            defaults.augment,
-            zoom=tuple(args.zoom) if args.zoom else defaults.augment.zoom,
+            TRAIN_DEFAULTS.augment,
+            zoom=tuple(args.zoom) if args.zoom else TRAIN_DEFAULTS.augment.zoom,
             invert=args.invert_chance,
             blur=args.blur_chance,
         ),
@@ -785,7 +859,7 @@ def run_train(args: argparse.Namespace) -> int:
             "are always background, interior, boundary"
         )
     if args.from_scratch:
-        mode = args.mode or "instances"
+        mode = args.mode or NEW_MODEL.mode
         class_names = args.class_names.split(",") if args.class_names else None
         config = new_config(
             architecture={"depth": args.depth, "base_channels": args.base_channels},

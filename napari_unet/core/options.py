@@ -1,7 +1,9 @@
 """Settings of a prediction and of a training run, importable without torch.
 
-The CLI's and the GUI's defaults, choices and valid ranges come from here: ``check()`` on
-either settings class refuses a value that cannot work, with the range, before any work.
+The CLI's and the GUI's defaults, choices and valid ranges come from here (the CLI's
+``--help`` shows them; ``tests/test_defaults.py`` checks that it and the widgets agree with
+this module): ``check()`` on either settings class refuses a value that cannot work, with the
+range, before any work.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from napari_unet.core.augment import AugmentSettings
 from napari_unet.core.errors import InputError
 
 MODES = ("instances", "semantic")
+DEFAULT_MODE = MODES[0]
+DEFAULT_MODEL = "nuclei"  # the bundled model that predict, train and demo start from
+LABEL_FORMATS = ("auto", "tif", "ome-zarr")  # auto: OME-Zarr for Zarr or huge inputs
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BLENDINGS = ("cosine", "none")
@@ -197,3 +202,30 @@ class TrainSettings:
         _in_range("highest zoom", high, 1.0, 10.0)
         _in_range("inversion chance", self.augment.invert, 0.0, 1.0)
         _in_range("blur chance", self.augment.blur, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class NewModelSettings:
+    """A network trained from random weights instead of fine-tuned (``train --from-scratch``).
+
+    Attributes
+    ----------
+    mode : {"instances", "semantic"}
+        What the new network learns.
+    depth : int
+        U-Net depth (levels of down-sampling).
+    base_channels : int
+        Width of the first level; each level below doubles it.
+    learning_rate : float
+        Replaces :attr:`TrainSettings.learning_rate`: random weights take larger steps than a
+        fine-tune, which must stay near its base.
+    context_weight : float
+        Replaces :attr:`TrainSettings.context_weight`: without a base model, labels outside a
+        known-mask are nobody's prediction, so they are ignored.
+    """
+
+    mode: str = DEFAULT_MODE
+    depth: int = 4
+    base_channels: int = 16
+    learning_rate: float = 2e-3
+    context_weight: float = 0.0
