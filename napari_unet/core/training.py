@@ -461,122 +461,45 @@ def iter_finetune(
     """
     settings = settings or TrainSettings()
     settings.check()
-    bundle = clone_bundle(base)
-    config = bundle.config
     if not samples:
         raise TrainingDataError(
             "the training set is empty: label or correct at least one plane first"
         )
-    if config["mode"] == "instances" and not config.get("object_diameter"):
-        check_labels_of(samples, config)
-        config["object_diameter"] = labels_diameter([s.labels for s in samples]).diameter
-    given = samples
-    factors: dict[str, float] = {}  # a re-corrected plane keeps its first scale
-    samples = [at_model_scale(s, config, factors) for s in samples]
-    prepared = [prepare_sample(s, config, settings) for s in samples]
-    if all(p.known_index.size == 0 for p in prepared):
-        raise TrainingDataError("no labelled pixels: every known-mask is empty")
-    rng = np.random.default_rng(settings.seed)
+    bundle = clone_bundle(base)
+    _measure_object_diameter(samples, bundle.config)
+    data = _TrainingData.split(samples, bundle.config, settings)
     torch.manual_seed(settings.seed)
-    held = held_out_regions(
-        [p.target.shape for p in prepared],
-        [s.known for s in samples],
-        settings.val_fraction,
-        rng,
-    )
-    train, train_sources = _training_items(prepared, held, samples)
     replay = _replay_items(base, settings)
-    held_by = {samples[h.sample].source: h for h in held if samples[h.sample].source}
-    validation = _Validation(samples, held, config, settings, predict_options)
-    compute = resolve_compute(settings.device, settings.precision)
-    network = bundle.network.to(compute.device)
-    if compute.channels_last:
-        network = network.to(memory_format=torch.channels_last)
-    size = network.fit_input_size(settings.patch_size)
-    crop = network.crop_per_side(size)
+    validation = _Validation(data.samples, data.held, bundle.config, settings, predict_options)
+    trainer = _Trainer(bundle.network, settings)
     start = time.perf_counter()
     initial_score = None
     if validation:
         yield TrainStatus("scoring the base model on the held-out labels")
-        validation.base_labels = validation.predict(network)
+        validation.base_labels = validation.predict(trainer.network)
         initial_score = validation.compare(validation.base_labels).base_score
-    anchor = [(p, p.detach().clone()) for p in network.parameters()]
-    optimizer = _optimizer(network, settings)
-    good_state = network_state(network)
     history: list[dict[str, Any]] = []
-    bad_in_row = 0
     reason, stopped = "finished", False
-    added: list[TrainingSample] = []
-    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
-    scaler = torch.amp.GradScaler(
-        compute.device.type, enabled=compute.autocast_dtype == torch.float16
-    )
-    prefetcher = _Prefetcher(
-        [
-            iter_patches(train, settings, size, crop, settings.seed + 1 + worker, replay)
-            for worker in range(patch_workers(compute))
-        ],
-        pin_memory=compute.device.type == "cuda",
-    )
-    _train_mode(network, settings.freeze_norm)
+    prefetcher = trainer.prefetcher(data.train, replay)
+    _train_mode(trainer.network, settings.freeze_norm)
     try:
         for step in range(1, settings.steps + 1):
             if more_samples is not None:
-                for sample in more_samples():
-                    scaled = at_model_scale(sample, config, factors)
-                    item = _held_out_of(prepare_sample(scaled, config, settings), scaled, held_by)
-                    if item is None:
-                        continue
-                    if sample.source and sample.source in train_sources:  # a re-corrected plane
-                        train[train_sources.index(sample.source)] = item
-                    else:
-                        train.append(item)
-                        train_sources.append(sample.source)
-                    added.append(sample)
-            for group in optimizer.param_groups:
-                group["lr"] = settings.learning_rate * _learning_rate_factor(
-                    step - 1, settings.steps
-                )
-            x, target, weights = (
-                t.to(compute.device, non_blocking=True) for t in prefetcher.next()
-            )
-            if compute.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            try:
-                with compute.autocast():
-                    logits = network(x)
-                loss = _loss(logits, target, weights, settings.dice)
-                loss_value = float(loss.detach())  # the one host sync per step, before the yield
-                skipped = not math.isfinite(loss_value)
-                if not skipped:
-                    total = loss + _anchor_penalty(network, anchor, settings.anchor_weight)
-                    scaler.scale(total).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-            except RuntimeError as error:
-                raise EngineError(f"training failed on {compute.label}: {error}") from error
+                data.add(more_samples())
+            loss, skipped = trainer.step(step, prefetcher.next())
             val_score = None
-            if skipped:
-                bad_in_row += 1
-                if bad_in_row >= MAX_BAD_STEPS:
-                    network.load_state_dict(good_state)
-                    reason, stopped = (
-                        f"stopped after {bad_in_row} non-finite losses in a row; kept the last good weights",
-                        True,
-                    )
-            else:
-                bad_in_row = 0
-                if step % settings.val_every == 0 or step == settings.steps:
-                    good_state = network_state(network)
-                    if validation:
-                        labels = validation.predict(network)
-                        val_score = validation.compare(labels).new_score
-            history.append({"step": step, "loss": loss_value, "val_score": val_score})
+            if skipped and trainer.gave_up():
+                reason, stopped = (
+                    f"stopped after {MAX_BAD_STEPS} non-finite losses in a row; kept the last good weights",
+                    True,
+                )
+            elif not skipped and trainer.checkpoint(step) and validation:
+                val_score = validation.compare(validation.predict(trainer.network)).new_score
+            history.append({"step": step, "loss": loss, "val_score": val_score})
             request = yield TrainStep(
                 step=step,
                 total=settings.steps,
-                loss=loss_value,
+                loss=loss,
                 val_score=val_score,
                 elapsed=time.perf_counter() - start,
                 skipped=skipped,
@@ -589,23 +512,174 @@ def iter_finetune(
                 break
     finally:
         prefetcher.close()
-    network = network.eval()
+    network = trainer.network.eval()
     comparison = None
     if validation:
         yield TrainStatus("scoring the new version on the held-out labels")
         comparison = validation.compare(validation.predict(network))
     bundle.network = network.to("cpu", memory_format=torch.contiguous_format)
-    _record(
-        bundle,
-        base,
-        [*given, *added],
-        settings,
-        history,
-        comparison,
-        reason,
-        time.perf_counter() - start,
-    )
+    seconds = time.perf_counter() - start
+    _record(bundle, base, data.used, settings, history, comparison, reason, seconds)
     return TrainResult(bundle, history, stopped, reason, comparison)
+
+
+def _measure_object_diameter(samples: Sequence[TrainingSample], config: dict[str, Any]) -> None:
+    """Give a new instance model (``config`` without an object diameter) the diameter of the
+    objects in ``samples``' labels, the size its images are brought to from then on."""
+    if config["mode"] == "instances" and not config.get("object_diameter"):
+        check_labels_of(samples, config)
+        config["object_diameter"] = labels_diameter([s.labels for s in samples]).diameter
+
+
+@dataclass
+class _TrainingData:
+    """A run's labelled planes at the model's scale: what trains and what is held out.
+
+    Attributes
+    ----------
+    config : dict
+        The bundle config the planes are prepared for.
+    settings : TrainSettings
+    samples : list of TrainingSample
+        The planes given at the start, at the model's scale (held-out regions index them).
+    held : list of HeldOut
+        The held-out regions that score the versions.
+    train : list of _Prepared
+        What the batches are drawn from. Patch iterators hold this very list: it is changed
+        in place as corrections arrive, never replaced.
+    sources : list of str
+        ``samples``' source of each item of ``train``.
+    held_by : dict
+        The held-out region of each source that has one.
+    factors : dict
+        The scale of each source: a re-corrected plane keeps its first scale.
+    used : list of TrainingSample
+        Every sample trained on, as given (recorded in the bundle's history).
+    """
+
+    config: dict[str, Any]
+    settings: TrainSettings
+    samples: list[TrainingSample]
+    held: list[HeldOut]
+    train: list[_Prepared]
+    sources: list[str]
+    held_by: dict[str, HeldOut]
+    factors: dict[str, float]
+    used: list[TrainingSample]
+
+    @classmethod
+    def split(
+        cls, given: Sequence[TrainingSample], config: dict[str, Any], settings: TrainSettings
+    ) -> _TrainingData:
+        """Bring ``given`` to the model's scale, prepare it and hold out part of it."""
+        factors: dict[str, float] = {}
+        samples = [at_model_scale(s, config, factors) for s in given]
+        prepared = [prepare_sample(s, config, settings) for s in samples]
+        if all(p.known_index.size == 0 for p in prepared):
+            raise TrainingDataError("no labelled pixels: every known-mask is empty")
+        held = held_out_regions(
+            [p.target.shape for p in prepared],
+            [s.known for s in samples],
+            settings.val_fraction,
+            np.random.default_rng(settings.seed),
+        )
+        train, sources = _training_items(prepared, held, samples)
+        held_by = {samples[h.sample].source: h for h in held if samples[h.sample].source}
+        return cls(config, settings, samples, held, train, sources, held_by, factors, list(given))
+
+    def add(self, new: Sequence[TrainingSample]) -> None:
+        """Train on samples that arrived during the run: a plane already trained on (same
+        source) is replaced, and held-out parts stay out (see :func:`_held_out_of`)."""
+        for sample in new:
+            scaled = at_model_scale(sample, self.config, self.factors)
+            prepared = prepare_sample(scaled, self.config, self.settings)
+            item = _held_out_of(prepared, scaled, self.held_by)
+            if item is None:
+                continue
+            if sample.source and sample.source in self.sources:  # a re-corrected plane
+                self.train[self.sources.index(sample.source)] = item
+            else:
+                self.train.append(item)
+                self.sources.append(sample.source)
+            self.used.append(sample)
+
+
+class _Trainer:
+    """The network on its device and one optimiser step at a time: learning-rate schedule,
+    mixed precision, the anchor to the base weights, and the last good weights to return to
+    after non-finite losses."""
+
+    def __init__(self, network: torch.nn.Module, settings: TrainSettings) -> None:
+        self.settings = settings
+        self.compute = resolve_compute(settings.device, settings.precision)
+        self.network = network.to(self.compute.device)
+        if self.compute.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.size = self.network.fit_input_size(settings.patch_size)
+        self.anchor = [(p, p.detach().clone()) for p in self.network.parameters()]
+        self.optimizer = _optimizer(self.network, settings)
+        self.good_state = network_state(self.network)
+        self.bad_in_row = 0
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+        self.scaler = torch.amp.GradScaler(
+            self.compute.device.type, enabled=self.compute.autocast_dtype == torch.float16
+        )
+
+    def prefetcher(self, train: list[_Prepared], replay: list[_Prepared]) -> _Prefetcher:
+        """Batch builders in background threads, one seed each, for this network's input."""
+        crop = self.network.crop_per_side(self.size)
+        seed = self.settings.seed
+        return _Prefetcher(
+            [
+                iter_patches(train, self.settings, self.size, crop, seed + 1 + worker, replay)
+                for worker in range(patch_workers(self.compute))
+            ],
+            pin_memory=self.compute.device.type == "cuda",
+        )
+
+    def step(
+        self, step: int, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> tuple[float, bool]:
+        """One optimiser step (number ``step``, from 1) on ``batch``; returns the loss and
+        whether the step was skipped because the loss was not finite."""
+        compute, settings = self.compute, self.settings
+        for group in self.optimizer.param_groups:
+            group["lr"] = settings.learning_rate * _learning_rate_factor(step - 1, settings.steps)
+        x, target, weights = (t.to(compute.device, non_blocking=True) for t in batch)
+        if compute.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            with compute.autocast():
+                logits = self.network(x)
+            loss = _loss(logits, target, weights, settings.dice)
+            loss_value = float(loss.detach())  # the one host sync per step, before the yield
+            skipped = not math.isfinite(loss_value)
+            if not skipped:
+                total = loss + _anchor_penalty(self.network, self.anchor, settings.anchor_weight)
+                self.scaler.scale(total).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+        except RuntimeError as error:
+            raise EngineError(f"training failed on {compute.label}: {error}") from error
+        self.bad_in_row = self.bad_in_row + 1 if skipped else 0
+        return loss_value, skipped
+
+    def gave_up(self) -> bool:
+        """After a skipped step: whether it was the last of MAX_BAD_STEPS in a row, in which
+        case the last good weights are back in the network."""
+        if self.bad_in_row < MAX_BAD_STEPS:
+            return False
+        self.network.load_state_dict(self.good_state)
+        return True
+
+    def checkpoint(self, step: int) -> bool:
+        """After a good step: at every ``val_every`` steps and the last, keep the weights as
+        the last good ones and return True (the held-out labels are scored then)."""
+        due = step % self.settings.val_every == 0 or step == self.settings.steps
+        if due:
+            self.good_state = network_state(self.network)
+        return due
 
 
 def _replay_items(base: Bundle, settings: TrainSettings) -> list[_Prepared]:
