@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -1071,10 +1071,45 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """``napari-unet demo``: napari with a sample stack, the widgets and the bundled model."""
-    from napari_unet.gui.demo import run_demo as launch
+    """``napari-unet demo``: napari with a sample stack, the widgets and the bundled model.
 
-    return launch()
+    The terminal says what is opened, with which model on which device, how long the
+    segmentation took and what to do next; the end of the segmentation is also a napari
+    notification. Returns when the window is closed.
+    """
+    import napari
+
+    from napari_unet.gui.demo import open_demo
+
+    def say(text: str) -> None:
+        print(f"napari-unet demo: {text}", flush=True)
+
+    say("starting napari (the first start can take a while) ...")
+    viewer = napari.Viewer(title="napari-unet demo")
+    widget = open_demo(viewer, report=say)  # the segmentation has started
+    widget.segment.segmented.connect(_segmentation_timer(say))
+    napari.run()
+    say("napari closed")
+    return 0
+
+
+def _segmentation_timer(say: Callable[[str], None]) -> Callable[[Any], None]:
+    """A slot for the demo's ``segmented`` signal that says, in the terminal and as a napari
+    notification, how long the segmentation took since the slot was made."""
+    import time
+
+    from napari.utils.notifications import show_info
+
+    from napari_unet.gui.demo import NEXT_STEPS
+
+    started = time.perf_counter()
+
+    def segmented(layer: Any) -> None:
+        took = f"the segmentation took {time.perf_counter() - started:.1f} s"
+        say(took)
+        show_info(f"napari-unet demo: {took}. {NEXT_STEPS.format(layer=layer.name)}")
+
+    return segmented
 
 
 if __name__ == "__main__":  # pragma: no cover

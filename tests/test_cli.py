@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import tifffile
 
 from napari_unet.cli import EXIT_BUG, EXIT_USER, main
 from napari_unet.core.bundle import save_bundle
+from napari_unet.core.devices import resolve_compute
 from napari_unet.core.io import read_image
 from tests.conftest import tiny_bundle
 from tests.synthetic import disks
@@ -515,3 +517,42 @@ def test_predict_follows_a_given_diameter_and_tta(tmp_path, model, capsys):
         "objects about 28 px across (as given; the model expects 14 px): image scaled 0.50x" in out
     )
     assert read_image(tmp_path / "a" / "big_labels.tif").data.shape == (120, 120)
+
+
+@pytest.mark.gui
+def test_demo_says_what_it_opens_with_what_how_long_it_took_and_what_next(
+    qtbot, make_napari_viewer, plugin_dirs, monkeypatch, capsys
+):
+    """``napari-unet demo`` as run from a terminal: the window is the test's viewer and the
+    event loop runs until the segmentation has been reported; the real demo does the rest."""
+    napari = pytest.importorskip("napari")
+    from napari.utils import notifications
+
+    printed: list[str] = []
+    shown: list[str] = []
+
+    def terminal() -> str:
+        printed.append(capsys.readouterr().out)
+        return "".join(printed)
+
+    def event_loop() -> None:
+        qtbot.waitUntil(lambda: "segmentation took" in terminal(), timeout=120_000)
+
+    monkeypatch.setattr(napari, "Viewer", lambda **kwargs: make_napari_viewer(**kwargs))
+    monkeypatch.setattr(napari, "run", event_loop)
+    monkeypatch.setattr(notifications, "show_info", shown.append)
+    assert main(["demo"]) == 0
+    lines = [line.removeprefix("napari-unet demo: ") for line in terminal().splitlines()]
+    assert lines[0].startswith("starting napari")
+    assert lines[1].startswith("loaded the sample image 'nuclei' (")  # what it opens
+    device = re.escape(resolve_compute("auto").label)
+    assert re.fullmatch(
+        rf"segmenting it with the bundled model 'nuclei' on {device} \.\.\.", lines[2]
+    )
+    assert re.match(r"found \d+ nuclei in 'nuclei labels'\. Next: fix a few mistakes", lines[3])
+    assert "brush, eraser" in lines[3] and "press Fine-tune" in lines[3]
+    seconds = float(re.fullmatch(r"the segmentation took (\d+\.\d) s", lines[4]).group(1))
+    assert 0 < seconds < 120
+    assert lines[5:] == ["napari closed"]
+    (notice,) = shown  # the same, in the window
+    assert notice.startswith(f"napari-unet demo: {lines[4]}. Next: fix a few mistakes")
