@@ -40,7 +40,7 @@ def main() -> None:
     app = QApplication.instance()
     widget = open_demo(viewer, run=False)
     widget.segment.run()
-    wait(app, lambda: widget.segment.worker is None)
+    wait(app, lambda: not widget.segment.runner.running)
     settle = time.time() + 1.0
     wait(app, lambda: time.time() > settle)
     labels = viewer.layers["nuclei labels"]
@@ -49,7 +49,7 @@ def main() -> None:
 
     # Correct next: the places the model is least sure of, the first one shown (key N)
     widget.correct_next.find()
-    wait(app, lambda: widget.correct_next.worker is None)
+    wait(app, lambda: not widget.correct_next.runner.running)
     widget.correct_next.next()
     settle = time.time() + 1.0
     wait(app, lambda: time.time() > settle)
@@ -71,7 +71,7 @@ def main() -> None:
     labels.data = labels.data  # keep the layer as is, mark the plane fully checked for the demo
     widget.finetune.steps_spin.setValue(40)
     widget.finetune.start()
-    wait(app, lambda: widget.finetune.worker is None)
+    wait(app, lambda: not widget.finetune.runner.running)
     viewer.camera.zoom = 1.0
     viewer.reset_view()
     settle = time.time() + 1.0
@@ -81,7 +81,7 @@ def main() -> None:
     # see what changed: the new version's own output and the change map beside the corrections
     widget.finetune.resegment_button.click()
     wait(app, lambda: any("changes (" in layer.name for layer in viewer.layers))
-    wait(app, lambda: widget.segment.worker is None)
+    wait(app, lambda: not widget.segment.runner.running)
     for layer in viewer.layers:
         layer.visible = layer.name == "nuclei" or "changes (" in layer.name
     settle = time.time() + 1.0

@@ -37,7 +37,7 @@ def main(job: str) -> None:
         segment.axes_edit.setText("ZYX")
         segment.tile_spin.setValue(128)
         segment.run()
-        while segment.worker is not None:
+        while segment.runner.running:
             napari.qt.get_qapp().processEvents()
         labels = viewer.layers["s labels"]
         labels.paint((0, 60, 60), 8)  # paint label 8 in plane 0: a correction
@@ -47,7 +47,7 @@ def main(job: str) -> None:
         panel = finetune
 
     def close() -> None:
-        print("closing", panel.worker is not None, flush=True)
+        print("closing", panel.runner.running, flush=True)
         viewer.close()
 
     QTimer.singleShot(2500, close)

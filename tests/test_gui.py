@@ -20,7 +20,7 @@ MANIFEST = Path(__file__).resolve().parents[1] / "napari_unet" / "napari.yaml"
 
 
 def wait_idle(qtbot, panel, timeout=60_000):
-    qtbot.waitUntil(lambda: panel.worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: not panel.runner.running, timeout=timeout)
 
 
 def wait_corrected(qtbot, tracker, planes, timeout=2_000):
@@ -476,7 +476,7 @@ def test_resegment_shows_what_changed_from_the_previous_version(qtbot, docked, p
     widget.tabs.setCurrentWidget(finetune)
     finetune.resegment_button.click()
     wait_idle(qtbot, widget.segment)
-    qtbot.waitUntil(lambda: widget.changes.worker is None, timeout=10_000)
+    qtbot.waitUntil(lambda: not widget.changes.runner.running, timeout=10_000)
     assert [layer.name for layer in viewer.layers].count(name) == 1
 
 
@@ -636,7 +636,7 @@ def test_docked_finetune_then_resegment_and_keep_previous(qtbot, docked, plugin_
     finetune = widget.finetune
     widget.tabs.setCurrentWidget(finetune)
     finetune.train_button.click()
-    assert finetune.worker is not None
+    assert finetune.runner.running
     wait_idle(qtbot, finetune, timeout=120_000)
     assert finetune.new_model == "tiny-ft1"
     assert (plugin_dirs / "tiny-ft1.safetensors").is_file()

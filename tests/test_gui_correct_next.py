@@ -27,13 +27,13 @@ def test_segment_find_uncertain_objects_and_step_through_them(qtbot, docked):
     segment.refresh_models(select="nuclei")
     segment.tile_spin.setValue(PredictOptions().tile_size)
     segment.run_button.click()
-    qtbot.waitUntil(lambda: segment.worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: not segment.runner.running, timeout=120_000)
     labels = viewer.layers["nuclei labels"]
     assert panel.find_button.isEnabled() and not panel.list.isVisible()
 
     panel.find_button.click()
     assert panel.stop_button.isEnabled() and not panel.find_button.isEnabled()
-    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: not panel.runner.running, timeout=120_000)
     assert panel.list.count() == len(panel.items) >= 1
     scores = [item.score for item in panel.items]
     assert scores == sorted(scores, reverse=True)
@@ -69,10 +69,10 @@ def test_stop_shows_what_was_found_so_far_and_keys_come_back(qtbot, docked):
     viewer.add_image(disks((96, 96), seed=1)[0], name="cells")
     segment, panel = widget.segment, widget.correct_next
     segment.run_button.click()
-    qtbot.waitUntil(lambda: segment.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not segment.runner.running, timeout=60_000)
     assert panel.find() is not None
     panel.stop_button.click()
-    qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not panel.runner.running, timeout=60_000)
     assert "stopped early" in panel.status.text()
     assert panel.find_button.isEnabled() and not panel.stop_button.isEnabled()
 

@@ -55,15 +55,15 @@ def test_export_button_writes_a_package_in_a_worker(qtbot, docked, plugin_dirs, 
     assert versions.export_button.isEnabled()
 
     versions.export_button.click()
-    assert versions.worker is None and asked == [("tiny-ft1", "my cells")]
+    assert not versions.runner.running and asked == [("tiny-ft1", "my cells")]
     versions.export_button.click()
-    qtbot.waitUntil(lambda: versions.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not versions.runner.running, timeout=60_000)
     qtbot.waitUntil(lambda: any("Could not export tiny-ft1" in m for m in seen), timeout=5_000)
     assert not list(tmp_path.glob("*.zip"))
 
     versions.export_button.click()
     assert not versions.export_button.isEnabled()  # one export at a time
-    qtbot.waitUntil(lambda: versions.worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: not versions.runner.running, timeout=120_000)
     package = tmp_path / "tiny-ft1.zip"
     qtbot.waitUntil(lambda: any(str(package) in m for m in seen), timeout=5_000)
     assert versions.export_button.isEnabled()
@@ -112,6 +112,6 @@ def test_segment_panel_runs_a_package_chosen_as_model(qtbot, dock, tmp_path):
         assert widget.segment.model == model
         widget.segment.image_combo.setCurrentText("section")
         assert widget.segment.run(new_layer=True) is not None
-        qtbot.waitUntil(lambda: widget.segment.worker is None, timeout=60_000)
+        qtbot.waitUntil(lambda: not widget.segment.runner.running, timeout=60_000)
         results.append(np.array(viewer.layers[-1].data))
     assert len(np.unique(results[0])) == 2 and np.array_equal(results[0], results[1])

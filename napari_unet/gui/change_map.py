@@ -8,7 +8,9 @@ the user's corrections) are compared with the new version's in a worker
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ import numpy as np
 from napari_unet.core.changes import APPEARED, CHANGED, VANISHED
 from napari_unet.gui.layers import METADATA_KEY
 from napari_unet.gui.session import Session
-from napari_unet.gui.workers import start_worker
+from napari_unet.gui.workers import Job, JobRunner, Step
 
 KIND_COLOURS = {APPEARED: "#34c759", VANISHED: "#ff3b30", CHANGED: "#ffd60a"}
 COLOUR_NAMES = {APPEARED: "green", VANISHED: "red", CHANGED: "yellow"}
@@ -69,7 +71,9 @@ class ChangeMapper:
 
     def __init__(self, viewer: Any) -> None:
         self.viewer = viewer
-        self.worker: Any = None
+        self.runner = JobRunner(
+            measure=lambda planes: Step(planes[0], planes[1], "planes compared")
+        )
 
     @staticmethod
     def layer_name(image_name: str, old_model: str, new_model: str) -> str:
@@ -98,25 +102,16 @@ class ChangeMapper:
             "translate": list(new_layer.translate),
             "axes": previous.axes,
         }
-        if self.worker is not None:
-            self.worker.quit()  # an older comparison: its result is not wanted any more
 
-        def job() -> Any:
+        def work(_stop: threading.Event) -> Any:
             return (yield from iter_changes(old, new, mode=mode, axes=previous.axes))
 
-        worker = start_worker(
-            job,
-            on_yield=lambda _: None,
-            on_return=lambda found: self._show(found, name, where),
-            on_error=self._on_error,
-            on_finish=lambda: self._finished(worker),
+        # an older comparison still running is replaced: its result is not wanted any more
+        title = f"comparing {previous.model} with {new_model}"
+        show = partial(self._show, name=name, where=where)
+        return self.runner.start(
+            Job(work, title, "Could not compare the versions", show), replace=True
         )
-        self.worker = worker
-        return worker
-
-    def _finished(self, worker: Any) -> None:
-        if self.worker is worker:
-            self.worker = None
 
     def _show(self, found: Any, name: str, where: dict[str, Any]) -> None:
         """Add (or update) the change layer and tell the user what changed."""
@@ -147,8 +142,3 @@ class ChangeMapper:
             for kind in ((CHANGED,) if found.mode == "semantic" else (APPEARED, VANISHED, CHANGED))
         )
         show_info(f"{name}: {found.describe()} ({legend}).")
-
-    def _on_error(self, error: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        show_error(f"Could not compare the versions: {error}")

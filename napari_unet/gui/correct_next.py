@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet.gui.controls import button_row
-from napari_unet.gui.layers import layer_key
+from napari_unet.gui.layers import layer_key, shown_plane
 from napari_unet.gui.session import Session
-from napari_unet.gui.workers import start_worker
+from napari_unet.gui.workers import Job, JobRunner, stage_step
 
 # Not bound by napari's Labels layer (1-7, E P F L Z M X B - = [ ], Ctrl+Z) nor the viewer
 NEXT_KEY = "n"
@@ -59,8 +60,6 @@ class CorrectNextPanel(QWidget):
         super().__init__()
         self.viewer = viewer
         self.session = session
-        self.worker: Any = None
-        self.stop_event = threading.Event()
         self.items: list[Any] = []
         self._target: str | None = None  # layer_key of the labels to review
         self._reviewed: str | None = None  # layer_key of the labels the items belong to
@@ -75,6 +74,12 @@ class CorrectNextPanel(QWidget):
         self.progress_bar.setVisible(False)
         self.status = QLabel("Segment an image, then find the objects to check first.")
         self.status.setWordWrap(True)
+        self.runner = JobRunner(
+            on_yield=self._on_progress,
+            measure=stage_step,
+            status=self.status.setText,
+            on_end=lambda _end: self._set_running(False),
+        )
         self.list = QListWidget()
         self.list.setMaximumHeight((self.list.fontMetrics().height() + 4) * LIST_ROWS + 8)
         self.list.setVisible(False)
@@ -120,7 +125,7 @@ class CorrectNextPanel(QWidget):
     def set_target(self, layer: Any) -> None:
         """A segmentation arrived in ``layer``: the next search reviews it."""
         self._target = layer_key(layer)
-        if self.worker is None:
+        if not self.runner.running:
             self.status.setText(
                 f"{layer.name}: find uncertain objects to see which to check first."
             )
@@ -136,23 +141,15 @@ class CorrectNextPanel(QWidget):
     def _layer(self, key: str | None) -> Any:
         return next((lyr for lyr in self.viewer.layers if layer_key(lyr) == key), None)
 
-    def current_plane(self, axes: str) -> tuple[int, ...] | None:
-        """Index of the plane the viewer shows, along ``axes``' non-YX axes."""
-        step = self.viewer.dims.current_step
-        offset = len(step) - len(axes)
-        if offset < 0:
-            return None
-        return tuple(int(step[offset + i]) for i, a in enumerate(axes) if a not in "YX")
-
     def find(self) -> Any:
         """Review the target layer's current plane in a worker; returns it (or None)."""
         from napari.utils.notifications import show_info, show_warning
 
-        if self.worker is not None:
+        if self.runner.running:
             show_warning("Already looking for uncertain objects; stop it first.")
             return None
         layer = self.target_layer()
-        segmentation = self.session.find(layer) if layer is not None else None
+        segmentation = self.session.find(layer)
         if segmentation is None:
             show_info("Segment an image first: the list ranks the objects of a segmentation.")
             return None
@@ -160,7 +157,7 @@ class CorrectNextPanel(QWidget):
             show_info("Correct next ranks objects: it needs an instance segmentation.")
             return None
         axes = segmentation.labels_axes
-        index = self.current_plane(axes)
+        index = shown_plane(self.viewer, axes)
         if index is None or layer.data.ndim != len(axes):
             show_warning(f"Cannot tell which plane of '{layer.name}' is shown.")
             return None
@@ -171,9 +168,8 @@ class CorrectNextPanel(QWidget):
         image, image_axes = segmentation.image_data, segmentation.image_axes
         options = segmentation.options
         model = segmentation.model
-        stop = self.stop_event = threading.Event()
 
-        def job() -> Any:
+        def work(stop: threading.Event) -> Any:
             from napari_unet.core.registry import load_bundle
             from napari_unet.core.review import iter_review
 
@@ -187,19 +183,15 @@ class CorrectNextPanel(QWidget):
         self._set_running(True)
         where = f" (plane {', '.join(map(str, index))})" if index else ""
         self.status.setText(f"Checking {layer.name}{where} with {model}, flipped 3 ways...")
-        self.worker = start_worker(
-            job,
-            on_yield=self._on_progress,
-            on_return=lambda items: self._show(items, layer.name),
-            on_error=self._on_error,
-            on_finish=self._on_finish,
+        show = partial(self._show, name=layer.name)
+        return self.runner.start(
+            Job(work, f"checking {layer.name}", "Could not find uncertain objects", show)
         )
-        return self.worker
 
     def stop(self) -> None:
         """Stop early: the list shows what the finished flipped views found."""
-        self.stop_event.set()
-        if self.worker is not None:
+        if self.runner.running:
+            self.runner.stop()
             self.status.setText("Stopping...")
 
     def _set_running(self, running: bool) -> None:
@@ -224,7 +216,7 @@ class CorrectNextPanel(QWidget):
             self.list.addItem(row)
         self.list.setVisible(bool(self.items))
         self.next_button.setEnabled(bool(self.items))
-        stopped = " (stopped early)" if self.stop_event.is_set() else ""
+        stopped = " (stopped early)" if self.runner.stop_requested else ""
         if self.items:
             self.status.setText(
                 f"{name}: {len(self.items)} place(s) to check first{stopped}. "
@@ -234,16 +226,6 @@ class CorrectNextPanel(QWidget):
             self.status.setText(
                 f"{name}: the flipped views agree everywhere{stopped}; nothing stands out."
             )
-
-    def _on_error(self, error: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        show_error(f"Could not find uncertain objects: {error}")
-        self.status.setText(f"Failed: {error}")
-
-    def _on_finish(self) -> None:
-        self.worker = None
-        self._set_running(False)
 
     # ----- stepping through ----------------------------------------------------------------
     def next(self, *_: Any, step: int = 1) -> None:
@@ -260,7 +242,7 @@ class CorrectNextPanel(QWidget):
         if not 0 <= row < len(self.items):
             return
         layer = self._layer(self._reviewed)
-        segmentation = self.session.find(layer) if layer is not None else None
+        segmentation = self.session.find(layer)
         if segmentation is None:
             show_info("The layer these objects were found in is gone.")
             return

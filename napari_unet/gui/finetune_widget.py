@@ -29,7 +29,7 @@ from napari_unet.gui.controls import (
     form,
     int_spin,
 )
-from napari_unet.gui.layers import layer_key
+from napari_unet.gui.layers import layer_key, shown_plane
 from napari_unet.gui.loss_plot import LossPlot
 from napari_unet.gui.segment_widget import model_names
 from napari_unet.gui.session import (
@@ -40,7 +40,7 @@ from napari_unet.gui.session import (
     save_planes,
 )
 from napari_unet.gui.versions import VersionsPanel
-from napari_unet.gui.workers import start_worker
+from napari_unet.gui.workers import Job, JobEnd, JobRunner, Step
 
 SAVE_DELAY_MS = 2000  # corrections are saved this long after the last brush stroke
 
@@ -85,16 +85,17 @@ class FinetunePanel(QWidget):
         self.viewer = viewer
         self.session = session
         self.settings = settings
-        self.worker: Any = None
-        self.saver: Any = None
-        self.stop_event = threading.Event()
+        # writes corrections to the training set, one save at a time; planes copied while one
+        # runs wait in _unsaved for the next (a save is never cut short when napari closes)
+        self.saver = JobRunner(on_end=lambda _end: self._write_unsaved(), finish_on_close=True)
+        self._unsaved: list[tuple[Any, ...]] = []  # (training set, segmentation, planes, stale)
         self.new_model: str | None = None
         self.previous_model: str | None = None
         # corrections made while a fine-tune runs: the layer it trains on, and a queue its job
         # drains into the training (see _feed_running_training)
         self._training_key: str | None = None
         self._training_edited = False
-        self._live: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._live: queue.SimpleQueue[Any] = queue.SimpleQueue()  # thread-safe
         self.planes_sent = 0  # corrected planes sent to running fine-tunes
         self._tracked: dict[str, Any] = {}  # by layer_key(): the same through napari's proxies
         self._dirty: set[str] = set()
@@ -122,6 +123,12 @@ class FinetunePanel(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         self.eta = QLabel("")
+        self.runner = JobRunner(
+            on_yield=self._on_step,
+            measure=_training_step,
+            status=self.eta.setText,
+            on_end=self._on_end,
+        )
         self.plot = LossPlot()
         self.result = QLabel("")
         self.result.setWordWrap(True)
@@ -187,7 +194,7 @@ class FinetunePanel(QWidget):
 
     # ----- settings and pickers ---------------------------------------------------------------
     def _restore_settings(self) -> None:
-        from napari_unet.core.training import TrainSettings
+        from napari_unet.core.options import TrainSettings
 
         defaults = TrainSettings()
         s = self.settings
@@ -213,7 +220,7 @@ class FinetunePanel(QWidget):
         made the segmentation is selected.
         """
         layer = self.current_layer()
-        segmentation = self.session.find(layer) if layer is not None else None
+        segmentation = self.session.find(layer)
         names = compatible_models(segmentation) if segmentation is not None else model_names()
         current = select or self.base_combo.currentText()
         if current not in names and segmentation is not None:
@@ -225,7 +232,7 @@ class FinetunePanel(QWidget):
 
     def settings_from_widgets(self) -> Any:
         from napari_unet.core.augment import AugmentSettings
-        from napari_unet.core.training import TrainSettings
+        from napari_unet.core.options import TrainSettings
 
         enabled = self.augment_check.isChecked()
         return TrainSettings(
@@ -290,7 +297,7 @@ class FinetunePanel(QWidget):
     def _edited(self, key: str, atoms: Any) -> None:
         """A tracked layer changed (``atoms``: a paint event's, None when unknown)."""
         layer = self._tracked.get(key)
-        segmentation = self.session.find(layer) if layer is not None else None
+        segmentation = self.session.find(layer)
         if segmentation is None:
             return
         planes = segmentation.tracker.planes_in_paint(atoms) if atoms is not None else None
@@ -306,7 +313,7 @@ class FinetunePanel(QWidget):
         current = self.labels_combo.currentData()
         for key, planes in pending.items():
             layer = self._tracked.get(key)
-            segmentation = self.session.find(layer) if layer is not None else None
+            segmentation = self.session.find(layer)
             if segmentation is None:
                 continue
             segmentation.tracker.update(np.asarray(layer.data), planes)
@@ -323,7 +330,7 @@ class FinetunePanel(QWidget):
         from napari_unet.core.io import Stack
 
         layer = self.current_layer()
-        segmentation = self.session.find(layer) if layer is not None else None
+        segmentation = self.session.find(layer)
         if segmentation is None:
             return None
         return segmentation.image_name, Stack(segmentation.image_data, segmentation.image_axes)
@@ -331,7 +338,7 @@ class FinetunePanel(QWidget):
     def refresh_planes(self, *_: Any) -> None:
         """List the corrected planes of the current layer and summarise the training set."""
         layer = self.current_layer()
-        segmentation = self.session.find(layer) if layer is not None else None
+        segmentation = self.session.find(layer)
         self.planes.blockSignals(True)
         self.planes.clear()
         if segmentation is None:
@@ -342,41 +349,31 @@ class FinetunePanel(QWidget):
             return
         tracker = segmentation.tracker
         stack_axes = tracker.stack_axes
-        current = self._current_plane(tracker)
-        planes = sorted(
-            set(tracker.corrected_planes()) | ({current} if current is not None else set())
-        )
-        for index in planes:
+        current = shown_plane(self.viewer, tracker.axes)
+        corrected = set(tracker.corrected_planes())
+        for index in sorted(corrected | ({current} if current is not None else set())):
             label = (
                 ", ".join(f"{a.lower()}={i}" for a, i in zip(stack_axes, index, strict=True))
                 or "image"
             )
-            if index not in tracker.corrected_planes():
+            if index not in corrected:
                 label += " (shown)"
             item = QTreeWidgetItem([label, "", ""])
             item.setData(0, Qt.UserRole, index)
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
             item.setCheckState(
                 1,
-                Qt.Unchecked
-                if index in tracker.excluded or index not in tracker.corrected_planes()
-                else Qt.Checked,
+                Qt.Unchecked if index in tracker.excluded or index not in corrected else Qt.Checked,
             )
             item.setCheckState(2, Qt.Checked if index in tracker.fully_checked else Qt.Unchecked)
             self.planes.addTopLevelItem(item)
         self.planes.blockSignals(False)
-        objects = sum(self._objects(layer, tracker, index) for index in tracker.selected_planes())
+        selected = tracker.selected_planes()
+        objects = sum(self._objects(layer, tracker, index) for index in selected)
         self.summary.setText(
-            f"{len(tracker.selected_planes())} corrected plane(s) selected, {objects} labelled object(s) in the "
+            f"{len(selected)} corrected plane(s) selected, {objects} labelled object(s) in the "
             "corrected regions. Tick 'fully checked' for planes you verified everywhere."
         )
-
-    def _current_plane(self, tracker: Any) -> tuple[int, ...] | None:
-        step = self.viewer.dims.current_step
-        offset = len(step) - len(tracker.axes)
-        if offset < 0:
-            return None
-        return tuple(int(step[offset + i]) for i, a in enumerate(tracker.axes) if a not in "YX")
 
     @staticmethod
     def _objects(layer: Any, tracker: Any, index: tuple[int, ...]) -> int:
@@ -386,7 +383,7 @@ class FinetunePanel(QWidget):
 
     def _plane_ticked(self, item: QTreeWidgetItem, column: int) -> None:
         layer = self.current_layer()
-        segmentation = self.session.find(layer) if layer is not None else None
+        segmentation = self.session.find(layer)
         if segmentation is None:
             return
         index = tuple(item.data(0, Qt.UserRole))
@@ -409,36 +406,43 @@ class FinetunePanel(QWidget):
 
     # ----- saving the training set ----------------------------------------------------------
     def save_corrections(self) -> Any:
-        """Copy the corrected planes (main thread) and write them to the training set in a worker."""
-        from napari.qt.threading import create_worker
-        from napari.utils.notifications import show_error
-
+        """Copy the corrected planes (main thread) and write them to the training set in a
+        worker; returns it, or None when nothing is written now (nothing to save, or a save
+        is running: the copies are written when it ends)."""
         self._apply_edits()  # edits still waiting for the next turn of the loop
         self._save_timer.stop()  # saving now
-        jobs = []
         for key in sorted(self._dirty):
             layer = self._tracked.get(key)
-            segmentation = self.session.find(layer) if layer is not None else None
+            segmentation = self.session.find(layer)
             if segmentation is None:
                 continue
             planes = collect_planes(segmentation, layer.data)
             stale = self._stale_planes(key, planes)
             if planes or stale:
-                jobs.append((self.session.training_set(segmentation), segmentation, planes, stale))
+                self._unsaved.append(
+                    (self.session.training_set(segmentation), segmentation, planes, stale)
+                )
         self._dirty.clear()
-        if not jobs:
+        return self._write_unsaved()
+
+    def _write_unsaved(self) -> Any:
+        """Start writing the copied planes not written yet; the worker, or None."""
+        if not self._unsaved or self.saver.running:
             return None
+        saves, self._unsaved = self._unsaved, []
 
-        def write() -> None:
-            for job in jobs:
-                save_planes(*job)
+        def work(_stop: threading.Event) -> Any:  # a save always finishes
+            for done, save in enumerate(saves, start=1):
+                save_planes(*save)
+                yield Step(done, len(saves), "saving corrections")
 
-        worker = create_worker(
-            write,
-            _connect={"errored": lambda error: show_error(f"Could not save corrections: {error}")},
-        )
-        self.saver = worker
-        return worker
+        return self.saver.start(Job(work, "", "Could not save corrections"))
+
+    def flush_corrections(self) -> None:
+        """Write every correction not saved yet and wait for the writes (napari is closing)."""
+        self.saver.close()  # the save in progress ends first
+        self.save_corrections()
+        self.saver.close()
 
     def _stale_planes(self, key: str, planes: list[tuple[Any, ...]]) -> list[Any]:
         """Planes this layer gave the training set that it no longer has as corrected."""
@@ -493,16 +497,21 @@ class FinetunePanel(QWidget):
             self.refresh_planes()
 
     # ----- training -------------------------------------------------------------------------
+    @property
+    def worker(self) -> Any:
+        """The running fine-tune's napari worker, or None (scripts wait for None)."""
+        return self.runner.worker
+
     def start(self) -> Any:
         """Fine-tune the base model on the selected corrected planes in a worker."""
         from napari.utils.notifications import show_error
 
         from napari_unet.core.registry import next_version_path
 
-        if self.worker is not None:
+        if self.runner.running:
             return None
         layer = self.current_layer()
-        segmentation = self.session.find(layer) if layer is not None else None
+        segmentation = self.session.find(layer)
         if segmentation is None:
             show_error("Nothing to fine-tune on: segment an image and correct it first.")
             return None
@@ -526,13 +535,11 @@ class FinetunePanel(QWidget):
         self._save_settings()
         training_set = self.session.training_set(segmentation)
         stale = self._stale_planes(layer_key(layer), planes)
-        self.stop_event = threading.Event()
-        stop = self.stop_event
         source = segmentation.source
         self._live = live = queue.SimpleQueue()
         self._training_key, self._training_edited = layer_key(layer), False
 
-        def job() -> Any:
+        def work(stop: threading.Event) -> Any:
             from napari_unet.core.devices import usable_cores
             from napari_unet.core.training_process import iter_finetune_in_child
 
@@ -560,24 +567,20 @@ class FinetunePanel(QWidget):
         self.plot.clear()
         self.result.setText("")
         self._started = time.perf_counter()
-        self._set_running(True)
-        self.worker = start_worker(
-            job,
-            on_yield=self._on_step,
-            on_return=self._on_result,
-            on_error=self._on_error,
-            on_finish=self._on_finish,
+        worker = self.runner.start(
+            Job(work, f"fine-tuning {base_name}", "Fine-tuning failed", self._on_result)
         )
-        return self.worker
+        self._set_running(True)
+        return worker
 
     def _feed_running_training(self) -> None:
         """Send the planes corrected since the fine-tune started to it (2 s after painting
         pauses, with the save); they join its training within the prefetched batches."""
-        if self.worker is None or not self._training_edited:
+        if not self.runner.running or not self._training_edited:
             return
         self._training_edited = False
         layer = self._tracked.get(self._training_key)
-        segmentation = self.session.find(layer) if layer is not None else None
+        segmentation = self.session.find(layer)
         if segmentation is None:
             return
         planes = collect_planes(segmentation, layer.data)
@@ -587,7 +590,7 @@ class FinetunePanel(QWidget):
 
     def stop(self) -> None:
         """Cooperative stop: training ends at the next step, then both versions are compared."""
-        self.stop_event.set()
+        self.runner.stop()
         self.eta.setText("Stopping: scoring the weights so far...")
 
     def _set_running(self, running: bool) -> None:
@@ -606,7 +609,7 @@ class FinetunePanel(QWidget):
         if not self.plot.steps and step.initial_score is not None:
             self.plot.add_validation(0, step.initial_score)  # the base model, before training
         self.plot.add(step.step, step.loss, step.val_score)
-        if not self.stop_event.is_set():
+        if not self.runner.stop_requested:
             remaining = step.elapsed / step.step * (step.total - step.step)
             self.eta.setText(
                 f"step {step.step}/{step.total}, loss {step.loss:.3f}, about {remaining:.0f} s left"
@@ -639,14 +642,7 @@ class FinetunePanel(QWidget):
             self.model_chosen.emit(self.new_model)
         self._show_choice(kept)
 
-    def _on_error(self, error: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        show_error(f"Fine-tuning failed: {error}")
-        self.eta.setText(f"Failed: {error}")
-
-    def _on_finish(self) -> None:
-        self.worker = None
+    def _on_end(self, _end: JobEnd) -> None:
         self._training_key = None
         self.train_button.setEnabled(True)
         self.stop_button.setEnabled(False)
@@ -683,6 +679,13 @@ class FinetunePanel(QWidget):
 
     def _choice_buttons(self) -> tuple[QPushButton, ...]:
         return (self.resegment_button, self.keep_button, self.use_button)
+
+
+def _training_step(item: Any) -> Step | None:
+    """The activity dock's view of a fine-tune's progress: its optimiser steps."""
+    from napari_unet.core.training import TrainStep
+
+    return Step(item.step, item.total, "training") if isinstance(item, TrainStep) else None
 
 
 def _drain(items: queue.SimpleQueue[Any]) -> list[Any]:

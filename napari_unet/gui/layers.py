@@ -91,3 +91,13 @@ def layer_key(layer: Any) -> str:
     handles of one layer apart; the layer's ``unique_id`` can.
     """
     return str(layer.unique_id)
+
+
+def shown_plane(viewer: Any, axes: str) -> tuple[int, ...] | None:
+    """Index, along ``axes``' non-YX axes, of the plane the viewer shows; None when the viewer
+    has fewer dimensions than ``axes``."""
+    step = viewer.dims.current_step
+    offset = len(step) - len(axes)
+    if offset < 0:
+        return None
+    return tuple(int(step[offset + i]) for i, a in enumerate(axes) if a not in "YX")

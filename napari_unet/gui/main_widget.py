@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 from qtpy.QtCore import QSettings
@@ -13,6 +14,7 @@ from napari_unet.gui.correct_next import CorrectNextPanel
 from napari_unet.gui.finetune_widget import FinetunePanel
 from napari_unet.gui.segment_widget import SegmentPanel
 from napari_unet.gui.session import Session
+from napari_unet.gui.workers import JobRunner
 
 
 def plugin_settings() -> QSettings:
@@ -64,9 +66,16 @@ class UnetWidget(QWidget):
         self.finetune.model_chosen.connect(versions.schedule_refresh)
         self.tabs.currentChanged.connect(versions.schedule_refresh)
         napari_viewer.dims.events.current_step.connect(self._dims_changed)
-        self.destroyed.connect(
-            self._stop_workers_of(self.segment, self.finetune, self.changes, self.correct_next)
+        # every job of the widget, stopped when it closes (or is deleted without closing)
+        self.runners = (
+            self.segment.runner,
+            self.finetune.runner,
+            self.finetune.saver,
+            self.finetune.versions.runner,
+            self.changes.runner,
+            self.correct_next.runner,
         )
+        self.destroyed.connect(partial(close_runners, self.runners))
         app = QApplication.instance()
         if app is not None:  # closing napari quits the app: stop jobs and save corrections first
             app.aboutToQuit.connect(self.close_workers)
@@ -81,7 +90,7 @@ class UnetWidget(QWidget):
     def _models_in_use(self) -> set[str]:
         """Models whose file must stay: the Segment panel's, and the base of a running fine-tune."""
         used = {self.segment.model}
-        if self.finetune.worker is not None and self.finetune.previous_model:
+        if self.finetune.runner.running and self.finetune.previous_model:
             used.add(self.finetune.previous_model)
         return used
 
@@ -93,7 +102,7 @@ class UnetWidget(QWidget):
         """Segment the fine-tuned layer's image with the new model, into a layer of its own;
         then show what changed from the previous version's output."""
         layer = self.finetune.current_layer()
-        segmentation = self.session.find(layer) if layer is not None else None
+        segmentation = self.session.find(layer)
         previous = (
             previous_labels(self.session, layer, self.finetune.previous_model or "")
             if layer is not None
@@ -126,41 +135,18 @@ class UnetWidget(QWidget):
             mode=segmentation.mode,
         )
 
-    @staticmethod
-    def _stop_workers_of(*panels: Any) -> Any:
-        def stop(*_: Any) -> None:
-            for panel in panels:
-                stop_panel(panel)
-
-        return stop
-
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         self.close_workers()
         super().closeEvent(event)
 
     def close_workers(self) -> None:
         """Stop running jobs (closing the widget or napari); saves pending corrections first."""
-        self.finetune.save_corrections()
-        stop_panel(self.segment)
-        stop_panel(self.finetune)
-        stop_panel(self.finetune.versions)  # an export in progress
-        stop_panel(self.changes)
-        stop_panel(self.correct_next)
+        self.finetune.flush_corrections()
+        close_runners(self.runners)
         self.correct_next.unbind_keys()
 
 
-def stop_panel(panel: Any) -> None:
-    """Ask a panel's worker to stop and wait briefly for it."""
-    stop_event = getattr(panel, "stop_event", None)
-    if stop_event is not None:
-        stop_event.set()
-    for name in ("worker", "saver"):
-        worker = getattr(panel, name, None)
-        if worker is None:
-            continue
-        try:
-            if name == "worker":
-                worker.quit()
-            worker.await_workers(msecs=5000) if hasattr(worker, "await_workers") else None
-        except RuntimeError:  # the Qt object is already gone
-            pass
+def close_runners(runners: tuple[JobRunner, ...], *_: Any) -> None:
+    """Stop the jobs of ``runners`` and wait briefly for each (extra arguments: a signal's)."""
+    for runner in runners:
+        runner.close()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QSettings, Signal
@@ -19,12 +22,16 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet.core.diameter import describe_sizes
+from napari_unet.core.io import Stack
 from napari_unet.core.options import PredictOptions
 from napari_unet.gui.controls import button_row, collapsible_form, float_spin, form, int_spin
 from napari_unet.gui.corrections import CorrectionTracker
 from napari_unet.gui.layers import METADATA_KEY, layer_axes
 from napari_unet.gui.session import Segmentation, Session
-from napari_unet.gui.workers import start_worker
+from napari_unet.gui.workers import Job, JobEnd, JobRunner, stage_step
+
+if TYPE_CHECKING:
+    from napari_unet.core.inference import Prediction
 
 BROWSE = "Browse..."
 SEMANTIC_COLOURS = [
@@ -37,6 +44,44 @@ SEMANTIC_COLOURS = [
     "#64d2ff",
     "#ff9f0a",
 ]
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """A segmentation as it was asked for (main thread only).
+
+    Attributes
+    ----------
+    layer : napari.layers.Image
+        The image layer segmented.
+    stack : Stack
+        A copy of its data (or the lazy array itself) with its axes, as the job reads it.
+    model : str
+    options : PredictOptions
+    new_layer : bool
+        A re-segmentation to compare models: the result goes to a new layer of its own.
+    """
+
+    layer: Any
+    stack: Stack
+    model: str
+    options: PredictOptions
+    new_layer: bool = False
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """What the segmentation job returns to the main thread.
+
+    Attributes
+    ----------
+    prediction : Prediction
+    diameter : float or None
+        The object diameter the model was trained on, when its bundle records one.
+    """
+
+    prediction: Prediction
+    diameter: float | None
 
 
 def model_names() -> list[str]:
@@ -63,9 +108,6 @@ class SegmentPanel(QWidget):
         self.viewer = viewer
         self.session = session
         self.settings = settings
-        self.worker: Any = None
-        self._progress: Any = None
-        self._job: dict[str, Any] = {}
 
         self.image_combo = QComboBox()
         self.axes_edit = QLineEdit()
@@ -100,6 +142,12 @@ class SegmentPanel(QWidget):
         self.progress_bar = QProgressBar()
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.runner = JobRunner(
+            on_yield=self._on_progress,
+            measure=stage_step,
+            status=self.status.setText,
+            on_end=self._on_end,
+        )
 
         self.advanced = collapsible_form(
             "Advanced",
@@ -277,6 +325,11 @@ class SegmentPanel(QWidget):
         )
 
     # ----- running -------------------------------------------------------------------------
+    @property
+    def worker(self) -> Any:
+        """The running segmentation's napari worker, or None (scripts wait for None)."""
+        return self.runner.worker
+
     def run(self, *, model: str | None = None, new_layer: bool = False) -> Any:
         """Segment the selected image in a worker. Returns the worker, or None on bad input.
 
@@ -286,9 +339,8 @@ class SegmentPanel(QWidget):
         from napari.utils.notifications import show_error, show_warning
 
         from napari_unet.core.errors import InputError
-        from napari_unet.core.io import Stack
 
-        if self.worker is not None:
+        if self.runner.running:
             show_warning("A segmentation is already running; cancel it first.")
             return None
         layer = self.selected_image()
@@ -306,45 +358,30 @@ class SegmentPanel(QWidget):
             show_error(f"Axes: {error}. Set the Axes field (e.g. ZYX).")
             return None
         layer.metadata.setdefault(METADATA_KEY, {})["axes"] = axes.replace("S", "")
-        model = model or self.model
-        options = self.options()
+        request = SegmentRequest(layer, stack, model or self.model, self.options(), new_layer)
         self._save_settings()
-        self._job = {
-            "layer": layer,
-            "stack": stack,
-            "model": model,
-            "options": options,
-            "new_layer": new_layer,
-        }
 
-        def job() -> Any:
+        def work(_stop: threading.Event) -> Any:  # Cancel aborts: no cooperative stop
             from napari_unet.core.inference import iter_predict
             from napari_unet.core.registry import load_bundle
 
-            bundle = load_bundle(model)
-            self._job["bundle_mode"], self._job["class_names"] = bundle.mode, bundle.class_names
-            self._job["diameter"] = bundle.config.get("object_diameter")
-            return (yield from iter_predict(stack, bundle, options))
+            bundle = load_bundle(request.model)
+            prediction = yield from iter_predict(request.stack, bundle, request.options)
+            return Segmented(prediction, bundle.config.get("object_diameter"))
 
-        from napari.utils import progress
-
-        self._progress = progress(total=0, desc=f"napari-unet: segmenting {layer.name}")
-        self._set_running(True)
-        self.status.setText(f"Segmenting {layer.name} with {model}...")
-        self.worker = start_worker(
-            job,
-            on_yield=self._on_progress,
-            on_return=self._on_result,
-            on_error=self._on_error,
-            on_finish=self._on_finish,
+        done = partial(self._on_result, request)
+        worker = self.runner.start(
+            Job(work, f"segmenting {layer.name}", "Segmentation failed", done)
         )
-        return self.worker
+        self._set_running(True)
+        self.status.setText(f"Segmenting {layer.name} with {request.model}...")
+        return worker
 
     def cancel(self) -> None:
         """Abort the running segmentation; nothing is written."""
-        if self.worker is not None:
+        if self.runner.running:
             self.status.setText("Cancelling...")
-            self.worker.quit()
+            self.runner.cancel()
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -357,16 +394,11 @@ class SegmentPanel(QWidget):
             show_warning(f"napari-unet: {progress.notice}")
         self.progress_bar.setMaximum(max(progress.total, 1))
         self.progress_bar.setValue(progress.done)
-        bar = self._progress
-        if bar is not None:
-            bar.total = progress.total
-            bar.n = progress.done
-            bar.set_description(f"napari-unet: {progress.stage}")
 
-    def _on_result(self, prediction: Any) -> None:
-        layer = self._job["layer"]
-        labels_layer = self._write_labels(layer, prediction)
-        sizes = describe_sizes(prediction.stats.get("sizes", []), self._job.get("diameter"))
+    def _on_result(self, request: SegmentRequest, segmented: Segmented) -> None:
+        prediction = segmented.prediction
+        labels_layer = self._write_labels(request, prediction, segmented.diameter)
+        sizes = describe_sizes(prediction.stats.get("sizes", []), segmented.diameter)
         self.status.setText(
             f"{labels_layer.name}: {self._describe(prediction)} ({prediction.compute}).\n"
             + (f"{sizes[0].upper()}{sizes[1:]}.\n" if sizes else "")
@@ -375,24 +407,26 @@ class SegmentPanel(QWidget):
         self.progress_bar.setValue(self.progress_bar.maximum())
         self.segmented.emit(labels_layer)
 
-    def _describe(self, prediction: Any) -> str:
+    def _describe(self, prediction: Prediction) -> str:
         if prediction.mode == "instances":
             return f"{prediction.stats['objects']} objects"  # counted in the worker, not here
         return f"classes {', '.join(prediction.class_names)}"
 
-    def _write_labels(self, image: Any, prediction: Any) -> Any:
+    def _write_labels(
+        self, request: SegmentRequest, prediction: Prediction, diameter: float | None
+    ) -> Any:
         """Put the result in a Labels layer, never overwriting the user's corrections."""
         from napari.utils.notifications import show_info
 
-        job = self._job
+        image = request.layer
         name = f"{image.name} labels"
         existing = next((lyr for lyr in self.viewer.layers if lyr.name == name), None)
-        segmentation = self.session.find(existing) if existing is not None else None
+        segmentation = self.session.find(existing)
         reusable = False
         if (
             segmentation is not None
             and existing.data.shape == prediction.labels.shape
-            and not job["new_layer"]
+            and not request.new_layer
         ):
             segmentation.tracker.update(
                 np.asarray(existing.data)
@@ -400,7 +434,7 @@ class SegmentPanel(QWidget):
             reusable = not segmentation.tracker.edits
         scale = [
             s
-            for s, a in zip(image.scale, job["stack"].axes.replace("S", ""), strict=False)
+            for s, a in zip(image.scale, request.stack.axes.replace("S", ""), strict=False)
             if a != "C"
         ]
         if reusable:
@@ -408,8 +442,8 @@ class SegmentPanel(QWidget):
             labels_layer.data = prediction.labels
         else:
             if existing is not None:
-                name = f"{name} ({job['model']})"
-                if not job["new_layer"]:
+                name = f"{name} ({request.model})"
+                if not request.new_layer:
                     show_info(
                         f"'{existing.name}' holds your corrections or was not made here, so the result goes to a new layer '{name}'."
                     )
@@ -421,23 +455,22 @@ class SegmentPanel(QWidget):
             )
         if prediction.mode == "semantic":
             self._style_semantic(labels_layer, prediction.class_names)
-        diameter = job.get("diameter") or 16
         tracker = CorrectionTracker(
-            prediction.labels, prediction.axes, margin=max(16, int(diameter))
+            prediction.labels, prediction.axes, margin=max(16, int(diameter or 16))
         )
         self.session.register(
             labels_layer,
             Segmentation(
                 image_name=image.name,
-                image_data=job["stack"].data,
-                image_axes=job["stack"].axes,
-                model=job["model"],
+                image_data=request.stack.data,
+                image_axes=request.stack.axes,
+                model=request.model,
                 mode=prediction.mode,
                 class_names=prediction.class_names,
-                options=job["options"],
+                options=request.options,
                 tracker=tracker,
                 source=str((image.metadata.get(METADATA_KEY) or {}).get("path") or image.name),
-                comparison=job["new_layer"],
+                comparison=request.new_layer,
             ),
         )
         return labels_layer
@@ -450,19 +483,9 @@ class SegmentPanel(QWidget):
         layer.colormap = DirectLabelColormap(color_dict=colours)
         layer.features = {"class": class_names}
 
-    def _on_error(self, error: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        show_error(f"Segmentation failed: {error}")
-        self.status.setText(f"Failed: {error}")
-
-    def _on_finish(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        if self.worker is not None and self.worker.abort_requested:
+    def _on_end(self, end: JobEnd) -> None:
+        if end is JobEnd.CANCELLED:
             self.status.setText("Cancelled; nothing was written.")
         if self.progress_bar.value() < self.progress_bar.maximum():  # cancelled or failed
             self.progress_bar.setValue(0)
-        self.worker = None
         self._set_running(False)

@@ -72,8 +72,9 @@ class Session:
     def forget(self, layer: Any) -> None:
         self.segmentations.pop(layer_key(layer), None)
 
-    def find(self, layer: Any) -> Segmentation | None:
-        return self.segmentations.get(layer_key(layer))
+    def find(self, layer: Any | None) -> Segmentation | None:
+        """The segmentation the plugin wrote into ``layer``; None for another layer or None."""
+        return None if layer is None else self.segmentations.get(layer_key(layer))
 
     def others_of_image(self, layer: Any) -> list[Segmentation]:
         """Other layers' segmentations of the same image for the same training set."""

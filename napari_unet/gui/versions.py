@@ -10,6 +10,7 @@ the licence and, when the user has an image open, whether a patch of it may be s
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from qtpy.QtWidgets import (
 from napari_unet.core.io import Stack
 from napari_unet.gui.controls import button_row
 from napari_unet.gui.export_dialog import ExportChoice, ask_export
+from napari_unet.gui.workers import Job, JobRunner, stage_step
 
 COLUMNS = ("version", "date", "result", "size")
 
@@ -95,7 +97,9 @@ class VersionsPanel(QWidget):
         self.confirm = confirm or (lambda title, text: ask_to_confirm(self, title, text))
         self.image = image
         self.ask = ask or (lambda name, image_name: ask_export(self, name, image_name))
-        self.worker: Any = None  # the running export
+        self.runner = JobRunner(  # exports
+            measure=stage_step, on_end=lambda _end: self._selection_changed()
+        )
         self.paths: dict[str, Path] = {}  # listed versions by name
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(list(COLUMNS))
@@ -204,7 +208,7 @@ class VersionsPanel(QWidget):
 
     def _selection_changed(self) -> None:
         self.delete_button.setEnabled(self.selected() is not None)
-        self.export_button.setEnabled(self.selected() is not None and self.worker is None)
+        self.export_button.setEnabled(self.selected() is not None and not self.runner.running)
 
     def export(self, name: str | None = None) -> Any:
         """Export a version (the selected one by default) after asking; the worker, or None.
@@ -217,10 +221,9 @@ class VersionsPanel(QWidget):
         from napari_unet.core.bioimageio_export import iter_export
         from napari_unet.core.preprocess import read_plane, stack_axes_of
         from napari_unet.core.registry import load_bundle
-        from napari_unet.gui.workers import start_worker
 
         name = name or self.selected()
-        if not name or self.worker is not None:
+        if not name or self.runner.running:
             return None
         path = self.paths.get(name)
         if path is None or not path.is_file():
@@ -237,7 +240,7 @@ class VersionsPanel(QWidget):
             plane, plane_axes = read_plane(stack.data, stack.axes, first)  # a copy, here
             test_image = Stack(np.array(plane), plane_axes, path=Path(image[0]))
 
-        def job() -> Any:
+        def work(_stop: threading.Event) -> Any:
             return (
                 yield from iter_export(
                     load_bundle(path),
@@ -249,21 +252,14 @@ class VersionsPanel(QWidget):
                 )
             )
 
-        def finished() -> None:
-            self.worker = None
-            self._selection_changed()
+        def exported(written: Path) -> None:
+            show_info(f"Exported {name} as a bioimage.io package: {written}")
 
-        self.worker = start_worker(
-            job,
-            on_yield=lambda step: None,
-            on_return=lambda written: show_info(
-                f"Exported {name} as a bioimage.io package: {written}"
-            ),
-            on_error=lambda error: show_error(f"Could not export {name}: {error}"),
-            on_finish=finished,
+        worker = self.runner.start(
+            Job(work, f"exporting {name}", f"Could not export {name}", exported)
         )
         self._selection_changed()
-        return self.worker
+        return worker
 
     def delete(self, name: str | None = None) -> bool:
         """Delete a version's file (the selected one by default) after asking; True if done.
