@@ -213,19 +213,9 @@ def _add_train(commands: Commands) -> None:
         "a fine-tune keeps its base's mode)",
     )
     t.add_argument("--class-names", metavar="A,B,..", help="semantic class names, background first")
-    t.add_argument(
-        "--depth",
-        type=int,
-        default=NEW_MODEL.depth,
-        metavar="N",
-        help="with --from-scratch: U-Net depth (default: %(default)s)",
-    )
-    t.add_argument(
-        "--base-channels",
-        type=int,
-        default=NEW_MODEL.base_channels,
-        metavar="N",
-        help="with --from-scratch: width of the first level (default: %(default)s)",
+    _add_number(t, "--depth", NEW_MODEL.depth, "with --from-scratch: U-Net depth")
+    _add_number(
+        t, "--base-channels", NEW_MODEL.base_channels, "with --from-scratch: first level's width"
     )
     _add_schedule(t)
     _add_augmentation(t)
