@@ -505,6 +505,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from napari_unet.core.atomic import check_output, remove_stale_partials
     from napari_unet.core.diameter import describe_sizes
+    from napari_unet.core.disk_labels import labels_on_disk
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import Progress, iter_predict
@@ -556,9 +557,11 @@ def run_predict(args: argparse.Namespace) -> int:
         stack = _open_input(path, args)
         if stack.series_notice and args.series is None:
             print(f"{stack.series_notice} (choose with --series)", file=sys.stderr)
-        generator = iter_predict(stack, bundle, options)
         name = Path(path.rstrip("/")).name
-        with tqdm(desc=name, unit="tile", file=sys.stderr, leave=False) as bar:
+        with (
+            labels_on_disk(target) as make_labels,
+            tqdm(desc=name, unit="tile", file=sys.stderr, leave=False) as bar,
+        ):
 
             def show(progress: Progress, bar: tqdm = bar, name: str = name) -> None:
                 if progress.notice:
@@ -567,18 +570,18 @@ def run_predict(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(progress.stage)
                 bar.update(progress.done - bar.n)
 
-            result = run_to_end(generator, show)
-        write = write_labels_zarr if target.name.endswith(".zarr") else write_labels
-        write(
-            target,
-            result.labels,
-            axes=result.axes,
-            scale=stack.scale,
-            units=stack.units,
-            overwrite=args.overwrite,
-            **({"source": path} if write is write_labels_zarr else {}),
-        )
-        count = int(result.labels.max()) if result.mode == "instances" else len(result.class_names)
+            result = run_to_end(iter_predict(stack, bundle, options, make_labels=make_labels), show)
+            write = write_labels_zarr if target.name.endswith(".zarr") else write_labels
+            write(
+                target,
+                result.labels,
+                axes=result.axes,
+                scale=stack.scale,
+                units=stack.units,
+                overwrite=args.overwrite,
+                **({"source": path} if write is write_labels_zarr else {}),
+            )
+        count = result.stats["objects"] if result.mode == "instances" else len(result.class_names)
         what = "objects" if result.mode == "instances" else "classes"
         print(
             f"{path} -> {target} ({result.axes} {tuple(result.labels.shape)}, {count} {what}, {result.compute})"

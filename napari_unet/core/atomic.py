@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -85,11 +86,11 @@ def _link_new(tmp: Path, path: Path) -> None:
 
 
 def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
-    """Remove the temporary files of interrupted writes in ``folder`` (not recursive).
+    """Remove the temporary files and folders of interrupted writes in ``folder``.
 
-    Only our own temporary files (:func:`is_partial`) whose writer process is gone, or that
-    are older than :data:`STALE_SECONDS`, are removed: another run writing at this moment
-    keeps its file.
+    Only our own temporary files and folders (:func:`is_partial`: an OME-Zarr being built, a
+    stack's labels on disk) whose writer process is gone, or that are older than
+    :data:`STALE_SECONDS`, are removed: another run writing at this moment keeps its own.
 
     Returns
     -------
@@ -107,7 +108,10 @@ def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
         try:
             old = time.time() - path.stat().st_mtime > STALE_SECONDS
             if old or match is None or not _process_alive(int(match["pid"])):
-                path.unlink()
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
                 removed.append(path)
         except OSError:  # gone meanwhile, or not ours to remove
             continue

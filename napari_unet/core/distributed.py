@@ -40,7 +40,12 @@ from distributed import Client, WorkerPlugin, as_completed, get_worker
 
 from napari_unet.core.atomic import PARTIAL_SUFFIX, atomic_path
 from napari_unet.core.errors import EngineError, InputError
-from napari_unet.core.inference import Progress, iter_predict, prediction_memory
+from napari_unet.core.inference import (
+    Progress,
+    iter_predict,
+    labels_memory,
+    prediction_memory,
+)
 from napari_unet.core.io import LAZY_BYTES, Stack
 from napari_unet.core.options import PredictOptions
 from napari_unet.core.preprocess import (
@@ -289,8 +294,8 @@ def default_block_size(
     halo = block_halo(bundle, options)
     while size > tile:
         edge = size + 2 * halo
-        need = prediction_memory(
-            (*others, edge, edge), (edge, edge), bundle.config, min(tile, edge), 1, 1
+        need = labels_memory((*others, edge, edge)) + prediction_memory(
+            (edge, edge), bundle.config, min(tile, edge), 1, 1
         )
         if need <= _BLOCK_MEMORY_SHARE * worker_memory:
             break
@@ -311,8 +316,8 @@ def default_z_block(
     tile = min(options.tile_size, edge)
 
     def fits(planes: int) -> bool:
-        need = prediction_memory(
-            (*others, planes, edge, edge), (edge, edge), bundle.config, tile, 1, 1
+        need = labels_memory((*others, planes, edge, edge)) + prediction_memory(
+            (edge, edge), bundle.config, tile, 1, 1
         )
         return need <= _BLOCK_MEMORY_SHARE * worker_memory
 

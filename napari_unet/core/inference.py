@@ -27,6 +27,7 @@ from napari_unet.core.diameter import (
     rescale_factor,
     sample_window,
 )
+from napari_unet.core.disk_labels import LabelMaker, labels_in_memory
 from napari_unet.core.errors import EngineError, InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import Stack
@@ -74,9 +75,9 @@ class Prediction:
 
     Attributes
     ----------
-    labels : ndarray
+    labels : ndarray or array on disk
         uint32 object ids (instances) or class indices (semantic), one value per pixel of the
-        input's non-channel axes.
+        input's non-channel axes, in the array ``make_labels`` made (an ndarray by default).
     axes : str
         Axes of ``labels``.
     mode : str
@@ -90,7 +91,7 @@ class Prediction:
         median), ``objects``.
     """
 
-    labels: np.ndarray
+    labels: Any
     axes: str
     mode: str
     class_names: list[str]
@@ -208,6 +209,7 @@ def iter_predict(
     axes: str | None = None,
     predictor: Predictor | None = None,
     plane_ranges: Mapping[tuple[int, ...], np.ndarray] | None = None,
+    make_labels: LabelMaker = labels_in_memory,
 ) -> Generator[Progress, None, Prediction]:
     """Segment every plane of an image.
 
@@ -226,6 +228,10 @@ def iter_predict(
     plane_ranges : mapping, optional
         Normalisation percentiles per plane index (see ``preprocess.channel_ranges``),
         measured on the whole image: a block of it is normalised as the whole would be.
+    make_labels : callable, optional
+        ``make_labels(shape)`` returns the all-zero uint32 array the labels are written into,
+        one plane at a time: in memory by default; on disk
+        (:func:`~napari_unet.core.disk_labels.labels_on_disk`) for stacks larger than memory.
 
     Yields
     ------
@@ -264,15 +270,15 @@ def iter_predict(
     workers = options.post_workers
     if workers is None:
         workers = auto_workers(plane_shape[0] * plane_shape[1])
+    labels_bytes = labels_memory(labels_shape) if make_labels is labels_in_memory else 0
     check_fits(
-        prediction_memory(
-            labels_shape, work_shape, config, fallback.tile, options.batch_size, workers
-        ),
+        labels_bytes
+        + prediction_memory(work_shape, config, fallback.tile, options.batch_size, workers),
         f"segmenting an image of shape {tuple(stack.data.shape)} ({stack.axes})",
         "crop it or split the stack into parts, or give a larger object diameter if the "
         "image is being enlarged",
     )
-    labels = np.zeros(labels_shape, dtype=np.uint32)
+    labels = make_labels(labels_shape)
     n_planes = plane_count(stack.data.shape, stack.axes)
     tiler = _PlaneTiler(fallback, network, options, work_shape, len(bundle.class_names), n_planes)
     to_labels = partial(_plane_labels, mode=mode, threshold=options.threshold, shape=plane_shape)
@@ -297,13 +303,9 @@ def iter_predict(
                     shape = _scaled(plane_shape, size.factor)
                     if size.factor > 1.0 and size.source == "estimated":  # given: checked above
                         check_fits(
-                            prediction_memory(
-                                labels_shape,
-                                shape,
-                                config,
-                                fallback.tile,
-                                options.batch_size,
-                                workers,
+                            labels_bytes
+                            + prediction_memory(
+                                shape, config, fallback.tile, options.batch_size, workers
                             ),
                             f"segmenting a plane enlarged {size.factor:.2f}x for its small objects",
                             "give the object diameter yourself (a larger value enlarges less)",
@@ -341,17 +343,21 @@ def iter_predict(
     )
 
 
+def labels_memory(labels_shape: tuple[int, ...]) -> int:
+    """Bytes of the uint32 labels of ``labels_shape`` held in memory."""
+    return 4 * int(np.prod(labels_shape, dtype=np.int64))
+
+
 def prediction_memory(
-    labels_shape: tuple[int, ...],
     work_shape: tuple[int, ...],
     config: dict[str, Any],
     tile: int,
     batch_size: int,
     post_workers: int,
 ) -> int:
-    """Bytes of host memory :func:`iter_predict` needs, estimated from shapes alone.
+    """Bytes of host memory :func:`iter_predict` needs besides the labels, from shapes alone.
 
-    The uint32 labels of the whole image; per plane in flight (the one being predicted and
+    Per plane in flight (the one being predicted and
     one per post-processing worker) its normalised input and its blended class
     probabilities and weights at the working scale, in float32; and the network's
     activations for one batch of tiles (about 12 feature maps of the first level's width per
@@ -362,10 +368,9 @@ def prediction_memory(
     n_classes = int(architecture.get("n_classes", 1))
     in_channels = int(architecture.get("in_channels", 1))
     width = int(architecture.get("base_channels", 32))
-    labels = 4 * int(np.prod(labels_shape, dtype=np.int64))
     plane = 4 * int(np.prod(work_shape, dtype=np.int64)) * (in_channels + n_classes + 1)
     tiles = 4 * batch_size * tile * tile * width * 12
-    return labels + (1 + post_workers) * plane + tiles
+    return (1 + post_workers) * plane + tiles
 
 
 def predict(
@@ -592,26 +597,31 @@ def _label_index(index: tuple[int, ...], axes: str, labels_axes: str) -> tuple[A
     return tuple(slice(None) if a in "YX" else next(it) for a in labels_axes)
 
 
-def _link_along_z(labels: np.ndarray, labels_axes: str) -> Generator[Progress, None, int]:
+def _link_along_z(labels: Any, labels_axes: str) -> Generator[Progress, None, int]:
     """Relink object ids through Z, in place, for each position of the other axes.
 
-    Returns the number of objects after linking.
+    Two planes are read at a time, so ``labels`` may be an array on disk. Returns the number
+    of objects after linking.
     """
     z_axis = labels_axes.index("Z")
-    moved = np.moveaxis(labels, z_axis, 0)  # view: (Z, ..., Y, X)
-    n_z = moved.shape[0]
-    outer = moved.shape[1:-2]
-    total = (n_z - 1) * int(np.prod(outer, dtype=np.int64))
+    outer_axes = [i for i in range(labels.ndim - 2) if i != z_axis]
+    n_z = labels.shape[z_axis]
+    total = (n_z - 1) * int(np.prod([labels.shape[i] for i in outer_axes], dtype=np.int64))
     done = 0
     next_id = 1
-    for rest in np.ndindex(*outer):
-        first = moved[(0, *rest)]
-        relabelled, next_id = link_to_previous(np.zeros_like(first), first, next_id)
-        moved[(0, *rest)] = relabelled
-        for z in range(1, n_z):
-            moved[(z, *rest)], next_id = link_to_previous(
-                moved[(z - 1, *rest)], moved[(z, *rest)], next_id
-            )
-            done += 1
-            yield Progress(done, total, "linking")
+    for rest in np.ndindex(*(labels.shape[i] for i in outer_axes)):
+
+        def plane_at(z: int, rest: tuple[int, ...] = rest) -> tuple[Any, ...]:
+            index = dict(zip(outer_axes, rest, strict=True))
+            index[z_axis] = z
+            return tuple(index.get(i, slice(None)) for i in range(labels.ndim))
+
+        previous = np.zeros(labels.shape[-2:], dtype=np.uint32)
+        for z in range(n_z):
+            current, next_id = link_to_previous(previous, np.asarray(labels[plane_at(z)]), next_id)
+            labels[plane_at(z)] = current
+            previous = current
+            if z:
+                done += 1
+                yield Progress(done, total, "linking")
     return next_id - 1

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.core.atomic import atomic_path
+from napari_unet.core.disk_labels import iter_planes_of, largest_label
 from napari_unet.core.errors import ImageReadError, InputError
 from napari_unet.core.resources import available_memory, format_memory
 from napari_unet.core.tiff_pages import TiffPages
@@ -342,14 +343,14 @@ def _tiff_scale(
 
 def write_labels(
     path: str | os.PathLike[str],
-    labels: np.ndarray,
+    labels: Any,
     *,
     axes: str,
     scale: dict[str, float] | None = None,
     units: dict[str, str] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a label image atomically.
+    """Write a label image atomically, one plane at a time.
 
     uint16 when the largest label fits (as an ImageJ hyperstack when the axes allow it, so
     Fiji shows scale and axes), otherwise uint32 as OME-TIFF; labels with several unnamed
@@ -359,8 +360,9 @@ def write_labels(
     ----------
     path : path-like
         Destination ``.tif``.
-    labels : ndarray of int
-        Non-negative integer labels.
+    labels : ndarray of int, or an array on disk
+        Non-negative integer labels; an array on disk (:mod:`napari_unet.core.disk_labels`)
+        is read plane by plane, never whole.
     axes : str
         One letter per dimension of ``labels`` (no ``C`` or ``S``).
     scale, units : dict, optional
@@ -376,9 +378,9 @@ def write_labels(
         raise InputError(f"{path} already exists; pass overwrite to replace it")
     if labels.dtype.kind not in "biu":
         raise InputError(f"labels must be integers, got {labels.dtype}")
-    top = int(labels.max()) if labels.size else 0
-    if labels.dtype.kind == "i" and labels.size and int(labels.min()) < 0:
+    if labels.dtype.kind == "i" and labels.size and int(np.min(labels)) < 0:
         raise InputError("labels must not be negative")
+    top = largest_label(labels)
     scale = scale or {}
     units = units or {}
     dtype = np.dtype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32)
@@ -436,12 +438,11 @@ def write_labels(
     return path
 
 
-def _planes_as(labels: np.ndarray, dtype: np.dtype) -> Any:
-    """The labels in ``dtype``: as is when already so, else converted one plane at a time
+def _planes_as(labels: Any, dtype: np.dtype) -> Any:
+    """The labels in ``dtype``: an ndarray already so as it is, else one plane at a time
     (a stack's labels are never copied whole while they are written)."""
-    if labels.dtype == dtype:
+    if isinstance(labels, np.ndarray) and labels.dtype == dtype:
         return labels
     if labels.ndim <= 2:
-        return labels.astype(dtype)
-    planes = labels.reshape(-1, *labels.shape[-2:])
-    return (plane.astype(dtype) for plane in planes)
+        return np.asarray(labels).astype(dtype)
+    return (plane.astype(dtype) for _, plane in iter_planes_of(labels))

@@ -259,9 +259,9 @@ def write_labels_zarr(
     ----------
     path : path-like
         Destination folder, normally ``<name>_labels.ome.zarr``.
-    labels : ndarray or dask array of int
-        Label ids (uint32, or uint64 past 2**32 objects); a dask array is written chunk by
-        chunk with its own chunks (block-aligned), from whichever scheduler is active.
+    labels : ndarray, dask array or Zarr array of int
+        Label ids (uint32, or uint64 past 2**32 objects); a dask or Zarr array is written chunk
+        by chunk with its own chunks (block-aligned), from whichever scheduler is active.
     axes : str
         One letter per dimension of ``labels`` among T, Z, Y, X (reordered to NGFF's order).
     scale, units : dict, optional
@@ -289,7 +289,12 @@ def write_labels_zarr(
         raise InputError(f"{path} exists; pass --overwrite to replace it")
     order = [axes.index(a) for a in NGFF_AXES if a in axes]
     ngff_axes = "".join(axes[i] for i in order)
-    level0 = labels if isinstance(labels, da.Array) else da.from_array(np.asarray(labels))
+    if isinstance(labels, da.Array):
+        level0 = labels
+    elif isinstance(labels, np.ndarray):
+        level0 = da.from_array(labels)
+    else:  # an array on disk (core.disk_labels): read chunk by chunk, never whole
+        level0 = da.from_array(labels, chunks=labels.chunks)
     level0 = level0.transpose(order)
     if level0.dtype.kind not in "iu":
         raise InputError(f"labels must be integers, got {level0.dtype}")
@@ -364,7 +369,7 @@ def _partial_folder(path: Path, *, overwrite: bool) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     token = f"pid{os.getpid()}-{secrets.token_hex(4)}"
     tmp = path.with_name(f".{path.name}.{token}{PARTIAL_SUFFIX}")
-    old = path.with_name(f".{path.name}.{token}.old{PARTIAL_SUFFIX}")
+    old = path.with_name(f".{path.name}.old.{token}{PARTIAL_SUFFIX}")  # stale-partial rule
     try:
         yield tmp
         if path.exists():
