@@ -57,24 +57,7 @@ def test_truth_is_several_planes_thick():
     assert _objects(truth) == 12
 
 
-CAPS_SPLIT = pytest.mark.xfail(
-    strict=True,
-    reason="linking (postprocess.link_to_previous) needs IoU >= 0.25 between neighbouring "
-    "planes: a sphere's cap plane (8-32 px beside a 46-150 px plane) starts a new object: "
-    "25 objects for 20 spheres at Z step 1, 27-28 at Z step 4 (the Z/XY scale is not used); "
-    "linking when the overlap covers >= half of the smaller object gives 20 in all three "
-    "(issue 14)",
-)
-
-
-@pytest.mark.parametrize(
-    "z_step, seed",
-    [
-        pytest.param(1.0, 0, marks=CAPS_SPLIT),
-        pytest.param(4.0, 0, marks=CAPS_SPLIT),
-        pytest.param(4.0, 1, marks=CAPS_SPLIT),
-    ],
-)
+@pytest.mark.parametrize("z_step, seed", [(1.0, 0), (4.0, 0), (4.0, 1)])
 def test_spheres_are_3d_objects_by_default(instance_bundle, z_step, seed):
     n = 20
     image, truth = anisotropic_spheres(n, z_step, seed=seed)

@@ -25,6 +25,22 @@ def overlap_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
         Parallel arrays: object ``ids_a[i]`` of ``a`` overlaps object ``ids_b[i]`` of ``b``
         with ``iou[i]``. Background (0) is excluded.
     """
+    ids_a, ids_b, intersection, size_a, size_b = overlaps(a, b)
+    return ids_a, ids_b, intersection / (size_a + size_b - intersection)
+
+
+def overlaps(
+    a: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every overlapping pair of objects in two label images of the same shape.
+
+    Returns
+    -------
+    ids_a, ids_b, intersection, size_a, size_b : ndarray
+        Parallel arrays: object ``ids_a[i]`` of ``a`` (``size_a[i]`` pixels) shares
+        ``intersection[i]`` pixels with object ``ids_b[i]`` of ``b`` (``size_b[i]`` pixels).
+        Background (0) is excluded.
+    """
     if a.shape != b.shape:
         raise InputError(f"label images differ in shape: {a.shape} vs {b.shape}")
     a = np.asarray(a).ravel()
@@ -32,12 +48,11 @@ def overlap_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     both = (a > 0) & (b > 0)
     if not both.any():
         empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0, dtype=np.float64)
+        return empty, empty, empty, empty, empty
     pairs, intersection = np.unique(
         np.stack([a[both].astype(np.int64), b[both].astype(np.int64)]), axis=1, return_counts=True
     )
-    union = _sizes_of(a, pairs[0]) + _sizes_of(b, pairs[1]) - intersection
-    return pairs[0], pairs[1], intersection / union
+    return pairs[0], pairs[1], intersection, _sizes_of(a, pairs[0]), _sizes_of(b, pairs[1])
 
 
 def _sizes_of(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.core.metrics import match_objects
+from napari_unet.core.metrics import overlaps
 
 
 def semantic_labels(probabilities: np.ndarray) -> np.ndarray:
@@ -68,9 +68,16 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def link_to_previous(
-    previous: np.ndarray, current: np.ndarray, next_id: int, min_iou: float = 0.25
+    previous: np.ndarray, current: np.ndarray, next_id: int, min_cover: float = 0.5
 ) -> tuple[np.ndarray, int]:
-    """Give objects of ``current`` the id of the object they overlap best in ``previous``.
+    """Give objects of ``current`` the id of the object they continue in ``previous``.
+
+    Two objects of neighbouring planes are one object when their overlap covers at least
+    ``min_cover`` of the smaller of the two. The smaller, not the union: the cap of a round
+    object is much smaller than the plane beside it (more so when Z is sampled coarser than
+    X and Y), and a test on IoU would start a new object there. Matches are one-to-one,
+    largest overlaps first, so an object that goes on is linked before a small neighbour
+    that merely lies over it.
 
     Parameters
     ----------
@@ -78,8 +85,8 @@ def link_to_previous(
         Labels of two neighbouring planes; ``previous`` already carries final ids.
     next_id : int
         First id free for objects that start in ``current``.
-    min_iou : float
-        Least IoU for two objects to be the same.
+    min_cover : float
+        Least share of the smaller object the overlap must cover.
 
     Returns
     -------
@@ -90,8 +97,14 @@ def link_to_previous(
     ids = np.unique(current)
     ids = ids[ids > 0]
     mapping = np.zeros(int(current.max()) + 1 if current.size else 1, dtype=np.uint32)
-    for id_prev, id_cur, _ in match_objects(previous, current, min_iou):
-        mapping[id_cur] = id_prev
+    ids_prev, ids_cur, intersection, size_prev, size_cur = overlaps(previous, current)
+    covering = intersection >= min_cover * np.minimum(size_prev, size_cur)
+    used: set[int] = set()
+    for i in np.argsort(-intersection, kind="stable"):
+        id_prev, id_cur = int(ids_prev[i]), int(ids_cur[i])
+        if covering[i] and id_prev not in used and mapping[id_cur] == 0:
+            mapping[id_cur] = id_prev
+            used.add(id_prev)
     for i in ids:
         if mapping[i] == 0:
             mapping[i] = next_id
