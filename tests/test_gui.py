@@ -734,6 +734,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.mark.skipif(not (DATA / "ctc_hela").is_dir(), reason="needs ../shared/data")
 def test_end_to_end_on_real_data(qtbot, dock, tmp_path, plugin_dirs):
     """Open, segment, correct two planes, fine-tune, re-segment: a held-out plane improves."""
+    from qtpy.QtCore import Qt
+
     from napari_unet.core.io import read_image
     from napari_unet.core.metrics import instance_scores
 
@@ -762,8 +764,8 @@ def test_end_to_end_on_real_data(qtbot, dock, tmp_path, plugin_dirs):
     finetune.refresh_planes()
     for row in range(finetune.planes.topLevelItemCount()):
         item = finetune.planes.topLevelItem(row)
-        if tuple(item.data(0, 0x0100)) in [(0,), (1,)]:
-            item.setCheckState(2, 2)  # fully checked
+        if tuple(item.data(0, Qt.ItemDataRole.UserRole)) in [(0,), (1,)]:
+            item.setCheckState(2, Qt.CheckState.Checked)  # fully checked
     assert widget.session.find(labels).tracker.selected_planes() == [(0,), (1,)]
     finetune.steps_spin.setValue(150)
     finetune.lr_spin.setValue(5e-3)

@@ -17,8 +17,9 @@ def _press(viewer, key):
 def test_segment_find_uncertain_objects_and_step_through_them(qtbot, docked):
     from napari_unet.core.options import PredictOptions
     from napari_unet.core.review import MISSED
-    from napari_unet.gui.correct_next import NEXT_KEY, viewer_camera
+    from napari_unet.gui.correct_next import NEXT_KEY
     from napari_unet.gui.sample_data import nuclei_2d
+    from napari_unet.gui.view import viewer_camera
 
     viewer, widget = docked
     for data, kwargs, _ in nuclei_2d():

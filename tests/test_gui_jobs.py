@@ -64,30 +64,38 @@ def run_job(qtbot, runner, job, **kwargs):
 def test_one_job_at_a_time_with_progress_in_the_activity_dock(qtbot):
     from napari.utils import progress
 
-    ends, results, seen, shown = [], [], [], []
+    def shown():  # the job's entries, as napari's activity dock lists them
+        return [
+            (bar.n, bar.total, bar.desc.removesuffix(": "))  # tqdm ends a description with ": "
+            for bar in progress._all_instances
+            if "count" in bar.desc
+        ]
 
-    def look(step):  # the activity entry, as napari's activity dock lists it
-        seen.append(step.done)
-        shown.extend(
-            (bar.n, bar.total, bar.desc) for bar in progress._all_instances if "count" in bar.desc
-        )
-
-    gate = threading.Event()
+    ends, results, seen = [], [], []
+    start, last = threading.Event(), threading.Event()
 
     def work(stop):
-        gate.wait(10)
-        return (yield from counting(3, stop))
+        start.wait(10)
+        yield Step(1, 3, "counting")
+        yield Step(2, 3, "counting")
+        last.wait(10)
+        yield Step(3, 3, "counting")
+        return "counted"
 
-    runner = JobRunner(on_yield=look, measure=lambda step: step, on_end=ends.append)
+    runner = JobRunner(on_yield=seen.append, measure=lambda step: step, on_end=ends.append)
     job = Job(work, "counting cells", "Counting failed", results.append)
     run_job(qtbot, runner, job)
     assert runner.running and runner.worker is not None
+    assert shown() == [(0, 0, "napari-unet: counting cells")]
     assert runner.start(job) is None  # one at a time
-    gate.set()
+    start.set()
+    qtbot.waitUntil(lambda: len(seen) == 2, timeout=10_000)
+    assert shown() == [(2, 3, "napari-unet: counting cells: counting")]
+    last.set()
     qtbot.waitUntil(lambda: not runner.running, timeout=10_000)
-    assert seen == [1, 2, 3] and results == [("done", 3)] and ends == [JobEnd.DONE]
-    assert shown[-1][:2] == (3, 3) and "napari-unet: counting cells: counting" in shown[-1][2]
-    assert not [bar for bar in progress._all_instances if "count" in bar.desc]  # closed
+    assert [step.done for step in seen] == [1, 2, 3]
+    assert results == ["counted"] and ends == [JobEnd.DONE]
+    assert shown() == []  # closed
     assert runner.worker is None
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QLabel,
     QListWidget,
     QListWidgetItem,
     QProgressBar,
@@ -27,9 +26,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet.gui.controls import button_row
+from napari_unet.gui.controls import button_row, text_line
 from napari_unet.gui.layers import layer_key, shown_plane
 from napari_unet.gui.session import Session
+from napari_unet.gui.view import viewer_camera
 from napari_unet.gui.workers import Job, JobRunner, stage_step
 
 # Not bound by napari's Labels layer (1-7, E P F L Z M X B - = [ ], Ctrl+Z) nor the viewer
@@ -72,8 +72,7 @@ class CorrectNextPanel(QWidget):
         self.next_button.setEnabled(False)
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
-        self.status = QLabel("Segment an image, then find the objects to check first.")
-        self.status.setWordWrap(True)
+        self.status = text_line("Segment an image, then find the objects to check first.")
         self.runner = JobRunner(
             on_yield=self._on_progress,
             measure=stage_step,
@@ -83,15 +82,15 @@ class CorrectNextPanel(QWidget):
         self.list = QListWidget()
         self.list.setMaximumHeight((self.list.fontMetrics().height() + 4) * LIST_ROWS + 8)
         self.list.setVisible(False)
+        self.list.setWordWrap(True)  # the dock is narrow: an item's reason takes two lines
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         for widget in (self, self.find_button, self.next_button, self.list):
             widget.setToolTip(TOOLTIP)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        title = QLabel("<b>Correct next</b>")
-        title.setToolTip(TOOLTIP)
-        layout.addWidget(title)
-        layout.addLayout(button_row(self.find_button, self.next_button, self.stop_button))
+        layout.addWidget(self.find_button)
+        layout.addLayout(button_row(self.next_button, self.stop_button))
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.list)
         layout.addWidget(self.status)
@@ -270,9 +269,3 @@ class CorrectNextPanel(QWidget):
         top, left, bottom, right = item.bbox
         side = max((bottom - top) * y, (right - left) * x, MIN_VIEW_PIXELS * min(y, x))
         return float(min(self.viewer.canvas.size)) / (VIEW_SIDES * side)
-
-
-def viewer_camera(viewer: Any) -> Any:
-    """The viewer's camera: ``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None else viewer.camera

@@ -12,23 +12,14 @@ import numpy as np
 from qtpy.QtCore import QSettings, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
-    QLabel,
+    QHeaderView,
     QPushButton,
     QTreeWidget,
     QTreeWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
-from napari_unet.gui.controls import (
-    button_row,
-    collapsible,
-    collapsible_form,
-    float_spin,
-    form,
-    int_spin,
-)
+from napari_unet.gui import controls
 from napari_unet.gui.layers import layer_key, shown_plane
 from napari_unet.gui.loss_plot import LossPlot
 from napari_unet.gui.segment_widget import model_names
@@ -106,23 +97,27 @@ class FinetunePanel(QWidget):
         # the corrections another layer holds
         self._owned: dict[str, set[Any]] = {}
 
-        self.labels_combo = QComboBox()
-        self.base_combo = QComboBox()
-        self.summary = QLabel("No corrections yet.")
-        self.summary.setWordWrap(True)
+        self.labels_combo = controls.combo()
+        self.base_combo = controls.combo()
+        self.summary = controls.text_line("No corrections yet.")
         self.planes = QTreeWidget()
         self.planes.setHeaderLabels(["plane", "use", "fully checked"])
         self.planes.setRootIsDecorated(False)
-        self.planes.setMaximumHeight(140)
-        self.steps_spin = int_spin(1, 100000)
-        self.lr_spin = float_spin(1e-5, 1e-1, 1e-4, decimals=5)
-        self.patch_spin = int_spin(64, 1024, 32)
-        self.val_spin = float_spin(0.0, 0.5)
-        self.augment_check = QCheckBox("augmentation (flips, elastic, intensity)")
+        self.planes.setMaximumHeight(100)
+        header = self.planes.header()  # the columns share the dock's width: no sideways scrolling
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for column in (1, 2):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self.steps_spin = controls.int_spin(1, 100000)
+        self.lr_spin = controls.float_spin(1e-5, 1e-1, 1e-4, decimals=5)
+        self.patch_spin = controls.int_spin(64, 1024, 32)
+        self.val_spin = controls.float_spin(0.0, 0.5)
+        self.augment_check = QCheckBox("flips, elastic, intensity")
         self.train_button = QPushButton("Fine-tune")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
-        self.eta = QLabel("")
+        self.eta = controls.text_line()
         self.runner = JobRunner(
             on_yield=self._on_step,
             measure=_training_step,
@@ -130,37 +125,40 @@ class FinetunePanel(QWidget):
             on_end=self._on_end,
         )
         self.plot = LossPlot()
-        self.result = QLabel("")
-        self.result.setWordWrap(True)
+        self.plot.setVisible(False)  # from the first fine-tune on
+        self.result = controls.text_line()
         self.resegment_button = QPushButton("Re-segment with new model")
         self.keep_button = QPushButton("Keep previous model")
         self.use_button = QPushButton("Use new model")
         for button in self._choice_buttons():
             button.setEnabled(False)
+            button.setVisible(False)  # once there is a new version to choose
         self.versions = VersionsPanel(self.base_combo.currentText, image=self._export_image)
 
-        self.advanced = collapsible_form(
+        self.advanced = controls.collapsible_form(
             "Advanced",
             [
                 ("Steps", self.steps_spin),
                 ("Learning rate", self.lr_spin),
                 ("Patch size", self.patch_spin),
                 ("Validation share", self.val_spin),
-                ("", self.augment_check),
+                ("Augmentation", self.augment_check),
             ],
         )
-        layout = QVBoxLayout(self)
-        layout.addLayout(form([("Labels", self.labels_combo), ("Base model", self.base_combo)]))
+        layout = controls.panel_layout(self)
+        layout.addLayout(
+            controls.form([("Labels", self.labels_combo), ("Base model", self.base_combo)])
+        )
         layout.addWidget(self.summary)
         layout.addWidget(self.planes)
         layout.addWidget(self.advanced)
-        layout.addLayout(button_row(self.train_button, self.stop_button))
+        layout.addLayout(controls.button_row(self.train_button, self.stop_button))
         layout.addWidget(self.eta)
         layout.addWidget(self.plot)
         layout.addWidget(self.result)
-        layout.addLayout(button_row(self.resegment_button))
-        layout.addLayout(button_row(self.keep_button, self.use_button))
-        layout.addWidget(collapsible("Versions", self.versions))
+        layout.addLayout(controls.button_row(self.resegment_button))
+        layout.addLayout(controls.button_row(self.keep_button, self.use_button))
+        layout.addWidget(controls.collapsible("Versions", self.versions))
         layout.addStretch()
 
         self._save_timer = QTimer(self)
@@ -565,6 +563,7 @@ class FinetunePanel(QWidget):
 
         self.previous_model = base_name
         self.plot.clear()
+        self.plot.setVisible(True)
         self.result.setText("")
         self._started = time.perf_counter()
         worker = self.runner.start(
@@ -673,6 +672,8 @@ class FinetunePanel(QWidget):
 
     def _show_choice(self, chosen: str | None) -> None:
         """After a fine-tune: the button that would switch to the other version stays on."""
+        for button in self._choice_buttons():
+            button.setVisible(True)
         self.resegment_button.setEnabled(bool(self.new_model))
         self.keep_button.setEnabled(chosen == self.new_model)
         self.use_button.setEnabled(chosen != self.new_model)

@@ -6,14 +6,16 @@ import os
 from functools import partial
 from typing import Any
 
-from qtpy.QtCore import QSettings
+from qtpy.QtCore import QSettings, QTimer
 from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
 from napari_unet.gui.change_map import ChangeMapper, Previous, previous_labels
+from napari_unet.gui.controls import collapsible
 from napari_unet.gui.correct_next import CorrectNextPanel
 from napari_unet.gui.finetune_widget import FinetunePanel
 from napari_unet.gui.segment_widget import SegmentPanel
 from napari_unet.gui.session import Session
+from napari_unet.gui.view import ViewFitter, dock_beside_layer_list
 from napari_unet.gui.workers import JobRunner
 
 
@@ -41,9 +43,10 @@ class UnetWidget(QWidget):
         self.finetune = FinetunePanel(napari_viewer, self.session, settings)
         self.changes = ChangeMapper(napari_viewer)
         self.correct_next = CorrectNextPanel(napari_viewer, self.session)
-        # the list sits below the Segment panel's status, above its stretch
-        segment_layout = self.segment.layout()
-        segment_layout.insertWidget(segment_layout.count() - 1, self.correct_next)
+        # the list sits below the Segment panel's status, above its stretch, in a section that
+        # folds (folded at first: the dock shares napari's left column)
+        self.correct_next_section = collapsible("Correct next", self.correct_next)
+        self.segment.body.insertWidget(self.segment.body.count() - 1, self.correct_next_section)
         # what the next re-segmentation is compared with, and with which model it runs
         self._compare_with: tuple[Previous, str] | None = None
         self.tabs = QTabWidget()
@@ -52,9 +55,12 @@ class UnetWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.tabs)
+        self.fitter = ViewFitter(napari_viewer)
+        self._placed = False  # the dock joins napari's left column when first shown
         self.segment.segmented.connect(self.finetune.track)
         self.segment.segmented.connect(self._show_changes)
         self.segment.segmented.connect(self.correct_next.set_target)
+        self.segment.segmented.connect(self.fitter.fit)
         self.finetune.trained.connect(self._trained)
         self.finetune.resegment_requested.connect(self._resegment)
         self.finetune.model_chosen.connect(self.segment.select_model)
@@ -135,6 +141,12 @@ class UnetWidget(QWidget):
             mode=segmentation.mode,
         )
 
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if not self._placed:  # once napari has finished adding the dock
+            self._placed = True
+            QTimer.singleShot(0, lambda: dock_beside_layer_list(self))
+
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         self.close_workers()
         super().closeEvent(event)
@@ -144,6 +156,7 @@ class UnetWidget(QWidget):
         self.finetune.flush_corrections()
         close_runners(self.runners)
         self.correct_next.unbind_keys()
+        self.fitter.disconnect()
 
 
 def close_runners(runners: tuple[JobRunner, ...], *_: Any) -> None:

@@ -11,20 +11,26 @@ import numpy as np
 from qtpy.QtCore import QSettings, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QFileDialog,
-    QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_unet.core.diameter import describe_sizes
 from napari_unet.core.io import Stack
 from napari_unet.core.options import PredictOptions
-from napari_unet.gui.controls import button_row, collapsible_form, float_spin, form, int_spin
+from napari_unet.gui.controls import (
+    button_row,
+    collapsible_form,
+    combo,
+    float_spin,
+    form,
+    int_spin,
+    panel_layout,
+    text_line,
+)
 from napari_unet.gui.corrections import CorrectionTracker
 from napari_unet.gui.layers import METADATA_KEY, layer_axes
 from napari_unet.gui.session import Segmentation, Session
@@ -109,18 +115,17 @@ class SegmentPanel(QWidget):
         self.session = session
         self.settings = settings
 
-        self.image_combo = QComboBox()
+        self.image_combo = combo()
         self.axes_edit = QLineEdit()
         self.axes_edit.setPlaceholderText("axes, e.g. ZYX, TYX, TZYX")
         self.axes_edit.setToolTip(
             "Which axis is which: T time, Z depth, C channel, I independent planes, Y X"
         )
-        self.axes_hint = QLabel("")
-        self.axes_hint.setWordWrap(True)
-        self.model_combo = QComboBox()
-        self.device_combo = QComboBox()
-        self.mode_combo = QComboBox()
-        self.mode_combo.addItems(["model's mode", "instances", "semantic"])
+        self.axes_hint = text_line()  # shown only when there is something to say
+        self.axes_hint.setVisible(False)
+        self.model_combo = combo()
+        self.device_combo = combo()
+        self.mode_combo = combo("model's mode", "instances", "semantic")
         self.tile_spin = int_spin(64, 4096, 64)
         self.overlap_spin = float_spin(0.0, 0.5, step=0.025, decimals=4)
         self.threshold_spin = float_spin(0.05, 0.95)
@@ -130,7 +135,7 @@ class SegmentPanel(QWidget):
             "Typical object diameter in pixels. 'auto' estimates it for each plane from a "
             "first look and rescales the image so objects have the size the model was trained on."
         )
-        self.tta_check = QCheckBox("average 8 flips/rotations (8x slower)")
+        self.tta_check = QCheckBox("average 8 orientations (8x slower)")
         self.tta_check.setToolTip(
             "Test-time augmentation: segment each tile in its 8 orientations and average them."
         )
@@ -140,8 +145,7 @@ class SegmentPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress_bar = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = text_line()
         self.runner = JobRunner(
             on_yield=self._on_progress,
             measure=stage_step,
@@ -162,16 +166,16 @@ class SegmentPanel(QWidget):
                 ("", self.link_check),
             ],
         )
-        main_rows = [
+        self.body = layout = panel_layout(self)  # the dock widget adds Correct next to it
+        rows = [
             ("Image", self.image_combo),
             ("Axes", self.axes_edit),
-            ("", self.axes_hint),
             ("Model", self.model_combo),
             ("Device", self.device_combo),
             ("Mode", self.mode_combo),
         ]
-        layout = QVBoxLayout(self)
-        layout.addLayout(form(main_rows))
+        layout.addLayout(form(rows))
+        layout.addWidget(self.axes_hint)
         layout.addWidget(self.advanced)
         layout.addLayout(button_row(self.run_button, self.cancel_button))
         layout.addWidget(self.progress_bar)
@@ -271,23 +275,20 @@ class SegmentPanel(QWidget):
 
     def _image_changed(self, *_: Any) -> None:
         layer = self.selected_image()
+        axes = layer_axes(layer) if layer is not None else None
+        self.axes_edit.setText(axes + ("S" if layer.rgb else "") if axes is not None else "")
         if layer is None:
-            self.axes_edit.setText("")
-            self.axes_hint.setText(
-                "Open an image (File > Open, or File > Open Sample > napari-unet)."
-            )
-            return
-        axes = layer_axes(layer)
-        if axes is not None:
-            self.axes_edit.setText(axes + ("S" if layer.rgb else ""))
-            self.axes_hint.setText("")
-        else:
-            self.axes_edit.setText("")
+            hint = "Open an image (File > Open, or File > Open Sample > napari-unet)."
+        elif axes is None:
             shape = "x".join(map(str, layer.data.shape))
-            self.axes_hint.setText(
+            hint = (
                 f"This {layer.data.ndim}D image ({shape}) has no axis information: type one letter per "
                 "axis (T time, Z depth, C channel, I unrelated planes), ending in YX."
             )
+        else:
+            hint = ""
+        self.axes_hint.setText(hint)
+        self.axes_hint.setVisible(bool(hint))
 
     # ----- settings ------------------------------------------------------------------------
     def _restore_settings(self) -> None:
@@ -402,7 +403,7 @@ class SegmentPanel(QWidget):
         self.status.setText(
             f"{labels_layer.name}: {self._describe(prediction)} ({prediction.compute}).\n"
             + (f"{sizes[0].upper()}{sizes[1:]}.\n" if sizes else "")
-            + "Correct mistakes with the brush, eraser and fill,\nthen fine-tune."
+            + "Correct mistakes with the brush, eraser and fill, then fine-tune."
         )
         self.progress_bar.setValue(self.progress_bar.maximum())
         self.segmented.emit(labels_layer)

@@ -272,12 +272,14 @@ class JobRunner:
     def _yielded(self, run: _Running, item: Any) -> None:
         if run is not self._running:
             return
+        self._on_yield(item)
+        # last: napari's progress bar processes events when it redraws, so the job's later
+        # signals (its result, its end) may be handled inside this call
         step = self._measure(item)
         if step is not None and run.activity is not None:
             run.activity.total = step.total
             run.activity.n = step.done
             run.activity.set_description(f"napari-unet: {run.job.title}: {step.text}")
-        self._on_yield(item)
 
     def _returned(self, run: _Running, value: Any) -> None:
         if run is not self._running:
