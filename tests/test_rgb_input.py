@@ -157,3 +157,22 @@ def test_nothing_to_describe_without_colours_to_combine():
 
 def test_check_channels_accepts_auto_before_any_pixel_is_read():
     check_channels((4, 32, 32, 4), "ZYXS", DEFAULT_INPUT, None)
+
+
+def test_a_choice_made_once_holds_for_every_plane_of_a_stack():
+    """``auto`` decides on a plane's pixels: a stack's planes (or a large plane's blocks) can
+    share one choice, made on one plane."""
+    stack = np.stack([histology()[0], fluorescence_in_blue()[0]])  # ZYXS
+    own = [colour_input_of(plane, "YXS", DEFAULT_INPUT) for plane in stack]
+    assert own[0] != own[1]
+    shared = own[0]
+    for plane in stack:
+        np.testing.assert_array_equal(
+            to_model_channels(plane, "YXS", DEFAULT_INPUT, colour=shared)[0],
+            -plane[..., 1].astype(np.float32),
+        )
+    config = new_config(architecture={"depth": 2})
+    np.testing.assert_array_equal(
+        prepare_plane(stack[1], "YXS", config, colour=shared),
+        normalize(-stack[1][None, ..., 1].astype(np.float32), config["normalization"]),
+    )

@@ -109,7 +109,11 @@ def check_channels(
 
 
 def to_model_channels(
-    plane: np.ndarray, plane_axes: str, input_spec: dict[str, Any], channel: int | None = None
+    plane: np.ndarray,
+    plane_axes: str,
+    input_spec: dict[str, Any],
+    channel: int | None = None,
+    colour: ColourChoice | None = None,
 ) -> np.ndarray:
     """Map one plane to the model's input channels.
 
@@ -126,6 +130,11 @@ def to_model_channels(
     channel : int, optional
         Which channel (``C``, or colour sample when there is no ``C``) to use for a
         one-channel model.
+    colour : ColourChoice, optional
+        A choice made once for a whole stack (:func:`colour_input_of` on one plane), used
+        instead of deciding ``input_spec``'s rule on this plane alone: ``auto`` looks at the
+        pixels, so the planes of a stack, or the blocks of a large plane, could otherwise
+        each choose differently.
 
     Returns
     -------
@@ -162,7 +171,7 @@ def to_model_channels(
     if "S" in axes:
         samples = np.moveaxis(x, axes.index("S"), -1)
         axes = axes.replace("S", "") + "S"
-        colour = samples[..., :3] if samples.shape[-1] >= 3 else samples
+        colours = samples[..., :3] if samples.shape[-1] >= 3 else samples
         if "C" in axes and wanted > 1:
             raise InputError("images with both channels and colour samples are not supported")
         if wanted == 1:
@@ -172,14 +181,16 @@ def to_model_channels(
                         f"channel {channel} does not exist; the image has colour samples 0..{samples.shape[-1] - 1}"
                     )
                 x = samples[..., channel]
+            elif colour is not None and colours.shape[-1] >= 3:
+                x = apply_colour_choice(colours, colour)
             else:
-                x = _rgb_to_grey(colour, str(input_spec.get("rgb", DEFAULT_RGB_RULE)))
+                x = _rgb_to_grey(colours, str(input_spec.get("rgb", DEFAULT_RGB_RULE)))
             axes = axes.replace("S", "")
-        elif colour.shape[-1] == wanted:
-            x = np.moveaxis(colour, -1, axes.index("S"))
+        elif colours.shape[-1] == wanted:
+            x = np.moveaxis(colours, -1, axes.index("S"))
         else:
             raise InputError(
-                f"the model takes {wanted} channels but the image has {colour.shape[-1]} colours"
+                f"the model takes {wanted} channels but the image has {colours.shape[-1]} colours"
             )
     if "C" in axes:
         x = np.moveaxis(x, axes.index("C"), 0)
@@ -421,11 +432,13 @@ def prepare_plane(
     config: dict[str, Any],
     channel: int | None = None,
     ranges: np.ndarray | None = None,
+    colour: ColourChoice | None = None,
 ) -> np.ndarray:
     """Map a raw plane to normalised network input of shape (channels, Y, X), float32
-    (with given percentile ``ranges``, see :func:`normalize`)."""
+    (with given percentile ``ranges``, see :func:`normalize`; a stack-wide ``colour``
+    choice, see :func:`to_model_channels`)."""
     return normalize(
-        to_model_channels(plane, plane_axes, config["input"], channel),
+        to_model_channels(plane, plane_axes, config["input"], channel, colour),
         config["normalization"],
         ranges,
     )
