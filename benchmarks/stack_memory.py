@@ -7,8 +7,10 @@ shifted from plane to plane) twice: uncompressed (memory-mapped when read) and z
 (decoded plane by plane), then runs the `napari-unet predict` command on it in a fresh process
 and reads that process's peak resident memory. The budget (issue 15) is the resident memory of
 a process that has only imported torch and the command, plus the input's bytes, plus 1 GiB: the
-labels are made on disk (`core/disk_labels.py`), so they are not in it. A straight line
-through the plane counts extrapolates to larger stacks.
+labels are made on disk (`core/disk_labels.py`), so they are not in it. Each file is also run
+with the labels held in memory (the command with `labels_on_disk` swapped for an in-memory
+array, as before issue 15), side by side. A straight line through the plane counts
+extrapolates to larger stacks.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ import resource
 import torch
 import napari_unet.cli
 print("PEAK_RSS_BYTES", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+IN_MEMORY = """
+import contextlib
+import napari_unet.core.disk_labels as disk_labels
+disk_labels.labels_on_disk = lambda next_to: contextlib.nullcontext(disk_labels.labels_in_memory)
 """
 CHILD = """
 import resource, sys
@@ -74,9 +81,10 @@ def peak_rss(code: str, *args: str) -> tuple[int, float]:
     return int(line.split()[1]), seconds
 
 
-def measure(path: Path, out: Path, device: str) -> tuple[int, float]:
+def measure(path: Path, out: Path, device: str, in_memory: bool) -> tuple[int, float]:
     """Peak RSS in bytes and wall seconds of one `napari-unet predict` run."""
-    return peak_rss(CHILD, "predict", str(path), "-o", str(out), "--device", device)
+    code = (IN_MEMORY if in_memory else "") + CHILD
+    return peak_rss(code, "predict", str(path), "-o", str(out), "--device", device)
 
 
 def main() -> None:
@@ -91,8 +99,8 @@ def main() -> None:
     base, _ = peak_rss(IMPORT_ONLY)
     print(f"torch and the command imported: {base / GIB:.2f} GiB resident (in every budget)")
     print(
-        f"\n{'file':<14} {'planes':>6} {'input GiB':>9} {'budget GiB':>10} {'peak RSS GiB':>12} "
-        f"{'headroom GiB':>12} {'MP/s':>6}"
+        f"\n{'file':<14} {'planes':>6} {'labels':>6} {'input GiB':>9} {'budget GiB':>10} "
+        f"{'peak RSS GiB':>12} {'headroom GiB':>12} {'MP/s':>6}"
     )
     rows: dict[str, list[tuple[int, int]]] = {}
     for compression in (None, "zlib"):
@@ -100,17 +108,25 @@ def main() -> None:
         for planes in args.planes:
             path = folder / f"stack_{kind}_{planes}.tif"
             write_stack(path, args.size, planes, compression)
-            peak, seconds = measure(path, folder / f"out_{kind}_{planes}", args.device)
             voxels = planes * args.size * args.size
             budget = base + voxels * 2 + GIB
-            rows.setdefault(kind, []).append((planes, peak))
-            print(
-                f"{kind:<14} {planes:6d} {voxels * 2 / GIB:9.2f} {budget / GIB:10.2f} "
-                f"{peak / GIB:12.2f} {(budget - peak) / GIB:12.2f} {voxels / 1e6 / seconds:6.2f}"
-            )
+            for where in ("disk", "memory"):
+                out = folder / f"out_{kind}_{planes}_{where}"
+                peak, seconds = measure(path, out, args.device, in_memory=where == "memory")
+                if where == "disk":
+                    rows.setdefault(kind, []).append((planes, peak))
+                print(
+                    f"{kind:<14} {planes:6d} {where:>6} {voxels * 2 / GIB:9.2f} "
+                    f"{budget / GIB:10.2f} {peak / GIB:12.2f} {(budget - peak) / GIB:12.2f} "
+                    f"{voxels / 1e6 / seconds:6.2f}",
+                    flush=True,
+                )
             path.unlink()
     if len(args.planes) >= 2:
-        print(f"\nextrapolated to {args.extrapolate} planes (straight line through the runs):")
+        print(
+            f"\nextrapolated to {args.extrapolate} planes (straight line through the runs with "
+            "labels on disk):"
+        )
         for kind, points in rows.items():
             slope, intercept = np.polyfit(*zip(*points, strict=True), 1)
             voxels = args.extrapolate * args.size * args.size
