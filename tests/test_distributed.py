@@ -161,6 +161,36 @@ def test_blocks_give_the_single_process_labels(client, tmp_path, monkeypatch, la
     assert not work_folder(output).exists()
 
 
+def test_every_block_uses_the_colour_input_decided_on_the_whole_image(client, tmp_path):
+    """Objects in green, and a corner without objects where red is noisy: on its own, the
+    corner's block would pick red and find objects in its noise; decided once on the whole
+    image, every block uses green, as the single process does."""
+    labels = _volume()
+    green = _image(labels) * 50.0  # classes 0, 1, 2 -> 0, 50, 100
+    red = np.zeros_like(green)
+    red[:, :40, 210:] = np.random.default_rng(0).uniform(0, 60, (3, 40, 46))
+    image = np.stack([red, green, np.zeros_like(green)], axis=-1)  # ZYXS
+    bundle, model = _bundle_bytes(tmp_path)
+    reference = run_to_end(
+        iter_predict(Stack(image, "ZYXS"), bundle, OPTIONS, predictor=SmoothOracle())
+    )
+    assert "channel 1 (green" in reference.stats["colour_input"]
+    result = run_to_end(
+        iter_predict_blocks(
+            Stack(image, "ZYXS"),
+            model,
+            OPTIONS,
+            client,
+            tmp_path / "rgb_labels.ome.zarr",
+            block_size=BLOCK,
+            predictor=SmoothOracle(),
+        )
+    )
+    assert result.stats["colour_input"] == reference.stats["colour_input"]
+    assert _same_up_to_relabelling(reference.labels, result.labels.compute())
+    assert result.stats["objects"] == labels.max()
+
+
 def test_a_killed_worker_loses_nothing(client, tmp_path):
     labels = _volume()
     image = _image(labels)

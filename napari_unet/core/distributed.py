@@ -42,6 +42,7 @@ from napari_unet.core.atomic import PARTIAL_SUFFIX, atomic_path
 from napari_unet.core.errors import EngineError, InputError
 from napari_unet.core.inference import (
     Progress,
+    decide_colour,
     iter_predict,
     labels_memory,
     prediction_memory,
@@ -49,7 +50,9 @@ from napari_unet.core.inference import (
 from napari_unet.core.io import LAZY_BYTES, Stack
 from napari_unet.core.options import PredictOptions
 from napari_unet.core.preprocess import (
+    ColourChoice,
     channel_ranges,
+    describe_colour_input,
     iter_planes,
     labels_axes_of,
     to_model_channels,
@@ -147,7 +150,8 @@ class DistributedPrediction:
     stats : dict
         ``blocks``, ``block_size``, ``z_block`` (planes per block; None: all), ``halo``,
         ``resumed`` (blocks already done),
-        ``objects``, ``merged_pairs``, ``predict_seconds``, ``merge_seconds``, ``diameter``.
+        ``objects``, ``merged_pairs``, ``predict_seconds``, ``merge_seconds``, ``diameter``,
+        ``colour_input`` (the sentence of the colour input every block used; None for grey).
     """
 
     labels: Any
@@ -392,6 +396,8 @@ def iter_predict_blocks(
     -------
     DistributedPrediction
     """
+    import dask
+
     from napari_unet.core.bundle import load_bundle_bytes
 
     options.check()
@@ -410,12 +416,16 @@ def iter_predict_blocks(
         series=stack.series if stack.path is not None else None,
         array=stack.data if stack.path is None else None,
     )
-    ranges = _plane_ranges(client, stack, source, bundle.config, options.channel)
+    with dask.config.set(scheduler="threads"):  # a lazy image's first plane is read here
+        colour = decide_colour(stack, bundle.config, options)
+    ranges = _plane_ranges(client, stack, source, bundle.config, options.channel, colour)
     # one object diameter for every block: the one given, else one estimated on the whole
     # image's most structured window, else the trained one (no rescale)
     diameter = options.diameter
     if diameter is None and mode == "instances":
-        diameter = _estimate_diameter(client, stack, ranges, bundle, options, plugin, predictor)
+        diameter = _estimate_diameter(
+            client, stack, ranges, bundle, options, plugin, predictor, colour
+        )
     diameter = diameter or bundle.config.get("object_diameter")
     options = dataclasses.replace(options, diameter=diameter)
     memory = _worker_memory(client)
@@ -460,6 +470,7 @@ def iter_predict_blocks(
             str(work.path),
             mode,
             predictor,
+            colour,
             key=f"napari-unet-block-{'-'.join(map(str, block.grid))}-{token}",
             retries=1,
             pure=False,
@@ -505,6 +516,7 @@ def iter_predict_blocks(
             "predict_seconds": predicted - started,
             "merge_seconds": merged - predicted,
             "diameter": diameter,
+            "colour_input": None if colour is None else describe_colour_input(colour),
         },
     )
 
@@ -589,7 +601,8 @@ def _predict_file(
     series: int | None,
     overwrite: bool,
 ) -> str:
-    """Segment one file on a worker and write its labels; a line saying what was done."""
+    """Segment one file on a worker and write its labels; a line saying what was done (and
+    a second with the colour input of a colour image)."""
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.io import read_image, write_labels
     from napari_unet.core.zarr_io import is_zarr, read_zarr, write_labels_zarr
@@ -607,7 +620,9 @@ def _predict_file(
         write_labels(target, result.labels, overwrite=overwrite, **keywords)
     objects = result.stats.get("objects")
     what = f"{objects} objects" if objects is not None else f"{len(result.class_names)} classes"
-    return f"{source} -> {target} ({result.axes} {tuple(result.labels.shape)}, {what})"
+    colour = result.stats["colour_input"]
+    said = f"\n  {colour}" if colour else ""
+    return f"{source} -> {target} ({result.axes} {tuple(result.labels.shape)}, {what}){said}"
 
 
 def _load_model(client: Client, model: bytes, torch_threads: int | None) -> BundlePlugin:
@@ -661,7 +676,12 @@ class _Shifted:
 
 
 def _plane_ranges(
-    client: Client, stack: Stack, source: ImageSource, config: dict[str, Any], channel: int | None
+    client: Client,
+    stack: Stack,
+    source: ImageSource,
+    config: dict[str, Any],
+    channel: int | None,
+    colour: ColourChoice | None,
 ) -> dict[tuple[int, ...], np.ndarray]:
     """Normalisation percentiles of every plane of the whole image: read plane by plane by
     the client for an image up to :data:`CLIENT_READ_BYTES` (or one only the client holds),
@@ -672,19 +692,30 @@ def _plane_ranges(
     if nbytes <= CLIENT_READ_BYTES or (source.path is None and not _is_lazy(source.array)):
         with dask.config.set(scheduler="threads"):  # a lazy image is read here, not sent
             return {
-                index: _channel_ranges(plane, plane_axes, config, channel)
+                index: _channel_ranges(plane, plane_axes, config, channel, colour)
                 for index, plane, plane_axes in iter_planes(stack.data, stack.axes)
             }
     shape = [n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a not in "YXCS"]
     indices = list(np.ndindex(*shape))
     futures = client.map(
-        _plane_range, indices, source=source, config=config, channel=channel, pure=False
+        _plane_range,
+        indices,
+        source=source,
+        config=config,
+        channel=channel,
+        colour=colour,
+        pure=False,
     )
     return dict(zip(indices, client.gather(futures), strict=True))
 
 
 def _plane_range(
-    index: tuple[int, ...], *, source: ImageSource, config: dict[str, Any], channel: int | None
+    index: tuple[int, ...],
+    *,
+    source: ImageSource,
+    config: dict[str, Any],
+    channel: int | None,
+    colour: ColourChoice | None,
 ) -> np.ndarray:
     """One plane's percentiles, on a worker."""
     import dask
@@ -693,13 +724,17 @@ def _plane_range(
 
     with dask.config.set(scheduler="sync"):  # read here, not back through the cluster
         plane, plane_axes = read_plane(source.open(), source.axes, index)
-    return _channel_ranges(plane, plane_axes, config, channel)
+    return _channel_ranges(plane, plane_axes, config, channel, colour)
 
 
 def _channel_ranges(
-    plane: np.ndarray, plane_axes: str, config: dict[str, Any], channel: int | None
+    plane: np.ndarray,
+    plane_axes: str,
+    config: dict[str, Any],
+    channel: int | None,
+    colour: ColourChoice | None,
 ) -> np.ndarray:
-    x = to_model_channels(plane, plane_axes, config["input"], channel)
+    x = to_model_channels(plane, plane_axes, config["input"], channel, colour)
     return channel_ranges(x, config["normalization"])
 
 
@@ -711,6 +746,7 @@ def _estimate_diameter(
     options: PredictOptions,
     plugin: BundlePlugin,
     predictor: Callable[[np.ndarray], np.ndarray] | None,
+    colour: ColourChoice | None,
 ) -> float | None:
     """The object diameter of the middle plane's most structured window, estimated by the
     engine itself (:func:`~napari_unet.core.inference.iter_predict` with no diameter) on a
@@ -724,7 +760,7 @@ def _estimate_diameter(
     index = tuple(n // 2 for n in shape)
     with dask.config.set(scheduler="threads"):  # read here, not through the cluster
         plane, plane_axes = read_plane(stack.data, stack.axes, index)
-    x = to_model_channels(plane, plane_axes, bundle.config["input"], options.channel)
+    x = to_model_channels(plane, plane_axes, bundle.config["input"], options.channel, colour)
     rows, cols = sample_window(normalize(x, bundle.config["normalization"], ranges[index]))
     window = plane[rows, cols]
     future = client.submit(
@@ -735,6 +771,7 @@ def _estimate_diameter(
         options,
         plugin.name,
         predictor,
+        colour,
         pure=False,
     )
     return future.result()
@@ -747,6 +784,7 @@ def _size_of_window(
     options: PredictOptions,
     plugin: str,
     predictor: Callable[[np.ndarray], np.ndarray] | None,
+    colour: ColourChoice | None,
 ) -> float | None:
     from napari_unet.core.generators import run_to_end
 
@@ -758,6 +796,7 @@ def _size_of_window(
             dataclasses.replace(options, diameter=None),
             predictor=predictor,
             plane_ranges={(): ranges},
+            colour=colour,
         )
     )
     return result.stats["sizes"][0].diameter
@@ -772,6 +811,7 @@ def _segment_block(
     work_path: str,
     mode: str,
     predictor: Callable[[np.ndarray], np.ndarray] | None,
+    colour: ColourChoice | None,
 ) -> int:
     """Segment one block on a worker, store its own pixels and its frame; return its count
     of objects (of classes present, in semantic mode)."""
@@ -786,6 +826,7 @@ def _segment_block(
             options,
             predictor=predictor,
             plane_ranges=_window_ranges(ranges, source.axes, block.outer[0]),
+            colour=colour,
         )
     )
     others = "".join(a for a in result.axes if a not in "ZYX")

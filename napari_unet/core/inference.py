@@ -42,11 +42,15 @@ from napari_unet.core.postprocess import (
     semantic_labels,
 )
 from napari_unet.core.preprocess import (
+    ColourChoice,
     check_channels,
+    colour_input_of,
+    describe_colour_input,
     iter_planes,
     labels_axes_of,
     plane_count,
     prepare_plane,
+    read_plane,
 )
 from napari_unet.core.resources import check_fits
 from napari_unet.core.tiling import (
@@ -88,7 +92,9 @@ class Prediction:
         ``tiles``, ``processed_pixel_ratio`` (network input pixels / image pixels), ``planes``,
         ``look_pixel_ratio`` (the same for the looks of the size estimate), ``sizes`` (one
         :class:`~napari_unet.core.diameter.PlaneSize` per plane), ``scale_factor`` (their
-        median), ``objects``.
+        median), ``objects``, ``colour_input`` (how a colour image became the model's
+        input, a sentence from :func:`~napari_unet.core.preprocess.describe_colour_input`;
+        None for a grey image).
     """
 
     labels: Any
@@ -201,6 +207,29 @@ def _as_stack(image: Stack | np.ndarray, axes: str | None) -> Stack:
     return Stack(data, axes.upper())
 
 
+def decide_colour(
+    stack: Stack, config: dict[str, Any], options: PredictOptions
+) -> ColourChoice | None:
+    """How the colours of ``stack`` become a grey model's input, decided once on its first
+    plane for the whole stack (every plane, or every block of a large image, then uses the
+    same colour): ``options.rgb`` when set, else the bundle's ``input.rgb`` rule.
+
+    Returns
+    -------
+    ColourChoice or None
+        None when no colours are combined (see
+        :func:`~napari_unet.core.preprocess.colour_input_of`).
+    """
+    if "S" not in stack.axes or "C" in stack.axes or options.channel is not None:
+        return None  # nothing to decide: no need to read a plane
+    spec = dict(config["input"])
+    if options.rgb is not None:
+        spec["rgb"] = options.rgb
+    first = tuple(0 for a in stack.axes if a not in "YXCS")
+    plane, plane_axes = read_plane(stack.data, stack.axes, first)
+    return colour_input_of(plane, plane_axes, spec, options.channel)
+
+
 def iter_predict(
     image: Stack | np.ndarray,
     bundle: Bundle,
@@ -210,6 +239,7 @@ def iter_predict(
     predictor: Predictor | None = None,
     plane_ranges: Mapping[tuple[int, ...], np.ndarray] | None = None,
     make_labels: LabelMaker = labels_in_memory,
+    colour: ColourChoice | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """Segment every plane of an image.
 
@@ -232,11 +262,16 @@ def iter_predict(
         ``make_labels(shape)`` returns the all-zero uint32 array the labels are written into,
         one plane at a time: in memory by default; on disk
         (:func:`~napari_unet.core.disk_labels.labels_on_disk`) for stacks larger than memory.
+    colour : ColourChoice, optional
+        How a colour image becomes the model's input, decided for the whole image (a block
+        of a larger image gets the whole image's choice); by default :func:`decide_colour`
+        on the first plane.
 
     Yields
     ------
     Progress
-        After every batch of tiles and every post-processed or linked plane.
+        After every batch of tiles and every post-processed or linked plane; for a colour
+        image, first one whose notice says which colour input is used.
 
     Returns
     -------
@@ -290,12 +325,15 @@ def iter_predict(
             store.put(*finished)
             yield Progress(tiler.done, tiler.total, "post-processing")
 
-    yield Progress(0, tiler.total, "predicting")
+    if colour is None:
+        colour = decide_colour(stack, config, options)
+    colour_input = None if colour is None else describe_colour_input(colour)
+    yield Progress(0, tiler.total, "predicting", notice=colour_input)
     try:
         planes = iter_planes(stack.data, stack.axes)
         for plane_number, (index, plane, plane_axes) in enumerate(planes):
             ranges = None if plane_ranges is None else plane_ranges[index]
-            x = prepare_plane(plane, plane_axes, config, options.channel, ranges)
+            x = prepare_plane(plane, plane_axes, config, options.channel, ranges, colour)
             planes_left = n_planes - plane_number
             size, probabilities = yield from sizer.size_plane(x, tiler, planes_left)
             if probabilities is None:
@@ -339,6 +377,7 @@ def iter_predict(
             "scale_factor": float(np.median([s.factor for s in sizer.sizes])),
             "sizes": sizer.sizes,
             "objects": next_id - 1 if mode == "instances" else None,
+            "colour_input": colour_input,
         },
     )
 

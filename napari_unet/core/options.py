@@ -14,6 +14,7 @@ from typing import Any
 
 from napari_unet.core.augment import AugmentSettings
 from napari_unet.core.errors import InputError
+from napari_unet.core.preprocess import RGB_RULES
 
 MODES = ("instances", "semantic")
 DEFAULT_MODE = MODES[0]
@@ -22,6 +23,11 @@ LABEL_FORMATS = ("auto", "tif", "ome-zarr")  # auto: OME-Zarr for Zarr or huge i
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BLENDINGS = ("cosine", "none")
+# how a colour image becomes a grey model's input: the rules, with channel:k spelled out for
+# the red, green and blue samples
+RGB_CHOICES = tuple(r for r in RGB_RULES if r != "channel:k") + tuple(
+    f"channel:{k}" for k in range(3)
+)
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -83,6 +89,12 @@ class PredictOptions:
         first look at a sample window (:mod:`napari_unet.core.diameter`).
     channel : int or None
         Channel to segment in a multichannel image.
+    rgb : str or None
+        How a colour (RGB/RGBA) image becomes a grey model's input, overriding the bundle's
+        ``input.rgb`` rule: ``auto`` (the colour with the most object/background contrast,
+        inverted when the background is bright), ``luminance``, ``mean``, ``max`` or
+        ``channel:k`` (k = 0, 1, 2 for red, green, blue); None uses the bundle's rule
+        (:func:`napari_unet.core.preprocess.choose_colour_input`).
     blending : {"cosine", "none"}
         How overlapping tiles are combined.
     tta : bool
@@ -107,6 +119,7 @@ class PredictOptions:
     link_z: bool = True
     diameter: float | None = None
     channel: int | None = None
+    rgb: str | None = None
     blending: str = "cosine"
     tta: bool = False
     post_workers: int | None = None
@@ -132,6 +145,8 @@ class PredictOptions:
             _in_range("object diameter", self.diameter, 1.0, 2000.0)
         if self.channel is not None:
             _in_range("channel", self.channel, 0, 4096, integer=True)
+        if self.rgb is not None:
+            _one_of("colour rule (rgb)", self.rgb, RGB_CHOICES)
         _one_of("blending", self.blending, BLENDINGS)
         if self.post_workers is not None:
             _in_range("post-processing workers", self.post_workers, 0, 256, integer=True)
