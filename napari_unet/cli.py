@@ -132,6 +132,15 @@ def _add_predict(commands: Commands) -> None:
         "--channel", type=int, metavar="K", help="channel to segment in a multichannel image"
     )
     p.add_argument(
+        "--rgb",
+        default=PREDICT_DEFAULTS.rgb,
+        metavar="{auto,luminance,mean,max,channel:K}",
+        help="how a colour (RGB/RGBA) image becomes the model's grey input: auto (the colour "
+        "with the most contrast, inverted when the background is bright), luminance, mean, "
+        "max, or channel:K (0 red, 1 green, 2 blue) (default: the model's rule, auto for "
+        "the bundled nuclei model); what was used is printed after each image",
+    )
+    p.add_argument(
         "--diameter",
         type=float,
         metavar="PX",
@@ -529,6 +538,7 @@ def run_predict(args: argparse.Namespace) -> int:
         diameter=args.diameter,
         tta=args.tta,
         channel=args.channel,
+        rgb=args.rgb,
         device=args.device,
     )
     options.check()
@@ -587,8 +597,9 @@ def run_predict(args: argparse.Namespace) -> int:
             f"{path} -> {target} ({result.axes} {tuple(result.labels.shape)}, {count} {what}, {result.compute})"
         )
         sizes = describe_sizes(result.stats["sizes"], bundle.config.get("object_diameter"))
-        if sizes:
-            print(f"  {sizes}")
+        for line in (result.stats["colour_input"], sizes):
+            if line:
+                print(f"  {line}")
     return 0
 
 
@@ -716,6 +727,8 @@ def _predict_on_dask(
         f"{stats['blocks']} blocks of {stats['block_size']} px + {stats['halo']} px halo, "
         f"{stats['resumed']} resumed; merge {stats['merge_seconds']:.1f} s)"
     )
+    if stats["colour_input"]:
+        print(f"  {stats['colour_input']}")
     return 0
 
 

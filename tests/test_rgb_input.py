@@ -176,3 +176,115 @@ def test_a_choice_made_once_holds_for_every_plane_of_a_stack():
         prepare_plane(stack[1], "YXS", config, colour=shared),
         normalize(-stack[1][None, ..., 1].astype(np.float32), config["normalization"]),
     )
+
+
+def _background(batch: np.ndarray) -> np.ndarray:
+    """A predictor finding nothing: background everywhere (3 classes)."""
+    out = np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
+    out[:, 0] = 1.0
+    return out
+
+
+def _segment(image: np.ndarray, axes: str, **options) -> tuple[list[str], object]:
+    """Notices yielded and the Prediction of the engine on ``image`` (tiny model)."""
+    from napari_unet.core.inference import iter_predict
+    from napari_unet.core.options import PredictOptions
+    from tests.conftest import tiny_bundle
+
+    notices: list[str] = []
+    generator = iter_predict(
+        image,
+        tiny_bundle(),
+        PredictOptions(tile_size=64, diameter=14.0, device="cpu", **options),
+        axes=axes,
+        predictor=_background,
+    )
+    try:
+        while True:
+            progress = next(generator)
+            if progress.notice:
+                notices.append(progress.notice)
+    except StopIteration as stop:
+        return notices, stop.value
+
+
+def test_the_engine_decides_once_for_a_colour_stack_and_says_which(monkeypatch):
+    from napari_unet.core import inference
+
+    stack = np.stack([histology()[0], fluorescence_in_blue()[0]])  # planes that differ
+    used = []
+
+    def spy(*args, **kwargs):
+        used.append(args[5] if len(args) > 5 else kwargs.get("colour"))
+        return prepare_plane(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "prepare_plane", spy)
+    notices, result = _segment(stack, "ZYXS")
+    first = colour_input_of(stack[0], "YXS", DEFAULT_INPUT)
+    assert used == [first, first]  # the first plane's choice, for every plane
+    said = describe_colour_input(first)
+    assert "inverted" in said
+    assert notices == [said] and result.stats["colour_input"] == said
+
+
+def test_the_rgb_option_overrides_the_model_rule():
+    rgb, _ = histology()
+    notices, result = _segment(rgb, "YXS", rgb="luminance")
+    assert result.stats["colour_input"] == "colour image: luminance (0.21 R + 0.72 G + 0.07 B)"
+    _, result = _segment(rgb, "YXS", rgb="channel:2")
+    assert "used channel 2 (blue, as the model says)" in result.stats["colour_input"]
+
+
+def test_nothing_is_said_for_a_grey_image_or_a_picked_channel():
+    rgb, _ = histology()
+    notices, result = _segment(rgb[..., 0], "YX")
+    assert notices == [] and result.stats["colour_input"] is None
+    _, result = _segment(rgb, "YXS", channel=1)
+    assert result.stats["colour_input"] is None
+
+
+@pytest.mark.parametrize("rule", ["hsv", "channel:3", "red"])
+def test_a_bad_rgb_option_names_the_valid_rules(rule):
+    from napari_unet.core.options import PredictOptions
+
+    with pytest.raises(InputError, match="auto, mean, luminance, max, channel:0"):
+        PredictOptions(rgb=rule).check()
+
+
+def _cli(tmp_path, *extra: str) -> list:
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.core.bundle import save_bundle
+    from tests.conftest import tiny_bundle
+
+    tifffile.imwrite(tmp_path / "stained.tif", histology()[0], photometric="rgb")
+    model = save_bundle(tiny_bundle(), tmp_path / "tiny.safetensors", overwrite=True)
+    args = ["predict", str(tmp_path / "stained.tif"), "--model", str(model), "--device", "cpu"]
+    return main([*args, "--tile-size", "64", "--overwrite", "-o", str(tmp_path / "out"), *extra])
+
+
+def test_the_cli_says_which_colour_input_it_used(tmp_path, capsys):
+    assert _cli(tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "  colour image: used channel 1 (green, the one with the most contrast), inverted" in out
+    assert _cli(tmp_path, "--rgb", "luminance") == 0
+    out = capsys.readouterr().out
+    assert "  colour image: luminance (0.21 R + 0.72 G + 0.07 B)" in out
+    assert "channel 1" not in out
+
+
+def test_a_bad_rgb_on_the_command_line_is_one_line_and_the_mistake_status(tmp_path, capsys):
+    from napari_unet.cli import EXIT_USER
+
+    assert _cli(tmp_path, "--rgb", "hue") == EXIT_USER
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("napari-unet predict: error: colour rule (rgb) 'hue' is not valid")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_bundled_nuclei_model_uses_auto():
+    from napari_unet.core.bundle import read_bundle_config
+    from napari_unet.core.registry import BUNDLED_DIR
+
+    assert read_bundle_config(BUNDLED_DIR / "nuclei.safetensors")["input"]["rgb"] == "auto"

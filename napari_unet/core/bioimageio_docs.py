@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.preprocess import DEFAULT_RGB_RULE
+
 UNET_CITATION = {
     "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image "
     "Segmentation. MICCAI 2015",
@@ -229,7 +231,7 @@ def readme(
             else "The model was trained without a reference object size."
         )
         + " Colour images are made grey by napari-unet before the network "
-        f"(`{config['input'].get('rgb', 'luminance')}`); give the package a grey image.",
+        f"(`{config['input'].get('rgb', DEFAULT_RGB_RULE)}`); give the package a grey image.",
         "## Preprocessing",
         f"Each channel of each plane is scaled between its percentiles {low:g} and {high:g} "
         "(linear interpolation): `(x - p_low) / (p_high - p_low)`. The package "
