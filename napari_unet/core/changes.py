@@ -23,6 +23,7 @@ import numpy as np
 from napari_unet.core.errors import InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.metrics import match_objects
+from napari_unet.core.preprocess import plane_key
 
 APPEARED = "appeared"
 VANISHED = "vanished"
@@ -205,8 +206,7 @@ def _planes(shape: tuple[int, ...], axes: str) -> Iterator[tuple[tuple[int, ...]
     """``(index, key)`` of every YX plane: its index along the other axes, and its key."""
     stack = [n for n, a in zip(shape, axes, strict=True) if a not in "YX"]
     for index in np.ndindex(*stack):
-        positions = iter(index)
-        yield index, tuple(slice(None) if a in "YX" else next(positions) for a in axes)
+        yield index, plane_key(index, axes)
 
 
 def _instance_plane(

@@ -49,6 +49,7 @@ from napari_unet.core.preprocess import (
     iter_planes,
     labels_axes_of,
     plane_count,
+    plane_key,
     prepare_plane,
     read_plane,
 )
@@ -318,7 +319,7 @@ def iter_predict(
     tiler = _PlaneTiler(fallback, network, options, work_shape, len(bundle.class_names), n_planes)
     to_labels = partial(_plane_labels, mode=mode, threshold=options.threshold, shape=plane_shape)
     pipeline = LabelPipeline(to_labels, workers)
-    store = _LabelStore(labels, stack.axes, labels_axes, mode)
+    store = _LabelStore(labels, labels_axes, mode)
 
     def store_finished(drain: bool = False) -> Generator[Progress, None, None]:
         for finished in pipeline.collect(drain=drain):
@@ -617,8 +618,8 @@ def _plane_labels(
 class _LabelStore:
     """Writes planes' labels into the stack's labels; instance ids run on across planes."""
 
-    def __init__(self, labels: np.ndarray, axes: str, labels_axes: str, mode: str) -> None:
-        self.labels, self.axes, self.labels_axes, self.mode = labels, axes, labels_axes, mode
+    def __init__(self, labels: Any, labels_axes: str, mode: str) -> None:
+        self.labels, self.labels_axes, self.mode = labels, labels_axes, mode
         self.next_id = 1
 
     def put(self, index: tuple[int, ...], plane_labels: np.ndarray) -> None:
@@ -627,13 +628,7 @@ class _LabelStore:
             offset = np.uint32(self.next_id - 1)
             plane_labels = np.where(plane_labels > 0, plane_labels + offset, 0).astype(np.uint32)
             self.next_id = max(self.next_id, int(plane_labels.max()) + 1)
-        self.labels[_label_index(index, self.axes, self.labels_axes)] = plane_labels
-
-
-def _label_index(index: tuple[int, ...], axes: str, labels_axes: str) -> tuple[Any, ...]:
-    """Index into the labels array of the plane at stack ``index``."""
-    it = iter(index)
-    return tuple(slice(None) if a in "YX" else next(it) for a in labels_axes)
+        self.labels[plane_key(index, self.labels_axes)] = plane_labels
 
 
 def _link_along_z(labels: Any, labels_axes: str) -> Generator[Progress, None, int]:

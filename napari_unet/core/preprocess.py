@@ -41,6 +41,15 @@ def plane_order(axes: str) -> tuple[tuple[int, ...], str]:
     return tuple(permutation), "".join(order)
 
 
+def plane_key(index: tuple[int, ...], axes: str) -> tuple[Any, ...]:
+    """Key into an array with ``axes`` of the (Y, X) plane at ``index``.
+
+    ``index`` holds one position per axis other than Y and X, in the array's order.
+    """
+    positions = iter(index)
+    return tuple(slice(None) if a in "YX" else next(positions) for a in axes)
+
+
 def labels_axes_of(axes: str) -> str:
     """Axes of the label image predicted for an image with ``axes`` (no C, no S)."""
     return "".join(a for a in axes if a not in CHANNEL_AXES)

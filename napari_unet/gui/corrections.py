@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.preprocess import stack_axes_of
+from napari_unet.core.preprocess import plane_key, stack_axes_of
 
 PlaneIndex = tuple[int, ...]
 
@@ -65,8 +65,7 @@ class CorrectionTracker:
 
     def plane_slice(self, index: PlaneIndex) -> tuple[Any, ...]:
         """Index of one plane into the labels array."""
-        it = iter(index)
-        return tuple(slice(None) if a in "YX" else next(it) for a in self.axes)
+        return plane_key(index, self.axes)
 
     def all_planes(self) -> Iterable[PlaneIndex]:
         shape = [n for n, a in zip(self.reference.shape, self.axes, strict=True) if a not in "YX"]
