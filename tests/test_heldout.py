@@ -28,10 +28,10 @@ def test_counts_follow_centroids_in_the_region():
     truth = squares(GRID[:4])
     prediction = squares([GRID[0], GRID[1], (80, 80)])  # two right, one false, two missed
     region = np.ones(truth.shape, bool)
-    assert count_objects(prediction, truth, region) == ObjectCounts(tp=2, fp=1, fn=2)
+    assert count_objects(prediction, truth, region).counts == ObjectCounts(tp=2, fp=1, fn=2)
     left = np.zeros(truth.shape, bool)
     left[:, :15] = True  # only GRID[0] (5, 5) is centred here
-    assert count_objects(prediction, truth, left) == ObjectCounts(tp=1, fp=0, fn=0)
+    assert count_objects(prediction, truth, left).counts == ObjectCounts(tp=1, fp=0, fn=0)
     assert ObjectCounts(tp=2, fp=1, fn=2).ap == 2 / 5
     assert ObjectCounts().ap == 1.0
 
@@ -80,3 +80,26 @@ def test_held_out_regions_stay_inside_what_was_labelled():
     planes = held_out_regions([(50, 50)] * 4, [None] * 4, 0.25, rng)
     assert len(planes) == 1 and planes[0].whole_plane and planes[0].region.all()
     assert held_out_regions([(50, 50)], [None], 0.0, rng) == []
+
+
+def test_one_object_of_luck_is_not_called_better():
+    """12 held-out objects, the new version finds one more: the panel must not call it
+    better (a sign test over the objects the versions disagree on), but says so plainly."""
+    truth = squares(GRID[:12])
+    base = squares(GRID[4:12])  # 8 of 12 found: 4 wrong
+    one_more = compare_instances(
+        [truth], [base], [squares(GRID[3:12])], [np.ones((100, 100), bool)]
+    )
+    assert one_more.new_score > one_more.base_score and one_more.enough
+    assert (one_more.fixed, one_more.broken) == (1, 0) and one_more.chance == 0.5
+    assert one_more.verdict == "not better"
+    assert "not clearly better" in one_more.describe("a", "b")
+    # fixing all four and breaking one: 4 of 5 disagreements is still luck (p = 6/32)
+    swap = squares(GRID[:11])
+    mixed = compare_instances([truth], [base], [swap], [np.ones((100, 100), bool)])
+    assert (mixed.fixed, mixed.broken) == (4, 1) and mixed.verdict == "not better"
+    # five fixes and nothing broken: p = 1/32
+    truth13 = squares(GRID[:13])
+    base13 = squares(GRID[5:13])
+    five = compare_instances([truth13], [base13], [truth13], [np.ones((100, 100), bool)])
+    assert (five.fixed, five.broken) == (5, 0) and five.verdict == "better"

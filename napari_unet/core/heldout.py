@@ -5,10 +5,15 @@ definition, so any new version looks better. The comparison here counts every ob
 held-out regions: the ones the base model got wrong (the person repainted, added or erased
 them) and the ones it got right (the person left them as predicted). Both versions are judged
 with the same instance metric, AP@0.5 = TP / (TP + FP + FN), summed over the held-out regions.
+
+A higher score on a dozen objects can be one object's luck. The new version is called better
+only when the objects it fixed outnumber those it broke by more than chance would (a one-sided
+sign test over the objects the two versions disagree on, at :data:`SIGNIFICANCE`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +23,7 @@ from napari_unet.core.metrics import class_iou, match_objects
 
 MIN_WRONG = 3  # fewer objects the base model got wrong than this: too few to tell
 MIN_OBJECTS = 8  # fewer held-out objects than this: too few to tell
+SIGNIFICANCE = 0.05  # largest chance of seeing as many fixes by luck for a "better" verdict
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ class VersionComparison:
         Of those, the ones the base model got wrong: objects it missed or that the person
         erased (instances), or pixels of another class (semantic).
     unit : {"objects", "pixels"}
+    fixed, broken : int
+        Objects only the new version gets right (a true object it alone finds, or a false one
+        fewer), and objects only the base gets right (instances; 0 for pixels).
     """
 
     metric: str
@@ -81,6 +90,8 @@ class VersionComparison:
     n_items: int
     n_wrong: int
     unit: str
+    fixed: int = 0
+    broken: int = 0
 
     @property
     def enough(self) -> bool:
@@ -89,11 +100,26 @@ class VersionComparison:
         return self.n_wrong >= low_wrong and self.n_items >= low_items
 
     @property
+    def chance(self) -> float:
+        """How likely as many fixes against breaks are by luck: the one-sided sign-test p-value
+        of ``fixed`` among the ``fixed + broken`` objects the versions disagree on."""
+        n = self.fixed + self.broken
+        return sum(math.comb(n, k) for k in range(self.fixed, n + 1)) / 2**n
+
+    @property
     def verdict(self) -> str:
-        """``"better"``, ``"not better"`` or ``"too few"`` (not enough held-out corrections)."""
+        """``"better"``, ``"not better"`` or ``"too few"`` (not enough held-out corrections).
+
+        Objects: better when the score is higher and the fixes are unlikely to be luck
+        (:attr:`chance` <= :data:`SIGNIFICANCE`). Pixels: better when the score is higher.
+        """
         if not self.enough:
             return "too few"
-        return "better" if self.new_score > self.base_score else "not better"
+        if self.new_score <= self.base_score:
+            return "not better"
+        if self.unit == "objects" and self.chance > SIGNIFICANCE:
+            return "not better"
+        return "better"
 
     def describe(self, base_name: str, new_name: str) -> str:
         """What the user is told: the verdict, both scores and the sample they rest on."""
@@ -103,10 +129,17 @@ class VersionComparison:
         scores = (
             f"{self.metric} {base_name} {self.base_score:.2f} -> {new_name} {self.new_score:.2f}"
         )
+        if self.unit == "objects":
+            scores += f" ({self.fixed} objects fixed, {self.broken} broken)"
         if self.verdict == "too few":
             return f"Too few corrections to tell whether {new_name} is better ({sample}). {scores}."
         if self.verdict == "better":
             return f"{new_name} is better on {sample}: {scores}."
+        if self.new_score > self.base_score:
+            return (
+                f"{new_name} is not clearly better than {base_name} on {sample}: {scores}, "
+                "a difference luck could make."
+            )
         return f"{new_name} is not better than {base_name} on {sample}: {scores}."
 
 
@@ -168,23 +201,41 @@ def _looked_at(shape: tuple[int, int], known: np.ndarray | None) -> np.ndarray:
     return np.asarray(known) != 0
 
 
-def count_objects(prediction: np.ndarray, truth: np.ndarray, region: np.ndarray) -> ObjectCounts:
-    """Match objects (IoU > 0.5, one to one) and count those whose centre lies in ``region``.
+@dataclass(frozen=True)
+class ObjectOutcomes:
+    """Which held-out objects one model version gets right.
 
-    A true object in the region is a TP when matched, else an FN; a predicted object in the
-    region that matches no true object is an FP.
+    Attributes
+    ----------
+    found : frozenset of int
+        True objects centred in the region that the prediction matches (IoU > 0.5).
+    present : frozenset of int
+        All true objects centred in the region.
+    false : int
+        Predicted objects centred in the region that match no true object.
+    """
+
+    found: frozenset[int]
+    present: frozenset[int]
+    false: int
+
+    @property
+    def counts(self) -> ObjectCounts:
+        """TP, FP and FN."""
+        return ObjectCounts(len(self.found), self.false, len(self.present) - len(self.found))
+
+
+def count_objects(prediction: np.ndarray, truth: np.ndarray, region: np.ndarray) -> ObjectOutcomes:
+    """Match objects (IoU > 0.5, one to one) and keep those whose centre lies in ``region``.
+
+    A true object in the region is found when matched; a predicted object in the region that
+    matches no true object is false.
     """
     matches = match_objects(prediction, truth, min_iou=0.5 + 1e-9)
     matched_pred = {p for p, _, _ in matches}
-    matched_true = {t for _, t, _ in matches}
-    true_inside = _ids_centred_in(truth, region)
-    pred_inside = _ids_centred_in(prediction, region)
-    tp = sum(1 for t in true_inside if t in matched_true)
-    return ObjectCounts(
-        tp=tp,
-        fp=sum(1 for p in pred_inside if p not in matched_pred),
-        fn=len(true_inside) - tp,
-    )
+    present = frozenset(_ids_centred_in(truth, region))
+    false = sum(1 for p in _ids_centred_in(prediction, region) if p not in matched_pred)
+    return ObjectOutcomes(present & {t for _, t, _ in matches}, present, false)
 
 
 def compare_instances(
@@ -195,11 +246,14 @@ def compare_instances(
 ) -> VersionComparison:
     """Score the base model's and the new version's instance labels on held-out regions."""
     base_counts, new_counts = ObjectCounts(), ObjectCounts()
-    n_objects = 0
+    n_objects = fixed = broken = 0
     for truth, base_labels, new_labels, region in zip(truths, base, new, regions, strict=True):
-        base_counts = base_counts + count_objects(base_labels, truth, region)
-        new_counts = new_counts + count_objects(new_labels, truth, region)
-        n_objects += len(_ids_centred_in(truth, region))
+        old = count_objects(base_labels, truth, region)
+        now = count_objects(new_labels, truth, region)
+        base_counts, new_counts = base_counts + old.counts, new_counts + now.counts
+        n_objects += len(old.present)
+        fixed += len(now.found - old.found) + max(0, old.false - now.false)
+        broken += len(old.found - now.found) + max(0, now.false - old.false)
     return VersionComparison(
         "AP@0.5",
         base_counts.ap,
@@ -207,6 +261,8 @@ def compare_instances(
         n_objects,
         base_counts.fn + base_counts.fp,
         "objects",
+        fixed,
+        broken,
     )
 
 
