@@ -1,6 +1,7 @@
 """Peak memory of `napari-unet predict` on large uint16 z-stacks, against its budget.
 
     python benchmarks/stack_memory.py [--size 2048] [--planes 16 64] [--device cpu]
+        [--files uncompressed zlib]
 
 For each plane count, writes a size x size x planes uint16 stack (the sample nuclei tiled,
 shifted from plane to plane) twice: uncompressed (memory-mapped when read) and zlib-compressed
@@ -93,6 +94,13 @@ def main() -> None:
     parser.add_argument("--planes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--extrapolate", type=int, default=512, help="planes to extrapolate to")
+    parser.add_argument(
+        "--files",
+        nargs="+",
+        choices=("uncompressed", "zlib"),
+        default=["uncompressed", "zlib"],
+        help="kinds of TIFF to measure",
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="napari-unet-memory-"))
     print(f"{args.size}x{args.size} uint16 z-stacks, `napari-unet predict --device {args.device}`")
@@ -103,8 +111,8 @@ def main() -> None:
         f"{'peak RSS GiB':>12} {'headroom GiB':>12} {'MP/s':>6}"
     )
     rows: dict[str, list[tuple[int, int]]] = {}
-    for compression in (None, "zlib"):
-        kind = compression or "uncompressed"
+    for kind in args.files:
+        compression = None if kind == "uncompressed" else kind
         for planes in args.planes:
             path = folder / f"stack_{kind}_{planes}.tif"
             write_stack(path, args.size, planes, compression)
