@@ -80,3 +80,26 @@ def test_spheres_are_3d_objects_by_default(instance_bundle, z_step, seed):
         predictor=_bright_is_interior,
     )
     assert _objects(per_plane.labels) > 2.5 * n  # one object per plane without linking
+
+
+def test_the_files_z_step_decides_whether_planes_are_linked(instance_bundle):
+    """The spheres' stack read with its physical pixel sizes: a Z step of 4 XY pixels is
+    shorter than the 14 px objects (linked); one of 20 is longer (planes kept apart, said)."""
+    from napari_unet.core.generators import run_to_end
+    from napari_unet.core.inference import iter_predict
+    from napari_unet.core.io import Stack
+
+    image, _ = anisotropic_spheres(20, 4.0, seed=0)
+    options = replace(PredictOptions(), diameter=instance_bundle.config["object_diameter"])
+    notices = []
+
+    def run(z_size: float) -> np.ndarray:
+        stack = Stack(image, "ZYX", scale={"Z": z_size, "Y": 0.5, "X": 0.5})
+        generator = iter_predict(stack, instance_bundle, options, predictor=_bright_is_interior)
+        result = run_to_end(generator, lambda p: p.notice and notices.append(p.notice))
+        return result.labels
+
+    assert abs(_objects(run(2.0)) - 20) <= 1 and notices == []
+    unlinked = run(10.0)
+    assert _objects(unlinked) > 2.5 * 20  # one object per plane
+    assert len(notices) == 1 and "not linked" in notices[0] and "20 px" in notices[0]

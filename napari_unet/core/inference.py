@@ -357,7 +357,11 @@ def iter_predict(
     finally:
         pipeline.close()
     next_id = store.next_id
-    if mode == "instances" and options.link_z and "Z" in stack.axes:
+    link = mode == "instances" and options.link_z and "Z" in stack.axes
+    coarse = _z_too_coarse(stack, sizer.sizes, sizer.trained) if link else None
+    if coarse:
+        yield Progress(tiler.done, tiler.total, "linking", notice=coarse)
+    elif link:
         next_id = (yield from _link_along_z(labels, labels_axes)) + 1
     return Prediction(
         labels=labels,
@@ -629,6 +633,28 @@ class _LabelStore:
             plane_labels = np.where(plane_labels > 0, plane_labels + offset, 0).astype(np.uint32)
             self.next_id = max(self.next_id, int(plane_labels.max()) + 1)
         self.labels[plane_key(index, self.labels_axes)] = plane_labels
+
+
+def _z_too_coarse(stack: Stack, sizes: list[PlaneSize], trained: float | None) -> str | None:
+    """Why the planes of a Z stack are not linked into 3D objects, or None to link them.
+
+    An object spans several planes only when the Z step is shorter than the object; with a
+    coarser step (from the file's Z and X pixel sizes, in the same unit) each object lies in
+    about one plane, and objects of neighbouring planes that overlap in Y and X are different
+    objects at different depths, which linking would merge.
+    """
+    z, x = stack.scale.get("Z"), stack.scale.get("X")
+    if not z or not x or stack.units.get("Z") != stack.units.get("X"):
+        return None
+    diameters = [s.diameter for s in sizes if s.diameter is not None]
+    diameter = float(np.median(diameters)) if diameters else trained
+    step = z / x
+    if diameter is None or step <= diameter:
+        return None
+    return (
+        f"Z step ({step:.0f} px) longer than the objects ({diameter:.0f} px across): planes "
+        "segmented separately, not linked into 3D objects"
+    )
 
 
 def _link_along_z(labels: Any, labels_axes: str) -> Generator[Progress, None, int]:
