@@ -923,3 +923,36 @@ def test_segment_panel_estimates_the_object_size_and_says_so(qtbot, docked):
     assert across(big_status) / across(small_status) == pytest.approx(2.5, rel=0.2)
     shrunk = rescale(np.asarray(labels.data), 0.4, order=0, preserve_range=True).astype(np.uint32)
     assert instance_scores(shrunk, reference).at(0.5) > 0.7  # the same nuclei found
+
+
+def test_a_colour_image_shows_the_colour_choice_and_says_what_was_used(qtbot, docked):
+    """Docked as a user does: on an RGB image the Colour → grey choice shows, Segment says
+    which colour input it used, and another choice changes it; a grey image hides it."""
+    from tests.test_rgb_input import histology
+
+    viewer, widget = docked
+    panel = widget.segment
+    colour_label = panel.form.labelForField(panel.colour_combo)
+    stained = viewer.add_image(histology()[0], name="stained")
+    assert stained.rgb
+    panel.image_combo.setCurrentText("stained")
+    assert panel.axes_edit.text() == "YXS"
+    assert not panel.colour_combo.isHidden() and not colour_label.isHidden()
+    assert panel.colour_combo.currentData() is None  # the model's rule (auto for tiny)
+    _click_segment(qtbot, viewer, widget, "stained labels")
+    status = panel.status.text()
+    assert (
+        "Colour image: used channel 1 (green, the one with the most contrast), inverted" in status
+    ), status
+    panel.colour_combo.setCurrentText("luminance")
+    assert panel.options().rgb == "luminance"
+    _click_segment(qtbot, viewer, widget, "stained labels")
+    assert "Colour image: luminance (0.21 R + 0.72 G + 0.07 B)." in panel.status.text()
+    panel.colour_combo.setCurrentText("blue")
+    assert panel.options().rgb == "channel:2"
+
+    viewer.add_image(histology()[0][..., 1], name="grey")
+    panel.image_combo.setCurrentText("grey")
+    assert panel.colour_combo.isHidden() and colour_label.isHidden()
+    _click_segment(qtbot, viewer, widget, "grey labels")
+    assert "grey labels" in panel.status.text() and "Colour" not in panel.status.text()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-DEMO_MODEL = "nuclei"
-
+from napari_unet.core.options import DEFAULT_MODEL
 
 NEXT_STEPS = (
     "Next: fix a few mistakes in '{layer}' with napari's brush, eraser and fill (layer "
@@ -48,16 +47,18 @@ def open_demo(
     widget = UnetWidget(viewer)
     viewer.window.add_dock_widget(widget, name="napari-unet", area="right")
     try:
-        resolve_model(DEMO_MODEL)
+        resolve_model(DEFAULT_MODEL)
     except BundleError as error:
         from napari.utils.notifications import show_error
 
         show_error(f"The bundled model is missing ({error}); reinstall napari-unet.")
         return widget
-    widget.segment.refresh_models(select=DEMO_MODEL)
+    widget.segment.refresh_models(select=DEFAULT_MODEL)
     if run:
         widget.segment.segmented.connect(lambda layer: say(_finished(layer)))
-        say(f"segmenting it with the bundled model '{DEMO_MODEL}' on {resolved_device_label()} ...")
+        say(
+            f"segmenting it with the bundled model '{DEFAULT_MODEL}' on {resolved_device_label()} ..."
+        )
         widget.segment.run()
     return widget
 
@@ -68,18 +69,3 @@ def _finished(layer: object) -> str:
 
     found = int(np.asarray(layer.data).max())
     return f"found {found} nuclei in '{layer.name}'. {NEXT_STEPS.format(layer=layer.name)}"
-
-
-def run_demo() -> int:
-    """Start napari with the demo and block until the window closes."""
-    import napari
-
-    def say(text: str) -> None:
-        print(f"napari-unet demo: {text}", flush=True)
-
-    say("starting napari (the first start can take a while) ...")
-    viewer = napari.Viewer(title="napari-unet demo")
-    open_demo(viewer, report=say)
-    napari.run()
-    say("napari closed")
-    return 0

@@ -11,6 +11,7 @@ import numpy as np
 from qtpy.QtCore import QSettings, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QLineEdit,
     QProgressBar,
@@ -20,7 +21,7 @@ from qtpy.QtWidgets import (
 
 from napari_unet.core.diameter import describe_sizes
 from napari_unet.core.io import Stack
-from napari_unet.core.options import PredictOptions
+from napari_unet.core.options import DEFAULT_MODEL, RGB_CHOICES, PredictOptions
 from napari_unet.gui.controls import (
     button_row,
     collapsible_form,
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from napari_unet.core.inference import Prediction
 
 BROWSE = "Browse..."
+MODEL_RULE = "model's rule"  # the colour choice that leaves the bundle's input.rgb rule
+COLOUR_NAMES = ("red", "green", "blue")  # the colour samples channel:0, channel:1, channel:2
 SEMANTIC_COLOURS = [
     "#00000000",
     "#ff3b30",
@@ -104,6 +107,23 @@ def resolved_device_label() -> str:
     return resolve_compute("auto").label
 
 
+def colour_combo() -> QComboBox:
+    """The Colour → grey choice: how a colour image becomes a grey model's input
+    (:attr:`PredictOptions.rgb`; each entry's data is the rule, None for the model's own)."""
+    box = combo()
+    box.addItem(MODEL_RULE, None)
+    for rule in RGB_CHOICES:
+        _, _, k = rule.partition(":")
+        box.addItem(COLOUR_NAMES[int(k)] if k else rule, rule)
+    box.setToolTip(
+        "How a colour (RGB) image becomes the model's grey input. auto: the colour with the "
+        "most contrast between objects and background, inverted when the background is bright "
+        "(stained tissue, bright-field); luminance, mean, max: the colours combined; red, "
+        "green, blue: that colour alone. The status line says what was used."
+    )
+    return box
+
+
 class SegmentPanel(QWidget):
     """Run a model on an image layer; the result lands in a Labels layer."""
 
@@ -126,6 +146,7 @@ class SegmentPanel(QWidget):
         self.model_combo = combo()
         self.device_combo = combo()
         self.mode_combo = combo("model's mode", "instances", "semantic")
+        self.colour_combo = colour_combo()
         self.tile_spin = int_spin(64, 4096, 64)
         self.overlap_spin = float_spin(0.0, 0.5, step=0.025, decimals=4)
         self.threshold_spin = float_spin(0.05, 0.95)
@@ -173,8 +194,10 @@ class SegmentPanel(QWidget):
             ("Model", self.model_combo),
             ("Device", self.device_combo),
             ("Mode", self.mode_combo),
+            ("Colour → grey", self.colour_combo),
         ]
-        layout.addLayout(form(rows))
+        self.form = form(rows)
+        layout.addLayout(self.form)
         layout.addWidget(self.axes_hint)
         layout.addWidget(self.advanced)
         layout.addLayout(button_row(self.run_button, self.cancel_button))
@@ -215,7 +238,7 @@ class SegmentPanel(QWidget):
         current = (
             select
             or self.model_combo.currentData()
-            or self.settings.value("segment/model", "nuclei")
+            or self.settings.value("segment/model", DEFAULT_MODEL)
         )
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
@@ -277,6 +300,7 @@ class SegmentPanel(QWidget):
         layer = self.selected_image()
         axes = layer_axes(layer) if layer is not None else None
         self.axes_edit.setText(axes + ("S" if layer.rgb else "") if axes is not None else "")
+        self._show_colour_choice(layer is not None and bool(layer.rgb))
         if layer is None:
             hint = "Open an image (File > Open, or File > Open Sample > napari-unet)."
         elif axes is None:
@@ -290,10 +314,16 @@ class SegmentPanel(QWidget):
         self.axes_hint.setText(hint)
         self.axes_hint.setVisible(bool(hint))
 
+    def _show_colour_choice(self, shown: bool) -> None:
+        """The Colour → grey row, only for an image with colour samples (RGB/RGBA)."""
+        self.colour_combo.setVisible(shown)
+        self.form.labelForField(self.colour_combo).setVisible(shown)
+
     # ----- settings ------------------------------------------------------------------------
     def _restore_settings(self) -> None:
         s = self.settings
         defaults = PredictOptions()
+        self.channel_spin.setValue(-1 if defaults.channel is None else defaults.channel)
         self.tile_spin.setValue(int(s.value("segment/tile", defaults.tile_size)))
         self.overlap_spin.setValue(float(s.value("segment/overlap", defaults.overlap)))
         self.threshold_spin.setValue(float(s.value("segment/threshold", defaults.threshold)))
@@ -322,6 +352,7 @@ class SegmentPanel(QWidget):
             diameter=self.diameter_spin.value() or None,
             tta=self.tta_check.isChecked(),
             channel=None if self.channel_spin.value() < 0 else self.channel_spin.value(),
+            rgb=self.colour_combo.currentData(),
             device=str(self.device_combo.currentData()),
         )
 
@@ -400,9 +431,10 @@ class SegmentPanel(QWidget):
         prediction = segmented.prediction
         labels_layer = self._write_labels(request, prediction, segmented.diameter)
         sizes = describe_sizes(prediction.stats.get("sizes", []), segmented.diameter)
+        colour = prediction.stats.get("colour_input")
         self.status.setText(
             f"{labels_layer.name}: {self._describe(prediction)} ({prediction.compute}).\n"
-            + (f"{sizes[0].upper()}{sizes[1:]}.\n" if sizes else "")
+            + "".join(f"{line[0].upper()}{line[1:]}.\n" for line in (colour, sizes) if line)
             + "Correct mistakes with the brush, eraser and fill, then fine-tune."
         )
         self.progress_bar.setValue(self.progress_bar.maximum())
