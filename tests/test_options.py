@@ -32,6 +32,8 @@ def test_the_defaults_are_valid():
         ({"mode": "panoptic"}, "mode 'panoptic' is not valid"),
         ({"device": "tpu"}, "device 'tpu' is not valid"),
         ({"tile_size": 256.5}, "whole number"),
+        ({"rgb": "hsv"}, r"colour rule \(rgb\) 'hsv' is not valid; choose one of auto, mean"),
+        ({"rgb": "channel:3"}, r"channel:0, channel:1, channel:2$"),
     ],
 )
 def test_impossible_prediction_settings_are_refused(change, match):
@@ -70,6 +72,7 @@ TRAIN = ["train", "--image", "a.tif", "--labels", "b.tif", "-o", "m.safetensors"
         (["predict", "missing.tif", "-o", "out", "--overlap", "0.99"], "overlap"),
         (["predict", "missing.tif", "-o", "out", "--threshold", "nan"], "threshold"),
         (["predict", "missing.tif", "-o", "out", "--tile-size", "-5"], "tile size"),
+        (["predict", "missing.tif", "-o", "out", "--rgb", "red"], "colour rule (rgb)"),
         ([*TRAIN, "--steps", "0"], "steps"),
         ([*TRAIN, "--val-every", "0"], "validation interval"),
         ([*TRAIN, "--patch-size", "100000"], "patch size"),

@@ -243,14 +243,6 @@ def test_nothing_is_said_for_a_grey_image_or_a_picked_channel():
     assert result.stats["colour_input"] is None
 
 
-@pytest.mark.parametrize("rule", ["hsv", "channel:3", "red"])
-def test_a_bad_rgb_option_names_the_valid_rules(rule):
-    from napari_unet.core.options import PredictOptions
-
-    with pytest.raises(InputError, match="auto, mean, luminance, max, channel:0"):
-        PredictOptions(rgb=rule).check()
-
-
 def _cli(tmp_path, *extra: str) -> list:
     import tifffile
 
