@@ -518,9 +518,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import Progress, iter_predict
-    from napari_unet.core.io import write_labels
     from napari_unet.core.registry import load_bundle
-    from napari_unet.core.zarr_io import check_zarr_output, is_zarr, write_labels_zarr
+    from napari_unet.core.zarr_io import check_zarr_output, is_zarr
 
     distributed = bool(args.scheduler or args.scheduler_file)
     if args.workers is not None and args.scheduler != "local":
@@ -581,16 +580,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 bar.update(progress.done - bar.n)
 
             result = run_to_end(iter_predict(stack, bundle, options, make_labels=make_labels), show)
-            write = write_labels_zarr if target.name.endswith(".zarr") else write_labels
-            write(
-                target,
-                result.labels,
-                axes=result.axes,
-                scale=stack.scale,
-                units=stack.units,
-                overwrite=args.overwrite,
-                **({"source": path} if write is write_labels_zarr else {}),
-            )
+            _write_result(target, result.labels, result.axes, stack, path, args.overwrite)
         count = result.stats["objects"] if result.mode == "instances" else len(result.class_names)
         what = "objects" if result.mode == "instances" else "classes"
         print(
@@ -601,6 +591,22 @@ def run_predict(args: argparse.Namespace) -> int:
             if line:
                 print(f"  {line}")
     return 0
+
+
+def _write_result(
+    target: Path, labels: Any, axes: str, stack: Any, source: str, overwrite: bool
+) -> None:
+    """Write ``labels`` to ``target``: an OME-Zarr label image (recording ``source``, the
+    image they were predicted from) for a ``.zarr`` name, else a TIFF; with ``stack``'s
+    physical pixel sizes and units."""
+    from napari_unet.core.io import write_labels
+    from napari_unet.core.zarr_io import write_labels_zarr
+
+    common = {"axes": axes, "scale": stack.scale, "units": stack.units, "overwrite": overwrite}
+    if target.name.endswith(".zarr"):
+        write_labels_zarr(target, labels, source=source, **common)
+    else:
+        write_labels(target, labels, **common)
 
 
 def _open_input(path: str, args: argparse.Namespace) -> Any:
@@ -649,8 +655,6 @@ def _predict_on_dask(
         iter_predict_files,
     )
     from napari_unet.core.generators import run_to_end
-    from napari_unet.core.io import write_labels
-    from napari_unet.core.zarr_io import write_labels_zarr
 
     if bundle.path is not None and bundle.path.suffix == ".safetensors":
         model = bundle.path.read_bytes()
@@ -700,25 +704,9 @@ def _predict_on_dask(
             ),
             show,
         )
-        if target.name.endswith(".zarr"):
-            write_labels_zarr(
-                target,
-                result.labels,
-                axes=result.axes,
-                scale=stack.scale,
-                units=stack.units,
-                source=path,
-                overwrite=args.overwrite,
-            )
-        else:
-            write_labels(
-                target,
-                result.labels.compute(),
-                axes=result.axes,
-                scale=stack.scale,
-                units=stack.units,
-                overwrite=args.overwrite,
-            )
+        # an OME-Zarr is written chunk by chunk from the cluster; a TIFF from memory
+        labels = result.labels if target.name.endswith(".zarr") else result.labels.compute()
+        _write_result(target, labels, result.axes, stack, path, args.overwrite)
     discard_work(target)
     stats = result.stats
     what = f"{stats['objects']} objects" if result.mode == "instances" else "classes"
