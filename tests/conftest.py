@@ -11,13 +11,20 @@ from napari_unet.core.bundle import Bundle, bundle_from_config, new_config, save
 
 torch.set_num_threads(2)
 
-# Tests below train in this process (torch.optim), and GUI tests open napari windows here too.
-# Building a torch.optim optimiser imports torch._dynamo and triton; loading triton once a window
-# exists on Mesa's software OpenGL crashes the process, loading it first is safe (issue 11). The
-# product never trains in napari's process (core/training_process.py; tests/test_training_process.py
-# checks that in a fresh subprocess), but this process does both, so it loads triton up front:
-# the suite must not depend on which test happens to train first.
-torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Load triton before any test opens a napari window.
+
+    Tests train in this process (torch.optim), and GUI tests open napari windows here too.
+    Building a torch.optim optimiser imports torch._dynamo and triton; loading triton once a
+    window exists on Mesa's software OpenGL crashes the process, loading it first is safe
+    (issue 11). The product never trains in napari's process (core/training_process.py;
+    tests/test_training_process.py checks that in a fresh subprocess, which imports this module
+    but runs no pytest hook), but the test process does both, so it loads triton up front: the
+    suite must not depend on which test happens to train first.
+    """
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+
 
 # The same examples on every run, so CI never fails on a draw it has not seen before; explore
 # new ones (different on every run) with `pytest tests/test_fuzz.py --hypothesis-profile=explore`.
