@@ -10,6 +10,7 @@ from qtpy.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QScrollArea,
     QSpinBox,
     QVBoxLayout,
@@ -76,6 +77,19 @@ def panel_layout(panel: QWidget) -> QVBoxLayout:
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(area)
     return layout
+
+
+def pin_below(panel: QWidget, *items: QWidget | QLayout) -> None:
+    """Put ``items`` under the scrolling area of ``panel`` (see :func:`panel_layout`), where
+    they stay on screen however short the dock is (a panel's main buttons)."""
+    footer = QVBoxLayout()
+    footer.setContentsMargins(4, 2, 4, 4)
+    for item in items:
+        if isinstance(item, QLayout):
+            footer.addLayout(item)
+        else:
+            footer.addWidget(item)
+    panel.layout().addLayout(footer)
 
 
 def form(rows: list[tuple[str, QWidget]], parent: QWidget | None = None) -> QFormLayout:

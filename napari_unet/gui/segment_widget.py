@@ -30,6 +30,7 @@ from napari_unet.gui.controls import (
     form,
     int_spin,
     panel_layout,
+    pin_below,
     text_line,
 )
 from napari_unet.gui.corrections import CorrectionTracker
@@ -200,10 +201,9 @@ class SegmentPanel(QWidget):
         layout.addLayout(self.form)
         layout.addWidget(self.axes_hint)
         layout.addWidget(self.advanced)
-        layout.addLayout(button_row(self.run_button, self.cancel_button))
-        layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addStretch()
+        pin_below(self, button_row(self.run_button, self.cancel_button), self.progress_bar)
 
         self._fill_devices()
         self.refresh_models()
