@@ -236,6 +236,8 @@ def scenario_images(data: Path, name: str) -> list[Item]:
     """``[user, *others]`` of a scenario."""
     if name in HELDOUT:
         return pick(heldout_ids()[1][name], lambda i: HELDOUT[name](read_dsb(data, i)))
+    if name == "in-domain":  # blurred's images as they are: a plane the base already handles
+        return pick(heldout_ids()[1]["blurred"], lambda i: centre_crop(read_dsb(data, i)))
     if name == "hela":
         return hela_items(data)
     index = dsb_index(data)
@@ -249,6 +251,7 @@ def scenario_images(data: Path, name: str) -> list[Item]:
 PURPOSE = {
     "noisy-dim": "tune",
     "blurred": "tune",
+    "in-domain": "tune",
     "large": "report",
     "hela": "report",
     "uneven": "report",
@@ -260,6 +263,8 @@ WHY = {
     "noisy-dim": f"photon-starved: {PHOTONS:g} photons at the brightest nuclei, read noise "
     f"{READ_NOISE:g}, offset {OFFSET:g}, uint16 (trained on clean 8-bit images)",
     "blurred": f"out of focus: Gaussian blur of {BLUR_SIGMA:g} px, nuclei edges and gaps fade",
+    "in-domain": "no shift: held-out DSB fluorescence like the base's training data (it should "
+    "not get worse)",
     "large": f"nuclei {UPSCALE:g}x larger than trained on (~20 -> ~60 px), diameter option unset",
     "hela": "another lab's 16-bit widefield H2B-GFP HeLa nuclei: other texture, contrast, mitoses; "
     "its truth omits nuclei cut by the border, so those are not scored",
@@ -663,6 +668,7 @@ class Context:
     own_before: float
     settings: Any
     score_pairs: tuple[tuple[str, str], ...] = SCORE_PAIRS
+    blends: tuple[float, ...] = ()
     runs: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -751,7 +757,39 @@ def run_seed(
     run["verdict"] = getattr(comparison, "verdict", None)
     run["verdict_wrong"] = verdict_wrong(run["verdict"], run["change"])
     print_run(run)
+    run["blends"] = {
+        share: blend_run(ctx, scenario, result.bundle, share, run) for share in ctx.blends
+    }
     return run
+
+
+def blend_run(
+    ctx: Context, scenario: Scenario, tuned: Any, share: float, run: dict[str, Any]
+) -> dict[str, float]:
+    """Score the weights ``share`` of the way from the base to ``tuned`` (printed below the
+    run's row): AP@0.5 on the scenario's other images and on the own held-out images."""
+    from napari_unet.core.bundle import blended_state, clone_bundle, network_state
+
+    bundle = clone_bundle(tuned)
+    bundle.network.load_state_dict(
+        blended_state(network_state(ctx.base.network), network_state(tuned.network), share)
+    )
+    others = scenario.others[: len(run["after_per_image"])]
+    predictions, _ = timed_predictions(bundle, others, scenario.axes)
+    own_predictions, _ = timed_predictions(bundle, ctx.own, "YX")
+    after = float(np.mean(per_image_ap(predictions, others, scenario.clear_border)))
+    own_after = float(np.mean(per_image_ap(own_predictions, ctx.own)))
+    print(
+        f"      blend {share:.2f}: others {after:.3f} ({after - run['before']:+.3f}), "
+        f"own {own_after:.3f} ({own_after - run['own_before']:+.3f})",
+        flush=True,
+    )
+    return {
+        "after": after,
+        "change": after - run["before"],
+        "own_after": own_after,
+        "own_change": own_after - run["own_before"],
+    }
 
 
 def verdict_wrong(verdict: str | None, change: float, margin: float = 0.01) -> bool:
@@ -899,6 +937,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: the first of " + "; ".join(",".join(pair) for pair in SCORE_PAIRS),
     )
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--blend",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="SHARE",
+        help="also score the weights SHARE of the way from the base to each fine-tuned version",
+    )
     args = parser.parse_args(argv)
     args.others = min(args.others or (QUICK_OTHERS if args.quick else DEFAULT_OTHERS), MAX_OTHERS)
     args.own = min(args.own or (QUICK_OWN if args.quick else DEFAULT_OWN), OWN_POOL)
@@ -947,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
     own = own_items(args.data, args.own)
     own_predictions, seconds = timed_predictions(base, own, "YX")
     own_before = float(np.mean(per_image_ap(own_predictions, own)))
-    ctx = Context(base, own, own_before, settings, score_pairs(args.reported))
+    ctx = Context(base, own, own_before, settings, score_pairs(args.reported), tuple(args.blend))
     print(
         f"own held-out DSB check: {' '.join(i.id[:12] for i in own)}: base AP@0.5 {ctx.own_before:.3f} ({seconds:.1f} s)"
     )
