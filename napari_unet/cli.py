@@ -291,8 +291,10 @@ def _add_schedule(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--border-weights",
-        action="store_true",
-        help="the U-Net paper's weight map between touching objects",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the U-Net paper's weight map between touching objects (default: as the base "
+        "model was trained; off from scratch)",
     )
     parser.add_argument(
         "--optimizer",

@@ -302,6 +302,23 @@ def test_border_weights_emphasise_gaps():
     assert weights[classes == 0].max() > 5 * np.median(weights[classes == 0])
 
 
+@pytest.mark.parametrize("base_used", [True, False])
+def test_fine_tuning_keeps_the_loss_the_base_was_trained_with(base_used):
+    def border_weights_of(result):
+        return result.bundle.config["training"]["history"][-1]["settings"]["border_weights"]
+
+    fresh = tiny_bundle()
+    _, result = run(iter_finetune(fresh, samples(1), replace(QUICK, steps=2)))
+    assert border_weights_of(result) is False  # a model without a training record
+    base = tiny_bundle()
+    base.config["training"] = {"history": [{"settings": {"border_weights": base_used}}]}
+    _, result = run(iter_finetune(base, samples(1), replace(QUICK, steps=2)))
+    assert border_weights_of(result) is base_used
+    told = replace(QUICK, steps=2, border_weights=not base_used)
+    _, result = run(iter_finetune(base, samples(1), told))
+    assert border_weights_of(result) is (not base_used)
+
+
 def _with_replay(bundle, n=4):
     from napari_unet.core.bundle import ReplaySet
 

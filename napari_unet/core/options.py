@@ -165,7 +165,11 @@ class TrainSettings:
     ``anchor_weight * sum((w - w_base) ** 2)``), so a few corrections cannot drag the network
     far from what it knew. ``replay_fraction`` is the share of training patches drawn from the
     base bundle's replay set (patches of its own training data), when it has one: rehearsing
-    them keeps the network from forgetting what it did well. ``freeze_norm`` keeps the base's
+    them keeps the network from forgetting what it did well. ``border_weights`` multiplies
+    the loss by the U-Net paper's weight map between touching objects; None (the default)
+    trains with the loss the base model was trained with (its last training run's setting),
+    since fine-tuning a model trained with the map without it lets touching objects merge.
+    ``freeze_norm`` keeps the base's
     batch-norm statistics (and uses them in training) instead of letting a few batches of one
     user's images update them; a layer that has never seen a batch (a model trained from
     scratch) learns its statistics either way. It is off by default: on the tuning scenarios
@@ -182,7 +186,7 @@ class TrainSettings:
     val_fraction: float = 0.25
     val_every: int = 25
     augment: AugmentSettings = field(default_factory=AugmentSettings)
-    border_weights: bool = False
+    border_weights: bool | None = None
     dice: bool = False
     optimizer: str = "adamw"
     seed: int = 0

@@ -459,7 +459,7 @@ def iter_finetune(
         Always holds a complete, loadable bundle: the final weights (or the last good ones
         after repeated non-finite losses), compared with the base model on held-out labels.
     """
-    settings = settings or TrainSettings()
+    settings = with_base_loss(settings or TrainSettings(), base.config)
     settings.check()
     if not samples:
         raise TrainingDataError(
@@ -521,6 +521,16 @@ def iter_finetune(
     seconds = time.perf_counter() - start
     _record(bundle, base, data.used, settings, history, comparison, reason, seconds)
     return TrainResult(bundle, history, stopped, reason, comparison)
+
+
+def with_base_loss(settings: TrainSettings, config: dict[str, Any]) -> TrainSettings:
+    """``settings`` with ``border_weights`` decided: left as given, or (None) as in the base
+    model's last training run recorded in ``config`` (off when it has none)."""
+    if settings.border_weights is not None:
+        return settings
+    runs = config.get("training", {}).get("history", [])
+    trained_with = bool(runs and runs[-1].get("settings", {}).get("border_weights"))
+    return replace(settings, border_weights=trained_with)
 
 
 def _measure_object_diameter(samples: Sequence[TrainingSample], config: dict[str, Any]) -> None:
@@ -685,10 +695,11 @@ class _Trainer:
 def _replay_items(base: Bundle, settings: TrainSettings) -> list[_Prepared]:
     """The base bundle's replay patches, prepared for training (none if it has no replay set
     or ``settings.replay_fraction`` is 0). Their labels are complete: no context weighting,
-    and the user's channel choice does not apply to them."""
+    and the user's channel choice does not apply to them; the border weights do, as when the
+    base was trained on them."""
     if base.replay is None or not settings.replay_fraction:
         return []
-    own = replace(settings, channel=None, border_weights=False)
+    own = replace(settings, channel=None)
     return [
         prepare_sample(at_model_scale(sample, base.config, {}), base.config, own)
         for sample in base.replay.samples()
