@@ -420,22 +420,67 @@ def write_labels(
                 compression="zlib",
             )
         else:
-            metadata = {"axes": axes.replace("I", "Q")}
-            for axis in "XYZ":
-                if axis in scale:
-                    metadata[f"PhysicalSize{axis}"] = scale[axis]
-                    if axis in units:
-                        metadata[f"PhysicalSize{axis}Unit"] = units[axis]
             tifffile.imwrite(
                 tmp,
                 data,
                 shape=labels.shape,
                 dtype=dtype,
                 ome=True,
-                metadata=metadata,
+                metadata=_ome_metadata(axes, scale, units),
                 compression="zlib",
             )
     return path
+
+
+def write_image(
+    path: str | os.PathLike[str],
+    image: np.ndarray,
+    *,
+    axes: str,
+    scale: dict[str, float] | None = None,
+    units: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a float32 image (a model's non-label output) atomically as an OME-TIFF.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.tif``.
+    image : ndarray
+        Any real values; stored as float32.
+    axes : str
+        One letter per dimension of ``image`` (``C`` allowed, at most one ``I``).
+    scale, units : dict, optional
+        Physical pixel size and unit per axis letter (X, Y, Z are recorded).
+    overwrite : bool
+        Replace an existing file; otherwise an existing path is an error.
+    """
+    import tifffile
+
+    path = Path(path)
+    check_axes(axes, image.shape)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists; pass overwrite to replace it")
+    metadata = _ome_metadata(axes, scale or {}, units or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tifffile.imwrite(
+            tmp, np.asarray(image, np.float32), ome=True, metadata=metadata, compression="zlib"
+        )
+    return path
+
+
+def _ome_metadata(axes: str, scale: dict[str, float], units: dict[str, str]) -> dict[str, Any]:
+    """OME-TIFF metadata of an array: its axes (``I`` written as OME's ``Q``) and the
+    physical pixel sizes and units of X, Y and Z where known."""
+    metadata: dict[str, Any] = {"axes": axes.replace("I", "Q")}
+    for axis in "XYZ":
+        if axis in scale:
+            metadata[f"PhysicalSize{axis}"] = scale[axis]
+            if axis in units:
+                metadata[f"PhysicalSize{axis}Unit"] = units[axis]
+    return metadata
 
 
 def _planes_as(labels: Any, dtype: np.dtype) -> Any:
