@@ -7,6 +7,7 @@ meets it exactly as it would meet a package from the model zoo.
 
 from __future__ import annotations
 
+import inspect
 import zipfile
 from pathlib import Path
 
@@ -29,15 +30,40 @@ class TwoMaps(torch.nn.Module):
         return torch.cat([x, 1.0 - x], dim=1)
 
 
-def build_package(folder: Path, network: torch.nn.Module, outputs: list[str]) -> Path:
-    """A zip package of ``network`` (TorchScript weights, one grey input, one output with the
-    channels ``outputs``), with min-max scaling as its preprocessing; returns its path."""
+def build_package(
+    folder: Path, network: torch.nn.Module, outputs: list[str], *, code: bool = False
+) -> Path:
+    """A zip package of ``network`` (one grey input, one output with the channels
+    ``outputs``), with min-max scaling as its preprocessing; returns its path.
+
+    Its weights are TorchScript, or with ``code`` a ``pytorch_state_dict`` whose architecture
+    is the network's class in a Python file of the package (running it runs that code).
+    """
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5
 
     folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / "weights.pt"
-    torch.jit.save(torch.jit.script(network.eval()), weights)
+    version = v0_5.Version(torch.__version__.split("+")[0])
+    if code:
+        weights = folder / "weights.pt"
+        torch.save(network.state_dict(), weights)
+        source = folder / "architecture.py"
+        source.write_text("import torch\n\n\n" + inspect.getsource(type(network)))
+        entries = v0_5.WeightsDescr(
+            pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
+                source=weights,
+                architecture=v0_5.ArchitectureFromFileDescr(
+                    source=source, callable=v0_5.Identifier(type(network).__name__)
+                ),
+                pytorch_version=version,
+            )
+        )
+    else:
+        weights = folder / "weights.ts"
+        torch.jit.save(torch.jit.script(network.eval()), weights)
+        entries = v0_5.WeightsDescr(
+            torchscript=v0_5.TorchscriptWeightsDescr(source=weights, pytorch_version=version)
+        )
     rng = np.random.default_rng(0)
     test_input = rng.uniform(0, 255, (1, 1, 64, 64)).astype(np.float32)
     scaled = (test_input - test_input.min()) / (test_input.max() - test_input.min())
@@ -91,11 +117,7 @@ def build_package(folder: Path, network: torch.nn.Module, outputs: list[str]) ->
                 test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
             )
         ],
-        weights=v0_5.WeightsDescr(
-            torchscript=v0_5.TorchscriptWeightsDescr(
-                source=weights, pytorch_version=v0_5.Version(torch.__version__.split("+")[0])
-            )
-        ),
+        weights=entries,
     )
     return save_bioimageio_package(description, output_path=folder / "package.zip")
 

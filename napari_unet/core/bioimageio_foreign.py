@@ -139,7 +139,9 @@ def open_package(path: str | os.PathLike[str], *, allow_code: bool = False) -> F
     elif "pytorch_state_dict" in local:
         why = (
             "its only usable weights rebuild the network from Python code in the package; "
-            "allow the package's code to run them (it executes code from the file)"
+            "allow the package's code to run them (it executes code from the file): "
+            "--allow-package-code, or tick 'run the Python code in this package' in the "
+            "Segment panel"
         )
     else:
         why = f"it has {', '.join(present)} weights; napari-unet runs TorchScript or PyTorch"
