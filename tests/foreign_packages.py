@@ -78,7 +78,9 @@ def build_package(
         return [
             v0_5.BatchAxis(),
             v0_5.ChannelAxis(channel_names=[v0_5.Identifier(c) for c in channels]),
-            space(id=v0_5.AxisId("y"), size=size if output else v0_5.ParameterizedSize(min=16, step=8)),
+            space(
+                id=v0_5.AxisId("y"), size=size if output else v0_5.ParameterizedSize(min=16, step=8)
+            ),
             space(
                 id=v0_5.AxisId("x"),
                 size=v0_5.SizeReference(tensor_id=v0_5.TensorId("raw"), axis_id=v0_5.AxisId("x"))

@@ -102,5 +102,7 @@ def test_own_package_segments_and_is_offered_as_fine_tune_base(qtbot, docked, tm
     assert not widget.segment.package_note.isVisibleTo(widget.segment)
     assert _segment(qtbot, widget.segment, package) == 2
     qtbot.waitUntil(lambda: widget.finetune.base_combo.currentText() == str(package))
-    names = [widget.finetune.base_combo.itemText(i) for i in range(widget.finetune.base_combo.count())]
+    names = [
+        widget.finetune.base_combo.itemText(i) for i in range(widget.finetune.base_combo.count())
+    ]
     assert str(package) in names and "tiny" in names

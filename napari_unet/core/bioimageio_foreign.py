@@ -260,9 +260,7 @@ def iter_predict_package(
     return PackageResult(stacked, package.kind, letters, package.weight_format, next_id)
 
 
-def _check_channels(
-    sizes: dict[str, int], axes: str, channels: int, channel: int | None
-) -> None:
+def _check_channels(sizes: dict[str, int], axes: str, channels: int, channel: int | None) -> None:
     """Raise InputError before any work when the image's channels cannot feed the model."""
     present = [sizes[a] for a in axes if a in CHANNEL_AXES]
     have = int(np.prod(present)) if present else 1
@@ -272,7 +270,9 @@ def _check_channels(
         have = 1
     if have != channels:
         hint = " (choose one with the channel option)" if channels == 1 else ""
-        raise InputError(f"the package's model takes {channels} channel(s); the image has {have}{hint}")
+        raise InputError(
+            f"the package's model takes {channels} channel(s); the image has {have}{hint}"
+        )
 
 
 def _as_model_input(
