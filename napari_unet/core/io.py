@@ -372,10 +372,7 @@ def write_labels(
     """
     import tifffile
 
-    path = Path(path)
-    check_axes(axes, labels.shape)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; pass overwrite to replace it")
+    path = _new_file(path, labels.shape, axes, overwrite)
     if labels.dtype.kind not in "biu":
         raise InputError(f"labels must be integers, got {labels.dtype}")
     if labels.dtype.kind == "i" and labels.size and int(np.min(labels)) < 0:
@@ -458,16 +455,25 @@ def write_image(
     """
     import tifffile
 
-    path = Path(path)
-    check_axes(axes, image.shape)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; pass overwrite to replace it")
+    path = _new_file(path, image.shape, axes, overwrite)
     metadata = _ome_metadata(axes, scale or {}, units or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, overwrite=overwrite) as tmp:
         tifffile.imwrite(
             tmp, np.asarray(image, np.float32), ome=True, metadata=metadata, compression="zlib"
         )
+    return path
+
+
+def _new_file(
+    path: str | os.PathLike[str], shape: tuple[int, ...], axes: str, overwrite: bool
+) -> Path:
+    """The path an array of ``shape`` and ``axes`` is about to be written to, checked: the
+    axes fit the shape, and an existing file is replaced only with ``overwrite``."""
+    path = Path(path)
+    check_axes(axes, shape)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists; pass overwrite to replace it")
     return path
 
 
