@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -112,8 +113,17 @@ def _add_predict(commands: Commands) -> None:
         "--model",
         default=DEFAULT_MODEL,
         metavar="NAME_OR_PATH",
-        help="model name, .safetensors file or bioimage.io .zip exported by napari-unet "
-        "(default: %(default)s)",
+        help="model name, .safetensors file, or bioimage.io package (.zip, folder or "
+        "rdf.yaml; offline). A package from other software runs with its own processing "
+        "(needs the 'bioimageio' extra; only --channel, --threshold, --min-size and --device "
+        "apply): a probability or class map is written as labels, any other output as "
+        "DIR/<name>_output.tif (float32) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--allow-package-code",
+        action="store_true",
+        help="run a bioimage.io package whose weights need the Python architecture code it "
+        "ships (this executes code from the file; by default only TorchScript weights run)",
     )
     p.add_argument("--mode", choices=MODES, help="default: the model's mode")
     _add_device(p)
@@ -499,15 +509,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUG
 
 
-def output_name(path: Path | str, series: int | None = None, fmt: str = "tif") -> str:
+def output_name(
+    path: Path | str, series: int | None = None, fmt: str = "tif", what: str = "labels"
+) -> str:
     """``cells.ome.tif`` -> ``cells_labels.tif`` (``cells_series2_labels.tif`` for series 2);
-    ``cells.ome.zarr`` -> ``cells_labels.ome.zarr`` with ``fmt="ome-zarr"``."""
+    ``cells.ome.zarr`` -> ``cells_labels.ome.zarr`` with ``fmt="ome-zarr"``; ``what="output"``
+    names a package's image output ``cells_output.tif``."""
     from napari_unet.core.io import strip_image_suffix
     from napari_unet.core.zarr_io import LABELS_SUFFIX
 
     part = "" if series is None else f"_series{series}"
     name = strip_image_suffix(Path(str(path).rstrip("/")).name)
-    return f"{name}{part}{LABELS_SUFFIX if fmt == 'ome-zarr' else '_labels.tif'}"
+    return f"{name}{part}{LABELS_SUFFIX if fmt == 'ome-zarr' else f'_{what}.tif'}"
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -543,6 +556,7 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device,
     )
     options.check()
+    package = _foreign_package(args, distributed)
     inputs = list(args.inputs)
     output = Path(args.output)
     targets: dict[str, Path] = {}
@@ -551,17 +565,22 @@ def run_predict(args: argparse.Namespace) -> int:
         if not zarr_input and not Path(path).is_file():
             raise InputError(f"{path}: no such file")
         fmt = args.format
-        if fmt == "auto":
+        if package is not None:
+            fmt = "tif"
+        elif fmt == "auto":
             fmt = "ome-zarr" if zarr_input or _labels_too_large(path, args) else "tif"
-        target = output / output_name(path, args.series, fmt)
+        what = "output" if package is not None and package.kind == "image" else "labels"
+        target = output / output_name(path, args.series, fmt, what)
         if target in targets.values():
             raise InputError(f"two inputs would both write {target}; rename one")
         check = check_zarr_output if fmt == "ome-zarr" else check_output
         targets[path] = check(
             target, [p for p in inputs if "://" not in p], overwrite=args.overwrite
         )
-    bundle = load_bundle(args.model)
     remove_stale_partials(output)  # left by runs that were killed
+    if package is not None:
+        return _predict_with_package(args, package, targets)
+    bundle = load_bundle(args.model)
     if distributed:
         return _predict_on_dask(args, options, bundle, targets)
     for path, target in targets.items():
@@ -592,6 +611,71 @@ def run_predict(args: argparse.Namespace) -> int:
         for line in (result.stats["colour_input"], sizes):
             if line:
                 print(f"  {line}")
+    return 0
+
+
+def _foreign_package(args: argparse.Namespace, distributed: bool) -> Any:
+    """The ForeignPackage ``--model`` names when it is a bioimage.io package from other
+    software (checked, not yet loaded), else None."""
+    from napari_unet.core.bioimageio_import import is_foreign_package
+    from napari_unet.core.errors import InputError
+    from napari_unet.core.registry import resolve_model
+
+    path = resolve_model(args.model)
+    if not is_foreign_package(path):
+        return None
+    from napari_unet.core.bioimageio_foreign import open_package
+
+    if distributed:
+        raise InputError(f"{path} is a package from other software: it runs without --scheduler")
+    if args.format == "ome-zarr":
+        raise InputError(f"{path} is a package from other software: its results are TIFF files")
+    return open_package(path, allow_code=args.allow_package_code)
+
+
+def _predict_with_package(args: argparse.Namespace, package: Any, targets: dict[str, Path]) -> int:
+    """``predict`` with a bioimage.io package from other software: labels from a probability
+    or a class map, a float32 image from any other output."""
+    from tqdm import tqdm
+
+    from napari_unet.core.bioimageio_foreign import iter_predict_package
+    from napari_unet.core.generators import run_to_end
+    from napari_unet.core.io import write_image, write_labels
+
+    # bioimageio.core loads TorchScript with torch.jit.load, which warns of its own future
+    warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)
+    for path, target in targets.items():
+        stack = _open_input(path, args)
+        name = Path(path.rstrip("/")).name
+        with tqdm(desc=name, unit="plane", file=sys.stderr, leave=False) as bar:
+
+            def show(progress: Any, bar: tqdm = bar) -> None:
+                bar.total = progress.total
+                bar.set_postfix_str(progress.stage)
+                bar.update(progress.done - bar.n)
+
+            result = run_to_end(
+                iter_predict_package(
+                    stack,
+                    package,
+                    channel=args.channel,
+                    threshold=args.threshold,
+                    min_size=args.min_size,
+                    device=args.device,
+                ),
+                show,
+            )
+        common = {"axes": result.axes, "scale": stack.scale, "units": stack.units}
+        if result.kind == "image":
+            write_image(target, result.data, **common, overwrite=args.overwrite)
+            what = "float32 image: the package's output is not labels"
+        else:
+            write_labels(target, result.data, **common, overwrite=args.overwrite)
+            what = f"{result.objects} objects" if result.kind == "objects" else "class map"
+        print(
+            f"{path} -> {target} ({result.axes} {tuple(result.data.shape)}, {what}; "
+            f"bioimage.io package, {result.weight_format} weights)"
+        )
     return 0
 
 

@@ -22,12 +22,12 @@ from napari_unet.cli import EXIT_USER, main
 from napari_unet.core.architecture_source import standalone_source
 from napari_unet.core.bioimageio_docs import BUNDLED_ORIGINS
 from napari_unet.core.bioimageio_export import export_package
-from napari_unet.core.bioimageio_foreign import open_package, predict_with_package
+from napari_unet.core.bioimageio_foreign import iter_predict_package, open_package
 from napari_unet.core.bioimageio_import import load_package_bundle
 from napari_unet.core.errors import BundleError, InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.inference import PredictOptions, iter_predict
-from napari_unet.core.io import read_image
+from napari_unet.core.io import Stack, read_image
 from napari_unet.core.model import UNet
 from napari_unet.core.options import TrainSettings
 from napari_unet.core.preprocess import normalize
@@ -257,6 +257,12 @@ def repackage(source: Path, target: Path, edit, files: dict[str, bytes] | None =
     return target
 
 
+def predict_with_package(plane: np.ndarray, package: Path, *, allow_code: bool = False, **options):
+    """A foreign package's result on one (Y, X) plane."""
+    opened = open_package(package, allow_code=allow_code)
+    return run_to_end(iter_predict_package(Stack(plane, "YX"), opened, device="cpu", **options))
+
+
 def foreign(rdf: dict) -> None:
     """Make a napari-unet description look like another tool's: no bundle, no own config."""
     rdf["config"].pop("napari_unet")
@@ -266,15 +272,11 @@ def foreign(rdf: dict) -> None:
 def test_foreign_package_runs_its_torchscript_through_bioimageio_core(exported, tmp_path):
     pytest.importorskip("bioimageio.core")
     package = repackage(exported["nuclei"], tmp_path / "other.zip", foreign)
-    with pytest.raises(BundleError, match="not exported by napari-unet"):
+    with pytest.raises(BundleError, match="cannot be fine-tuned"):
         load_bundle(package)
     plane = np.asarray(read_image(SAMPLES / "nuclei_2d.tif").data)[:256, :384]
     result = predict_with_package(plane, package)
-    assert (result.kind, result.axes, result.weight_format) == (
-        "image",
-        "channel,y,x",
-        "torchscript",
-    )
+    assert (result.kind, result.axes, result.weight_format) == ("image", "CYX", "torchscript")
     assert result.data.shape == (3, 256, 384)
     network = load_bundle("nuclei").network.eval()
     normalised = normalize(plane[np.newaxis].astype(np.float32), {"low": 1.0, "high": 99.8})
@@ -353,7 +355,10 @@ def test_foreign_single_channel_outputs_become_labels(exported, tmp_path, head):
     plane = np.zeros((96, 128), np.float32)
     plane[10:30, 10:30] = plane[50:80, 60:100] = 100.0
     result = predict_with_package(plane, package, min_size=5)
-    assert (result.kind, result.axes) == ("labels", "y,x")
+    assert (result.kind, result.axes) == (
+        "objects" if head == "probability" else "classes",
+        "YX",
+    )
     expected = 2 if head == "probability" else 1  # objects, or the one foreground class
     assert result.data.max() == expected and np.array_equal(result.data > 0, plane > 0)
 

@@ -4,51 +4,86 @@ Packages exported by napari-unet are read by :mod:`napari_unet.core.bioimageio_i
 without this module. Others run here, offline, with their own pre- and post-processing:
 TorchScript weights by default; weights that rebuild the network from the package's Python
 code (``pytorch_state_dict``) only when the caller opts in, since that runs code from the
-file. A 2D model with one input and one output is supported; its output becomes labels when
-it is a single-channel probability (objects: connected components above a threshold) or a
-class map (integers), and stays an image otherwise. Needs the ``bioimageio`` extra.
+file. A 2D model with one input and one output is supported, run on every plane of a stack;
+its output becomes labels when it is a single-channel probability (objects: connected
+components above a threshold) or a single-channel integer class map, and stays an image
+otherwise. Such a package predicts only: it cannot be fine-tuned. Needs the ``bioimageio``
+extra.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_unet.core.errors import BundleError, InputError
-from napari_unet.core.postprocess import remove_small
+from napari_unet.core.errors import BundleError, EngineError, InputError
+from napari_unet.core.inference import Progress
+from napari_unet.core.io import Stack
+from napari_unet.core.postprocess import default_min_size, remove_small
+from napari_unet.core.preprocess import CHANNEL_AXES, iter_planes, plane_count, stack_axes_of
 
 SAFE_FORMATS = ("torchscript",)
 CODE_FORMATS = ("pytorch_state_dict",)
 PLANE_AXES = {"batch", "channel", "y", "x"}
+EXTRA = 'pip install "napari-unet[bioimageio]"'
+KINDS = ("objects", "classes", "image")
+
+
+@dataclass(frozen=True)
+class ForeignPackage:
+    """A package from other software, checked and ready to run (its weights not loaded).
+
+    Attributes
+    ----------
+    path : Path
+    description : bioimageio.spec model description (latest format)
+    weight_format : str
+        The weights that will run.
+    kind : {"objects", "classes", "image"}
+        What its output becomes: objects from a single-channel probability, classes from a
+        single-channel integer map, an image otherwise.
+    channels : int
+        Input channels the model takes.
+    """
+
+    path: Path
+    description: Any
+    weight_format: str
+    kind: str
+    channels: int
 
 
 @dataclass(frozen=True)
 class PackageResult:
-    """What a foreign package made of one plane.
+    """What a foreign package made of a stack.
 
     Attributes
     ----------
     data : ndarray
-        ``labels``: (Y, X) uint32 object ids or class indices; ``image``: the output with
-        its batch axis removed, axes as in ``axes``.
-    kind : {"labels", "image"}
+        ``objects``: uint32 object ids, unique across the stack (planes are not linked);
+        ``classes``: uint32 class indices; ``image``: float32 output. Axes as in ``axes``.
+    kind : {"objects", "classes", "image"}
     axes : str
-        Axis ids of ``data`` joined by commas, e.g. ``"y,x"`` or ``"channel,y,x"``.
+        Letters of ``data``'s axes: the stack axes, then ``C`` for an image, then ``YX``.
     weight_format : str
         The weights that ran.
+    objects : int
+        Objects found (``objects`` only; 0 otherwise).
     """
 
     data: np.ndarray
     kind: str
     axes: str
     weight_format: str
+    objects: int = 0
 
 
-def open_package(path: str | os.PathLike[str], *, allow_code: bool = False) -> tuple[Any, str]:
+def open_package(path: str | os.PathLike[str], *, allow_code: bool = False) -> ForeignPackage:
     """Load a package's description and choose the weights to run, without running them.
 
     Parameters
@@ -60,21 +95,21 @@ def open_package(path: str | os.PathLike[str], *, allow_code: bool = False) -> t
 
     Returns
     -------
-    description : bioimageio.spec model description
-    weight_format : str
+    ForeignPackage
 
     Raises
     ------
     BundleError
         Without the ``bioimageio`` extra; for a package that is not a valid model, that
-        needs weights from the internet, or whose weights cannot run here (named with why).
+        needs weights from the internet, whose weights cannot run here, or whose tensors are
+        not a 2D plane (each named with why).
     """
     try:
         from bioimageio.spec import InvalidDescr, load_description
     except ImportError as error:
         raise BundleError(
-            "running bioimage.io packages from other software needs the optional extra: "
-            'pip install "napari-unet[bioimageio]"'
+            f"{path} is a bioimage.io package from other software; running it needs the "
+            f"optional extra: {EXTRA}"
         ) from error
     # older (0.4) descriptions are converted, so that axes are always objects with ids
     description = load_description(Path(path), format_version="latest", perform_io_checks=False)
@@ -90,7 +125,10 @@ def open_package(path: str | os.PathLike[str], *, allow_code: bool = False) -> t
     for name in (*SAFE_FORMATS, *(CODE_FORMATS if allow_code else ())):
         if name in local:
             _check_plane_model(description, path)
-            return description, name
+            (tensor,), (output,) = description.inputs, description.outputs
+            return ForeignPackage(
+                Path(path), description, name, _output_kind(output), _channel_count(tensor)
+            )
     present = sorted(
         name
         for name in type(description.weights).model_fields
@@ -101,7 +139,9 @@ def open_package(path: str | os.PathLike[str], *, allow_code: bool = False) -> t
     elif "pytorch_state_dict" in local:
         why = (
             "its only usable weights rebuild the network from Python code in the package; "
-            "allow the package's code to run them (it executes code from the file)"
+            "allow the package's code to run them (it executes code from the file): "
+            "--allow-package-code, or tick 'run the Python code in this package' in the "
+            "Segment panel"
         )
     else:
         why = f"it has {', '.join(present)} weights; napari-unet runs TorchScript or PyTorch"
@@ -121,28 +161,49 @@ def _check_plane_model(description: Any, path: str | os.PathLike[str]) -> None:
             )
 
 
-def predict_with_package(
-    plane: np.ndarray,
-    path: str | os.PathLike[str],
+def _channel_count(tensor: Any) -> int:
+    """Channels of a tensor description (1 without a channel axis)."""
+    return next((len(a.channel_names) for a in tensor.axes if str(a.id) == "channel"), 1)
+
+
+def _output_kind(output: Any) -> str:
+    """``objects``, ``classes`` or ``image``: what an output tensor becomes (see KINDS)."""
+    if _channel_count(output) != 1:
+        return "image"
+    integer = str(getattr(output.data, "type", "float32")).startswith(("int", "uint", "bool"))
+    return "classes" if integer else "objects"
+
+
+def iter_predict_package(
+    stack: Stack,
+    package: ForeignPackage,
     *,
-    allow_code: bool = False,
+    channel: int | None = None,
     threshold: float = 0.5,
-    min_size: int = 10,
-) -> PackageResult:
-    """Run a foreign package on one plane, with its own pre- and post-processing.
+    min_size: int | None = None,
+    device: str = "auto",
+) -> Generator[Progress, None, PackageResult]:
+    """Run a foreign package on every plane of a stack, with its own pre- and post-processing.
 
     Parameters
     ----------
-    plane : ndarray of shape (Y, X) or (C, Y, X)
-        Raw pixels of one plane, channels first.
-    path : path-like
-        The package.
-    allow_code : bool
-        As in :func:`open_package`.
+    stack : Stack
+        The image; each (Y, X) plane (with its channels, if any) is one sample of the model.
+    package : ForeignPackage
+        From :func:`open_package`.
+    channel : int, optional
+        The channel to give a single-channel model from a multichannel image.
     threshold : float
-        Probability above which a single-channel output is foreground.
-    min_size : int
-        Smallest object kept from a single-channel probability, in pixels.
+        Probability above which a single-channel probability output is foreground.
+    min_size : int, optional
+        Smallest object kept from a probability output, in pixels (default: 10).
+    device : {"auto", "cpu", "cuda", "mps"}
+        Where the package runs; ``auto`` lets ``bioimageio.core`` choose.
+
+    Yields
+    ------
+    Progress
+        After loading the weights, then after every plane.
 
     Returns
     -------
@@ -150,44 +211,105 @@ def predict_with_package(
 
     Raises
     ------
-    BundleError
-        As :func:`open_package`.
     InputError
-        When the plane's channels do not fit the model's input.
+        When the image's channels do not fit the model's input.
+    EngineError
+        When the package fails while running (its message is kept).
     """
-    from bioimageio.core import create_prediction_pipeline, predict
+    from bioimageio.core import create_prediction_pipeline
+    from bioimageio.core.digest_spec import create_sample_for_model
 
-    description, weight_format = open_package(path, allow_code=allow_code)
-    pixels = np.asarray(plane, dtype=np.float32)
-    pixels = pixels[np.newaxis] if pixels.ndim == 2 else pixels
-    (tensor,) = description.inputs
+    planes = plane_count(stack.data.shape, stack.axes)
+    sizes = dict(zip(stack.axes, stack.data.shape, strict=True))
+    _check_channels(sizes, stack.axes, package.channels, channel)
+    yield Progress(0, planes, "loading the package's weights")
+    try:
+        pipeline = create_prediction_pipeline(
+            package.description,
+            weight_format=package.weight_format,
+            devices=None if device == "auto" else [device],
+        )
+    except Exception as error:  # any failure of the package's own code or weights
+        raise EngineError(f"{package.path}: its weights could not be loaded ({error})") from error
+    (tensor,) = package.description.inputs
     axes = [str(axis.id) for axis in tensor.axes]
-    channels = next((len(a.channel_names) for a in tensor.axes if str(a.id) == "channel"), 1)
-    if pixels.shape[0] != channels:
-        raise InputError(f"the model takes {channels} channel(s); the plane has {pixels.shape[0]}")
+    outputs: list[np.ndarray] = []
+    next_id = 0
+    smallest = default_min_size(None) if min_size is None else min_size
+    with pipeline:
+        for done, (_, plane, plane_axes) in enumerate(iter_planes(stack.data, stack.axes), 1):
+            pixels = _as_model_input(plane, plane_axes, axes, channel)
+            try:
+                sample = pipeline.predict_sample_without_blocking(
+                    create_sample_for_model(package.description, inputs=pixels, sample_id=done)
+                )
+            except Exception as error:  # the package's processing or network failed
+                raise EngineError(f"{package.path} failed on plane {done} ({error})") from error
+            (output,) = sample.members.values()
+            values = _as_plane_output(output.data, package)
+            if package.kind == "objects":
+                values = remove_small(_connected(values > threshold), smallest)
+                values = np.where(values > 0, values + np.uint32(next_id), 0).astype(np.uint32)
+                next_id = max(next_id, int(values.max()))
+            outputs.append(values)
+            yield Progress(done, planes, "predicting with the package")
+    stacked = np.stack(outputs).reshape(
+        *(sizes[a] for a in stack_axes_of(stack.axes)), *outputs[0].shape
+    )
+    letters = stack_axes_of(stack.axes) + ("C" if package.kind == "image" else "") + "YX"
+    return PackageResult(stacked, package.kind, letters, package.weight_format, next_id)
+
+
+def _check_channels(sizes: dict[str, int], axes: str, channels: int, channel: int | None) -> None:
+    """Raise InputError before any work when the image's channels cannot feed the model."""
+    present = [sizes[a] for a in axes if a in CHANNEL_AXES]
+    have = int(np.prod(present)) if present else 1
+    if channel is not None:
+        if not present or not 0 <= channel < have:
+            raise InputError(f"channel {channel} does not exist: the image has {have} channel(s)")
+        have = 1
+    if have != channels:
+        hint = " (choose one with the channel option)" if channels == 1 else ""
+        raise InputError(
+            f"the package's model takes {channels} channel(s); the image has {have}{hint}"
+        )
+
+
+def _as_model_input(
+    plane: np.ndarray, plane_axes: str, axes: list[str], channel: int | None
+) -> np.ndarray:
+    """A (Y, X[, C, S]) plane as the model's input array, in the order of its ``axes``."""
+    pixels = np.asarray(plane, dtype=np.float32).reshape(*plane.shape[:2], -1)
+    pixels = np.moveaxis(pixels, -1, 0)  # (C, Y, X)
+    if channel is not None:
+        pixels = pixels[channel : channel + 1]
     array, present = pixels[np.newaxis], ["batch", "channel", "y", "x"]
     for name in ("batch", "channel"):  # axes the model's input does not have
         if name not in axes:
             array = array.squeeze(axis=present.index(name))
             present.remove(name)
-    array = np.transpose(array, [present.index(a) for a in axes])
-    pipeline = create_prediction_pipeline(description, weight_format=weight_format, devices=["cpu"])
-    sample = predict(model=pipeline, inputs=array)  # loads and unloads the weights itself
-    (output,) = sample.members.values()
-    data = output.data
+    return np.transpose(array, [present.index(a) for a in axes])
+
+
+def _as_plane_output(data: Any, package: ForeignPackage) -> np.ndarray:
+    """The output of one plane: (Y, X) uint32 for labels, (C, Y, X) float32 for an image."""
     if "batch" in data.dims:
         data = data.isel(batch=0)
     dims = [str(d) for d in data.dims]
     values = np.asarray(data.transpose(*[d for d in ("channel", "y", "x") if d in dims]))
-    kept = [d for d in ("channel", "y", "x") if d in dims]
-    if values.ndim == 3 and values.shape[0] == 1:
-        values, kept = values[0], ["y", "x"]
-    if values.ndim == 2 and values.dtype.kind in "iub":
-        return PackageResult(values.astype(np.uint32), "labels", "y,x", weight_format)
-    if values.ndim == 2:
-        from scipy import ndimage as ndi
+    if package.kind == "image":
+        return values.astype(np.float32).reshape(-1, *values.shape[-2:])
+    values = values.reshape(values.shape[-2:])
+    if package.kind == "classes":
+        if values.size and values.min() < 0:
+            raise EngineError(f"{package.path}: its class map holds negative values")
+        return values.astype(np.uint32)
+    return values
 
-        objects, _ = ndi.label(values > threshold)
-        labels = remove_small(objects.astype(np.int64), min_size)
-        return PackageResult(labels, "labels", "y,x", weight_format)
-    return PackageResult(values, "image", ",".join(kept), weight_format)
+
+def _connected(mask: np.ndarray) -> np.ndarray:
+    """Connected components of a boolean plane (4-connected), as int64 ids."""
+    from scipy import ndimage as ndi
+
+    objects, _ = ndi.label(mask)
+    return objects.astype(np.int64)

@@ -55,6 +55,19 @@ def read_description(path: str | os.PathLike[str]) -> dict[str, Any]:
     return description
 
 
+def is_foreign_package(path: str | os.PathLike[str]) -> bool:
+    """True for a bioimage.io package that carries no napari-unet bundle (made by other
+    software: it runs through :mod:`napari_unet.core.bioimageio_foreign`, for prediction
+    only)."""
+    return is_package(path) and not isinstance(_own_config(read_description(path)), dict)
+
+
+def _own_config(description: dict[str, Any]) -> Any:
+    """The ``config.napari_unet`` entry of a description (None when absent)."""
+    config = description.get("config")
+    return config.get("napari_unet") if isinstance(config, dict) else None
+
+
 def load_package_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Load the napari-unet bundle attached to a bioimage.io package.
 
@@ -71,18 +84,21 @@ def load_package_bundle(path: str | os.PathLike[str]) -> Bundle:
     Raises
     ------
     BundleError
-        If the package was not exported by napari-unet (other packages are not supported
-        yet), its bundle is missing, referenced by URL, or does not match its SHA-256, or
-        the bundle itself is refused.
+        If the package was not exported by napari-unet (such a package can only predict,
+        through :mod:`napari_unet.core.bioimageio_foreign`), its bundle is missing,
+        referenced by URL, or does not match its SHA-256, or the bundle itself is refused.
     """
     path = Path(path)
     description = read_description(path)
-    own = (description.get("config") or {}).get("napari_unet")
-    if not isinstance(own, dict) or not isinstance(own.get("bundle"), str):
+    own = _own_config(description)
+    if not isinstance(own, dict):
         raise BundleError(
-            f"{path} is a bioimage.io package that was not exported by napari-unet (it "
-            "carries no napari-unet bundle); napari-unet cannot run other packages yet"
+            f"{path} is a bioimage.io package that was not exported by napari-unet: it can "
+            "segment images (napari-unet predict, the Segment panel) but cannot be "
+            "fine-tuned or trained further; start from a napari-unet model instead"
         )
+    if not isinstance(own.get("bundle"), str):
+        raise BundleError(f"{path}: its napari-unet config names no bundle")
     name = own["bundle"]
     entry = next(
         (

@@ -372,10 +372,7 @@ def write_labels(
     """
     import tifffile
 
-    path = Path(path)
-    check_axes(axes, labels.shape)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; pass overwrite to replace it")
+    path = _new_file(path, labels.shape, axes, overwrite)
     if labels.dtype.kind not in "biu":
         raise InputError(f"labels must be integers, got {labels.dtype}")
     if labels.dtype.kind == "i" and labels.size and int(np.min(labels)) < 0:
@@ -420,22 +417,76 @@ def write_labels(
                 compression="zlib",
             )
         else:
-            metadata = {"axes": axes.replace("I", "Q")}
-            for axis in "XYZ":
-                if axis in scale:
-                    metadata[f"PhysicalSize{axis}"] = scale[axis]
-                    if axis in units:
-                        metadata[f"PhysicalSize{axis}Unit"] = units[axis]
             tifffile.imwrite(
                 tmp,
                 data,
                 shape=labels.shape,
                 dtype=dtype,
                 ome=True,
-                metadata=metadata,
+                metadata=_ome_metadata(axes, scale, units),
                 compression="zlib",
             )
     return path
+
+
+def write_image(
+    path: str | os.PathLike[str],
+    image: np.ndarray,
+    *,
+    axes: str,
+    scale: dict[str, float] | None = None,
+    units: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a float32 image (a model's non-label output) atomically as an OME-TIFF.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.tif``.
+    image : ndarray
+        Any real values; stored as float32.
+    axes : str
+        One letter per dimension of ``image`` (``C`` allowed, at most one ``I``).
+    scale, units : dict, optional
+        Physical pixel size and unit per axis letter (X, Y, Z are recorded).
+    overwrite : bool
+        Replace an existing file; otherwise an existing path is an error.
+    """
+    import tifffile
+
+    path = _new_file(path, image.shape, axes, overwrite)
+    metadata = _ome_metadata(axes, scale or {}, units or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tifffile.imwrite(
+            tmp, np.asarray(image, np.float32), ome=True, metadata=metadata, compression="zlib"
+        )
+    return path
+
+
+def _new_file(
+    path: str | os.PathLike[str], shape: tuple[int, ...], axes: str, overwrite: bool
+) -> Path:
+    """The path an array of ``shape`` and ``axes`` is about to be written to, checked: the
+    axes fit the shape, and an existing file is replaced only with ``overwrite``."""
+    path = Path(path)
+    check_axes(axes, shape)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists; pass overwrite to replace it")
+    return path
+
+
+def _ome_metadata(axes: str, scale: dict[str, float], units: dict[str, str]) -> dict[str, Any]:
+    """OME-TIFF metadata of an array: its axes (``I`` written as OME's ``Q``) and the
+    physical pixel sizes and units of X, Y and Z where known."""
+    metadata: dict[str, Any] = {"axes": axes.replace("I", "Q")}
+    for axis in "XYZ":
+        if axis in scale:
+            metadata[f"PhysicalSize{axis}"] = scale[axis]
+            if axis in units:
+                metadata[f"PhysicalSize{axis}Unit"] = units[axis]
+    return metadata
 
 
 def _planes_as(labels: Any, dtype: np.dtype) -> Any:

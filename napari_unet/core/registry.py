@@ -119,7 +119,7 @@ def resolve_model(name_or_path: str | os.PathLike[str], models_dir: Path | None 
     """
     text = str(name_or_path)
     candidate = Path(text).expanduser()
-    if candidate.suffix in (SUFFIX, ".zip") or os.sep in text or "/" in text:
+    if _is_path(text):
         if is_package(candidate):
             return candidate
         if not candidate.is_file():
@@ -134,6 +134,21 @@ def resolve_model(name_or_path: str | os.PathLike[str], models_dir: Path | None 
         f"no model named {text!r}; known models: {', '.join(known) if known else 'none'} "
         "(or give a path to a .safetensors file or a bioimage.io .zip)"
     )
+
+
+def _is_path(text: str) -> bool:
+    """Whether a model is given by its path (a known suffix or a folder in it), not by name."""
+    return Path(text).suffix in (SUFFIX, ".zip") or os.sep in text or "/" in text
+
+
+def model_name(name_or_path: str | os.PathLike[str]) -> str:
+    """The name a model goes by: its own name, a bundle file's name without ``.safetensors``,
+    or the name of the bundle a napari-unet bioimage.io package carries (``nuclei-ft1``)."""
+    text = str(name_or_path)
+    if not _is_path(text):
+        return text
+    path = resolve_model(text)
+    return load_package_bundle(path).name if is_package(path) else path.name.removesuffix(SUFFIX)
 
 
 def load_bundle(name_or_path: str | os.PathLike[str], *, models_dir: Path | None = None) -> Bundle:
@@ -156,14 +171,27 @@ def load_bundle(name_or_path: str | os.PathLike[str], *, models_dir: Path | None
     return load_package_bundle(path) if is_package(path) else load_bundle_file(path)
 
 
+def read_model_config(path: str | os.PathLike[str]) -> dict:
+    """The config of a ``.safetensors`` bundle (no weights loaded) or of the bundle a
+    napari-unet bioimage.io package carries (loaded, to check it against its hash).
+
+    Raises
+    ------
+    BundleError
+        As :func:`load_bundle`; a package from other software has no config.
+    """
+    return load_package_bundle(path).config if is_package(path) else read_bundle_config(path)
+
+
 def next_version_path(base_name: str, models_dir: Path | None = None) -> Path:
     """Path for the next fine-tuned version of ``base_name`` in the user's folder.
 
     ``nuclei`` and ``nuclei-ft2`` both share the base ``nuclei``; the next free number is
-    one above the highest existing version.
+    one above the highest existing version. A model given by its path (a bundle file or a
+    napari-unet bioimage.io package) counts by its name (:func:`model_name`).
     """
     folder = models_dir or user_models_dir()
-    base, _ = split_version(base_name)
+    base, _ = split_version(model_name(base_name))
     taken = [0]
     if folder.is_dir():
         for path in folder.glob(f"{base}-ft*{SUFFIX}"):

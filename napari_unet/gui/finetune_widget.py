@@ -40,7 +40,8 @@ def compatible_models(segmentation: Segmentation | None) -> list[str]:
     """Models that can be fine-tuned on a segmentation's labels: same mode and class names.
 
     All models when there is no segmentation. The model that made the segmentation is included
-    when the registry does not list it (a bundle chosen with Browse...) and its config agrees.
+    when the registry does not list it (a bundle or a napari-unet bioimage.io package chosen
+    with Browse...) and its config agrees.
     """
     from napari_unet.core.registry import list_models
 
@@ -50,11 +51,11 @@ def compatible_models(segmentation: Segmentation | None) -> list[str]:
     wanted = (segmentation.mode, tuple(segmentation.class_names))
     names = [entry.name for entry in entries if (entry.mode, entry.class_names) == wanted]
     if segmentation.model and segmentation.model not in {entry.name for entry in entries}:
-        from napari_unet.core.bundle import read_bundle_config
         from napari_unet.core.errors import UnetError
+        from napari_unet.core.registry import read_model_config
 
         try:
-            config = read_bundle_config(segmentation.model)
+            config = read_model_config(segmentation.model)
         except (UnetError, OSError):
             return names
         if (config["mode"], tuple(config["class_names"])) == wanted:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +41,7 @@ from napari_unet.gui.session import Segmentation, Session
 from napari_unet.gui.workers import Job, JobEnd, JobRunner, stage_step
 
 if TYPE_CHECKING:
+    from napari_unet.core.bioimageio_foreign import PackageResult
     from napari_unet.core.inference import Prediction
 
 BROWSE = "Browse..."
@@ -99,6 +102,18 @@ def model_names() -> list[str]:
     from napari_unet.core.registry import list_models
 
     return [entry.name for entry in list_models()]
+
+
+def is_foreign_model(model: str) -> bool:
+    """Whether a model choice is a bioimage.io package made by other software (a package
+    that cannot be read counts as ours: loading it says what is wrong)."""
+    from napari_unet.core.bioimageio_import import is_foreign_package
+    from napari_unet.core.errors import BundleError
+
+    try:
+        return bool(model) and model != BROWSE and is_foreign_package(model)
+    except BundleError:
+        return False
 
 
 def resolved_device_label() -> str:
@@ -163,6 +178,14 @@ class SegmentPanel(QWidget):
         )
         self.channel_spin = int_spin(-1, 64, special="-")
         self.link_check = QCheckBox("link objects through Z")
+        self.package_note = text_line()  # about a bioimage.io package from other software
+        self._consent_model = ""  # the package the code checkbox's answer is for
+        self.code_check = QCheckBox("run the Python code in this package")
+        self.code_check.setToolTip(
+            "Some bioimage.io packages rebuild their network from Python code in the file: "
+            "ticking this executes that code on this computer. Only for packages you trust. "
+            "Without it, only TorchScript weights run (no code from the file)."
+        )
         self.run_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -200,6 +223,8 @@ class SegmentPanel(QWidget):
         self.form = form(rows)
         layout.addLayout(self.form)
         layout.addWidget(self.axes_hint)
+        layout.addWidget(self.package_note)
+        layout.addWidget(self.code_check)
         layout.addWidget(self.advanced)
         layout.addWidget(self.status)
         layout.addStretch()
@@ -212,6 +237,7 @@ class SegmentPanel(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.model_combo.activated.connect(self._model_activated)
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.image_combo.currentIndexChanged.connect(self._image_changed)
         for event in (
             viewer.layers.events.inserted,
@@ -250,6 +276,23 @@ class SegmentPanel(QWidget):
         index = self.model_combo.findData(current)
         self.model_combo.setCurrentIndex(max(index, 0))
         self.model_combo.blockSignals(False)
+        self._model_changed()
+
+    def _model_changed(self, *_: Any) -> None:
+        """Say what a bioimage.io package from other software can do, and offer to run its
+        code; hide both for napari-unet's own models."""
+        foreign = is_foreign_model(self.model)
+        self.package_note.setText(
+            "A bioimage.io package from other software: it runs with its own processing, "
+            "for segmentation only (it cannot be fine-tuned)."
+            if foreign
+            else ""
+        )
+        self.package_note.setVisible(foreign)
+        self.code_check.setVisible(foreign)
+        if self.model != self._consent_model:  # consent is given per package, not remembered
+            self.code_check.setChecked(False)
+            self._consent_model = self.model
 
     def _model_activated(self, index: int) -> None:
         if self.model_combo.itemData(index) != BROWSE:
@@ -392,22 +435,63 @@ class SegmentPanel(QWidget):
         layer.metadata.setdefault(METADATA_KEY, {})["axes"] = axes.replace("S", "")
         request = SegmentRequest(layer, stack, model or self.model, self.options(), new_layer)
         self._save_settings()
-
-        def work(_stop: threading.Event) -> Any:  # Cancel aborts: no cooperative stop
-            from napari_unet.core.inference import iter_predict
-            from napari_unet.core.registry import load_bundle
-
-            bundle = load_bundle(request.model)
-            prediction = yield from iter_predict(request.stack, bundle, request.options)
-            return Segmented(prediction, bundle.config.get("object_diameter"))
-
-        done = partial(self._on_result, request)
+        if is_foreign_model(request.model):
+            work, done = self._package_job(request)
+        else:
+            work, done = _model_job, partial(self._on_result, request)
         worker = self.runner.start(
-            Job(work, f"segmenting {layer.name}", "Segmentation failed", done)
+            Job(partial(work, request), f"segmenting {layer.name}", "Segmentation failed", done)
         )
         self._set_running(True)
         self.status.setText(f"Segmenting {layer.name} with {request.model}...")
         return worker
+
+    def _package_job(self, request: SegmentRequest) -> tuple[Callable[..., Any], Any]:
+        """The work and result slot of a run of a package from other software, with the
+        consent to run its code as the checkbox gives it now."""
+        allow_code = self.code_check.isChecked()
+
+        def work(request: SegmentRequest, _stop: threading.Event) -> Any:
+            from napari_unet.core.bioimageio_foreign import iter_predict_package, open_package
+
+            package = open_package(request.model, allow_code=allow_code)
+            options = request.options
+            return (
+                yield from iter_predict_package(
+                    request.stack,
+                    package,
+                    channel=options.channel,
+                    threshold=options.threshold,
+                    min_size=options.min_size,
+                    device=options.device,
+                )
+            )
+
+        return work, partial(self._on_package_result, request)
+
+    def _on_package_result(self, request: SegmentRequest, result: PackageResult) -> None:
+        """A package's labels go to a new Labels layer, any other output to an Image layer;
+        neither is offered for fine-tuning (the package cannot be fine-tuned)."""
+        image = request.layer
+        model = Path(request.model).name
+        scale = _layer_scale(image, request.stack.axes, result.axes)
+        metadata = {METADATA_KEY: {"axes": result.axes}}
+        if result.kind == "image":
+            layer = self.viewer.add_image(
+                result.data, name=f"{image.name} output ({model})", scale=scale, metadata=metadata
+            )
+            what = "its output is not labels, so it opened as an image"
+        else:
+            layer = self.viewer.add_labels(
+                result.data, name=f"{image.name} labels ({model})", scale=scale, metadata=metadata
+            )
+            what = f"{result.objects} objects" if result.kind == "objects" else "classes"
+        self.status.setText(
+            f"{layer.name}: {what} ({result.weight_format} weights).\n"
+            "This package comes from other software: it cannot be fine-tuned. To fine-tune, "
+            "segment with a napari-unet model."
+        )
+        self.progress_bar.setValue(self.progress_bar.maximum())
 
     def cancel(self) -> None:
         """Abort the running segmentation; nothing is written."""
@@ -465,11 +549,7 @@ class SegmentPanel(QWidget):
                 np.asarray(existing.data)
             )  # edits through layer.data[...] emit nothing
             reusable = not segmentation.tracker.edits
-        scale = [
-            s
-            for s, a in zip(image.scale, request.stack.axes.replace("S", ""), strict=False)
-            if a != "C"
-        ]
+        scale = _layer_scale(image, request.stack.axes, prediction.axes)
         if reusable:
             labels_layer = existing
             labels_layer.data = prediction.labels
@@ -483,7 +563,7 @@ class SegmentPanel(QWidget):
             labels_layer = self.viewer.add_labels(
                 prediction.labels,
                 name=name,
-                scale=scale or None,
+                scale=scale,
                 metadata={METADATA_KEY: {"axes": prediction.axes}},
             )
         if prediction.mode == "semantic":
@@ -522,3 +602,20 @@ class SegmentPanel(QWidget):
         if self.progress_bar.value() < self.progress_bar.maximum():  # cancelled or failed
             self.progress_bar.setValue(0)
         self._set_running(False)
+
+
+def _model_job(request: SegmentRequest, _stop: threading.Event) -> Any:
+    """Segment with a napari-unet model (Cancel aborts: no cooperative stop)."""
+    from napari_unet.core.inference import iter_predict
+    from napari_unet.core.registry import load_bundle
+
+    bundle = load_bundle(request.model)
+    prediction = yield from iter_predict(request.stack, bundle, request.options)
+    return Segmented(prediction, bundle.config.get("object_diameter"))
+
+
+def _layer_scale(image: Any, image_axes: str, axes: str) -> list[float] | None:
+    """The scale of a result layer with ``axes``, from the image layer it was made from
+    (whose data has ``image_axes``); 1 for an axis the image does not have (C)."""
+    by_axis = dict(zip(image_axes.replace("S", ""), image.scale, strict=False))
+    return [float(by_axis.get(a, 1.0)) if a != "C" else 1.0 for a in axes] or None

@@ -1,0 +1,123 @@
+"""bioimage.io packages made by other software, from the command line: labels from a
+probability, an image from any other output, consent for Python code, refusals in one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import EXIT_USER, main
+from napari_unet.core.bioimageio_export import export_package
+from napari_unet.core.io import read_image
+from tests.conftest import tiny_bundle
+from tests.foreign_packages import Probability, TwoMaps, build_package, weights_by_url
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory) -> dict[str, Path]:
+    """Packages as other tools write them: a probability, two non-label channels, Python
+    architecture code, weights on the internet."""
+    pytest.importorskip("bioimageio.core")
+    folder = tmp_path_factory.mktemp("foreign")
+    probability = build_package(folder / "probability", Probability(), ["foreground"])
+    return {
+        "probability": probability,
+        "two maps": build_package(folder / "maps", TwoMaps(), ["signal", "complement"]),
+        "code": build_package(folder / "code", Probability(), ["foreground"], code=True),
+        "url": weights_by_url(probability, folder / "url.zip"),
+    }
+
+
+@pytest.fixture
+def blobs(tmp_path) -> tuple[Path, np.ndarray]:
+    """A two-plane ZYX TIFF with two bright squares per plane, and where they are."""
+    stack = np.zeros((2, 96, 128), np.uint16)
+    stack[0, 10:30, 10:30] = stack[0, 50:80, 60:100] = 1000
+    stack[1, 40:70, 5:25] = stack[1, 5:20, 90:120] = 800
+    path = tmp_path / "blobs.tif"
+    tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZYX"})
+    return path, stack > 0
+
+
+def predict(model: Path, image: Path, output: Path, *extra: str) -> int:
+    return main(["predict", str(image), "-o", str(output), "--model", str(model), *extra])
+
+
+def test_probability_package_writes_objects_unique_across_planes(packages, blobs, tmp_path, capsys):
+    image, truth = blobs
+    assert predict(packages["probability"], image, tmp_path / "out") == 0
+    labels = read_image(tmp_path / "out" / "blobs_labels.tif")
+    assert labels.axes == "ZYX" and np.array_equal(labels.data > 0, truth)
+    assert sorted(np.unique(labels.data)) == [0, 1, 2, 3, 4]  # planes are not linked
+    line = capsys.readouterr().out
+    assert "4 objects; bioimage.io package, torchscript weights" in line
+
+
+def test_other_outputs_are_written_as_a_float_image(packages, blobs, tmp_path, capsys):
+    image, truth = blobs
+    assert predict(packages["two maps"], image, tmp_path / "out") == 0
+    assert not (tmp_path / "out" / "blobs_labels.tif").exists()
+    written = read_image(tmp_path / "out" / "blobs_output.tif")
+    assert written.axes == "ZCYX" and written.data.dtype == np.float32
+    # the package's own preprocessing scaled each plane to 0-1 before its network ran
+    assert np.array_equal(written.data[:, 0], truth.astype(np.float32))
+    assert np.array_equal(written.data[:, 1], 1 - truth.astype(np.float32))
+    assert "float32 image: the package's output is not labels" in capsys.readouterr().out
+
+
+def test_python_architecture_runs_only_with_consent(packages, blobs, tmp_path, capsys):
+    image, truth = blobs
+    assert predict(packages["code"], image, tmp_path / "out") == EXIT_USER
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--allow-package-code" in error
+    assert "executes code from the file" in error and not (tmp_path / "out").exists()
+    assert predict(packages["code"], image, tmp_path / "out", "--allow-package-code") == 0
+    labels = read_image(tmp_path / "out" / "blobs_labels.tif").data
+    assert np.array_equal(labels > 0, truth)
+    assert "pytorch_state_dict weights" in capsys.readouterr().out
+
+
+def test_refusals_are_one_line_with_exit_2(packages, blobs, tmp_path, capsys):
+    image, _ = blobs
+    cases = {
+        "on the internet, and napari-unet runs offline": [packages["url"]],
+        "runs without --scheduler": [packages["probability"], "--scheduler", "local"],
+        "its results are TIFF files": [packages["probability"], "--format", "ome-zarr"],
+        "takes 1 channel(s); the image has 2": [packages["probability"], "--axes", "CYX"],
+    }
+    for why, (model, *extra) in cases.items():
+        assert predict(model, image, tmp_path / "out", *extra) == EXIT_USER, why
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and why in error, error
+    assert not (tmp_path / "out").exists()
+
+
+def test_foreign_packages_cannot_be_fine_tuned(packages, blobs, tmp_path, capsys):
+    image, truth = blobs
+    labels = tmp_path / "labels.tif"
+    tifffile.imwrite(labels, truth.astype(np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    argv = ["train", "--init", str(packages["probability"]), "--image", str(image)]
+    argv += ["--labels", str(labels), "-o", str(tmp_path / "tuned.safetensors")]
+    assert main(argv) == EXIT_USER
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cannot be fine-tuned" in error
+
+
+def test_without_the_extra_only_foreign_packages_need_it(
+    packages, blobs, models_dir, tmp_path, capsys, monkeypatch
+):
+    own = export_package(tiny_bundle(), tmp_path / "own.zip", authors=["A"], license_id="MIT")
+    for name in ("bioimageio", "bioimageio.spec", "bioimageio.core"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if the extra were not installed
+    image, _ = blobs
+    assert predict(packages["probability"], image, tmp_path / "out") == EXIT_USER
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and 'pip install "napari-unet[bioimageio]"' in error
+    assert predict(own, image, tmp_path / "out", "--device", "cpu") == 0
+    assert (tmp_path / "out" / "blobs_labels.tif").is_file()
