@@ -271,8 +271,8 @@ def iter_predict(
     Yields
     ------
     Progress
-        After every batch of tiles and every post-processed or linked plane; for a colour
-        image, first one whose notice says which colour input is used.
+        After every batch of tiles and every post-processed or linked plane. Which colour
+        input a colour image became is said once, in the result's ``stats``, not as a notice.
 
     Returns
     -------
@@ -329,7 +329,7 @@ def iter_predict(
     if colour is None:
         colour = decide_colour(stack, config, options)
     colour_input = None if colour is None else describe_colour_input(colour)
-    yield Progress(0, tiler.total, "predicting", notice=colour_input)
+    yield Progress(0, tiler.total, "predicting")
     try:
         planes = iter_planes(stack.data, stack.axes)
         for plane_number, (index, plane, plane_axes) in enumerate(planes):
