@@ -510,7 +510,7 @@ def iter_predict_blocks(
         for block in blocks
         if block.grid not in counts
     }
-    for future in as_completed(futures):
+    for future in as_completed(futures, loop=client.loop):
         block = futures[future]
         if future.status != "finished":
             error = future.exception()
@@ -554,6 +554,24 @@ def iter_predict_blocks(
             "colour_input": None if colour is None else describe_colour_input(colour),
         },
     )
+
+
+def iter_store(labels: Any, target: Any) -> Generator[Progress, None, None]:
+    """Write a chunked (dask) label array into ``target`` (a Zarr array of its shape) chunk
+    by chunk, computed in this process, so memory holds one chunk (one block of
+    :func:`iter_predict_blocks`'s labels) at a time.
+
+    Yields
+    ------
+    Progress
+        ``writing labels``: chunks written of total.
+    """
+    bounds = [np.cumsum((0, *sizes)) for sizes in labels.chunks]
+    indices = list(np.ndindex(*labels.numblocks))
+    for done, index in enumerate(indices, start=1):
+        where = tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, index, strict=True))
+        target[where] = labels.blocks[index].compute(scheduler="threads")
+        yield Progress(done, len(indices), "writing labels")
 
 
 def iter_predict_files(
@@ -616,7 +634,7 @@ def iter_predict_files(
         for source, target in targets.items()
     }
     lines = []
-    for future in as_completed(futures):
+    for future in as_completed(futures, loop=client.loop):
         if future.status != "finished":
             error = future.exception()
             for other in futures:

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 from napari_unet.core.diameter import describe_sizes
 from napari_unet.core.io import Stack
 from napari_unet.core.options import DEFAULT_MODEL, RGB_CHOICES, PredictOptions
+from napari_unet.gui.block_segment import BlockSegmenter, full_resolution
 from napari_unet.gui.controls import (
     button_row,
     collapsible_form,
@@ -174,6 +175,7 @@ class SegmentPanel(QWidget):
             status=self.status.setText,
             on_end=self._on_end,
         )
+        self.blocks = BlockSegmenter(viewer, self.status.setText)  # large images
 
         self.advanced = collapsible_form(
             "Advanced",
@@ -201,6 +203,7 @@ class SegmentPanel(QWidget):
         layout.addLayout(self.form)
         layout.addWidget(self.axes_hint)
         layout.addWidget(self.advanced)
+        layout.addWidget(self.blocks.controls.section)
         layout.addWidget(self.status)
         layout.addStretch()
         pin_below(self, button_row(self.run_button, self.cancel_button), self.progress_bar)
@@ -380,10 +383,11 @@ class SegmentPanel(QWidget):
             show_error("No image to segment: open an image first.")
             return None
         axes = self.axes_edit.text().strip().upper()
-        data = layer.data
+        data = full_resolution(layer)
+        blocks = self.blocks.wanted(layer)
         # an in-memory image is copied so the worker never sees the layer; a lazy one (dask,
         # read from a large file) is read-only and read plane by plane in the worker
-        data = data.copy() if isinstance(data, np.ndarray) else data
+        data = data.copy() if type(data) is np.ndarray and not blocks else data
         try:
             stack = Stack(data, axes)
         except InputError as error:
@@ -392,6 +396,9 @@ class SegmentPanel(QWidget):
         layer.metadata.setdefault(METADATA_KEY, {})["axes"] = axes.replace("S", "")
         request = SegmentRequest(layer, stack, model or self.model, self.options(), new_layer)
         self._save_settings()
+        if blocks:
+            job = self.blocks.job(layer, stack, request.model, request.options)
+            return self._start(job, f"Segmenting {layer.name} in blocks with {request.model}...")
 
         def work(_stop: threading.Event) -> Any:  # Cancel aborts: no cooperative stop
             from napari_unet.core.inference import iter_predict
@@ -402,16 +409,22 @@ class SegmentPanel(QWidget):
             return Segmented(prediction, bundle.config.get("object_diameter"))
 
         done = partial(self._on_result, request)
-        worker = self.runner.start(
-            Job(work, f"segmenting {layer.name}", "Segmentation failed", done)
-        )
+        job = Job(work, f"segmenting {layer.name}", "Segmentation failed", done)
+        return self._start(job, f"Segmenting {layer.name} with {request.model}...")
+
+    def _start(self, job: Job[Any], status: str) -> Any:
+        worker = self.runner.start(job)
         self._set_running(True)
-        self.status.setText(f"Segmenting {layer.name} with {request.model}...")
+        self.status.setText(status)
         return worker
 
     def cancel(self) -> None:
-        """Abort the running segmentation; nothing is written."""
-        if self.runner.running:
+        """Abort the running segmentation, nothing is written; a segmentation in blocks stops
+        after the blocks running and keeps those done."""
+        if self.blocks.active:
+            self.status.setText("Stopping after the blocks running...")
+            self.runner.stop()
+        elif self.runner.running:
             self.status.setText("Cancelling...")
             self.runner.cancel()
 
@@ -420,7 +433,9 @@ class SegmentPanel(QWidget):
         self.cancel_button.setEnabled(running)
 
     def _on_progress(self, progress: Any) -> None:
-        if progress.notice:
+        if self.blocks.active:
+            self.blocks.on_progress(progress)
+        elif progress.notice:
             from napari.utils.notifications import show_warning
 
             show_warning(f"napari-unet: {progress.notice}")
@@ -517,7 +532,9 @@ class SegmentPanel(QWidget):
         layer.features = {"class": class_names}
 
     def _on_end(self, end: JobEnd) -> None:
-        if end is JobEnd.CANCELLED:
+        if self.blocks.active:
+            self.blocks.finished(end)
+        elif end is JobEnd.CANCELLED:
             self.status.setText("Cancelled; nothing was written.")
         if self.progress_bar.value() < self.progress_bar.maximum():  # cancelled or failed
             self.progress_bar.setValue(0)

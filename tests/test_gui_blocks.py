@@ -1,0 +1,115 @@
+"""Large images in napari: a lazily read OME-Zarr (or any image, given a scheduler address)
+is segmented from the Segment panel block by block through the CLI's Dask engine, its labels
+on disk and shown as blocks finish, with a Stop between blocks."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from napari_unet.core.distributed import connect, iter_predict_blocks, model_bytes  # noqa: E402
+from napari_unet.core.generators import run_to_end  # noqa: E402
+from napari_unet.core.io import Stack, read_image  # noqa: E402
+from napari_unet.core.registry import load_bundle  # noqa: E402
+from napari_unet.gui import block_segment  # noqa: E402
+from napari_unet.gui.workers import worker_thread_count  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+NUCLEI = Path(__file__).parents[1] / "sample_data" / "nuclei_2d.tif"
+
+
+def _nuclei() -> np.ndarray:
+    """256 x 384 pixels of the nuclei sample: 6 blocks of 128 px, 24 of 64."""
+    return read_image(NUCLEI).data[:256, :384]
+
+
+def _ome_zarr(path: Path) -> Path:
+    """The nuclei as a multiscale OME-Zarr image (two levels)."""
+    import zarr
+    from ome_zarr.writer import write_image
+
+    write_image(_nuclei(), zarr.open_group(str(path), mode="w"), axes="yx", scaler=None)
+    return path
+
+
+def _same_up_to_relabelling(a: np.ndarray, b: np.ndarray) -> bool:
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def _engine(image, options, block_size, tmp_path, scheduler=None):
+    """The labels the CLI's engine gives, in this process or on ``scheduler``."""
+    here = scheduler is None
+    with connect(
+        "local" if here else scheduler, workers=1 if here else None, processes=False
+    ) as (client, _):
+        result = run_to_end(
+            iter_predict_blocks(
+                Stack(image, "YX"),
+                model_bytes(load_bundle("nuclei")),
+                options,
+                client,
+                tmp_path / "reference_labels.ome.zarr",
+                block_size=block_size,
+                torch_threads=worker_thread_count() if here else None,
+            )
+        )
+        return result.labels.compute(scheduler="threads")
+
+
+def _panel(docked, tmp_path, monkeypatch, block_size):
+    viewer, widget = docked
+    monkeypatch.setattr(block_segment, "BLOCKS_ABOVE", 0)  # the test image counts as large
+    panel = widget.segment
+    panel.select_model("nuclei")
+    panel.tile_spin.setValue(64)
+    panel.blocks.controls.block_spin.setValue(block_size)
+    panel.blocks.controls.folder_edit.setText(str(tmp_path / "work"))
+    (tmp_path / "work").mkdir()
+    return viewer, panel
+
+
+def _spy_blocks(panel):
+    """Record, for every block shown, the labelled pixels of the layer and whether the job
+    was still running."""
+    seen = []
+    show = panel.blocks.on_progress
+
+    def spy(progress):
+        show(progress)
+        if getattr(progress, "labels", None) is not None:
+            layer = panel.blocks._layer
+            seen.append((int(np.count_nonzero(np.asarray(layer.data))), panel.runner.running))
+
+    panel.blocks.on_progress = spy
+    return seen
+
+
+def test_a_lazy_ome_zarr_is_segmented_in_blocks_shown_as_they_arrive(
+    docked, qtbot, tmp_path, monkeypatch
+):
+    viewer, panel = _panel(docked, tmp_path, monkeypatch, 128)
+    (image,) = viewer.open(str(_ome_zarr(tmp_path / "nuclei.ome.zarr")), plugin="napari-unet")
+    assert not isinstance(image.data[0] if image.multiscale else image.data, np.ndarray)
+    seen = _spy_blocks(panel)
+    panel.image_combo.setCurrentText(image.name)
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: not panel.runner.running, timeout=120_000)
+    labels_layer = viewer.layers[f"{image.name} labels"]
+    # six blocks arrived one by one, each shown while the job ran
+    assert len(seen) == 6 and all(running for _, running in seen)
+    counts = [n for n, _ in seen]
+    assert counts == sorted(counts) and 0 < counts[0] < counts[-1]
+    # the merged labels, on disk, are the engine's (the CLI's) up to relabelling
+    assert not isinstance(labels_layer.data, np.ndarray)
+    labels = np.asarray(labels_layer.data)
+    reference = _engine(_nuclei(), panel.options(), 128, tmp_path)
+    assert len(np.unique(reference)) > 20
+    assert _same_up_to_relabelling(reference, labels)
+    assert "objects, 6 blocks of 128 px" in panel.status.text()
+    assert [p.name for p in (tmp_path / "work").iterdir()][0].startswith("napari-unet-labels-")
