@@ -45,9 +45,10 @@ def _same_up_to_relabelling(a: np.ndarray, b: np.ndarray) -> bool:
 def _engine(image, options, block_size, tmp_path, scheduler=None):
     """The labels the CLI's engine gives, in this process or on ``scheduler``."""
     here = scheduler is None
-    with connect(
-        "local" if here else scheduler, workers=1 if here else None, processes=False
-    ) as (client, _):
+    with connect("local" if here else scheduler, workers=1 if here else None, processes=False) as (
+        client,
+        _,
+    ):
         result = run_to_end(
             iter_predict_blocks(
                 Stack(image, "YX"),
@@ -113,3 +114,76 @@ def test_a_lazy_ome_zarr_is_segmented_in_blocks_shown_as_they_arrive(
     assert _same_up_to_relabelling(reference, labels)
     assert "objects, 6 blocks of 128 px" in panel.status.text()
     assert [p.name for p in (tmp_path / "work").iterdir()][0].startswith("napari-unet-labels-")
+
+
+def test_cancel_stops_between_blocks_and_keeps_those_done(docked, qtbot, tmp_path, monkeypatch):
+    viewer, panel = _panel(docked, tmp_path, monkeypatch, 64)
+    (image,) = viewer.open(str(_ome_zarr(tmp_path / "nuclei.ome.zarr")), plugin="napari-unet")
+    seen = _spy_blocks(panel)
+    panel.image_combo.setCurrentText(image.name)
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: len(seen) >= 1, timeout=120_000)
+    panel.cancel_button.click()
+    qtbot.waitUntil(lambda: not panel.runner.running, timeout=60_000)
+    labels_layer = viewer.layers[f"{image.name} labels"]
+    done = len(seen)
+    assert 1 <= done < 24
+    assert panel.status.text().startswith(f"Stopped after {done} of 24 blocks")
+    assert panel.run_button.isEnabled() and not panel.cancel_button.isEnabled()
+    kept = np.asarray(labels_layer.data).copy()
+    assert np.count_nonzero(kept) == seen[-1][0] > 0
+    # nothing arrives after the stop; the engine's work folder and the merged labels' folder
+    # are gone, the blocks shown stay on disk for the layer
+    qtbot.wait(1000)
+    assert len(seen) == done and np.array_equal(np.asarray(labels_layer.data), kept)
+    (left,) = (tmp_path / "work").iterdir()
+    assert left.name.startswith("napari-unet-shown-")
+    # removing the layer removes its folder
+    viewer.layers.remove(labels_layer)
+    del labels_layer
+    qtbot.waitUntil(lambda: _collected(left), timeout=10_000)
+
+
+def _collected(folder: Path) -> bool:
+    """Whether ``folder`` (a glob pattern) is gone once unused objects are collected."""
+    import gc
+
+    gc.collect()
+    return not list(folder.parent.glob(folder.name))
+
+
+def test_segment_on_a_scheduler_address(docked, qtbot, tmp_path, monkeypatch):
+    """An address typed in the panel: an image in memory is segmented in blocks on that
+    cluster, as the engine does there."""
+    from distributed import LocalCluster
+
+    viewer, panel = _panel(docked, tmp_path, monkeypatch, 128)
+    monkeypatch.undo()  # the image is small and in memory: the address alone sends it
+    image = viewer.add_image(_nuclei(), name="nuclei")
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    ) as cluster:
+        panel.blocks.controls.scheduler_edit.setText(cluster.scheduler_address)
+        panel.image_combo.setCurrentText(image.name)
+        panel.run_button.click()
+        qtbot.waitUntil(lambda: not panel.runner.running, timeout=120_000)
+        labels = np.asarray(viewer.layers["nuclei labels"].data)
+        reference = _engine(
+            _nuclei(), panel.options(), 128, tmp_path, scheduler=cluster.scheduler_address
+        )
+    assert _same_up_to_relabelling(reference, labels)
+    assert "objects, 6 blocks of 128 px" in panel.status.text()
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_and_leaves_no_layer(
+    docked, qtbot, tmp_path, monkeypatch
+):
+    viewer, panel = _panel(docked, tmp_path, monkeypatch, 128)
+    viewer.add_image(_nuclei(), name="nuclei")
+    panel.blocks.controls.scheduler_edit.setText("tcp://127.0.0.1:9")
+    monkeypatch.setattr("napari_unet.core.distributed.CONNECT_TIMEOUT", "2s")
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: not panel.runner.running, timeout=120_000)
+    assert "cannot reach the Dask scheduler tcp://127.0.0.1:9" in panel.status.text()
+    assert [layer.name for layer in viewer.layers] == ["nuclei"]
+    qtbot.waitUntil(lambda: _collected(tmp_path / "work" / "*"), timeout=10_000)

@@ -63,6 +63,7 @@ MERGE_IOU = 0.5  # least IoU, on a block's frame, of two ids that are one object
 DEFAULT_BLOCK = 2048  # block edge when memory allows; at least the tile size
 _BLOCK_MEMORY_SHARE = 0.5  # of a worker's memory, for one block's prediction
 _PLAN_FILE = "plan.json"
+CONNECT_TIMEOUT = "30s"  # to reach a scheduler
 CLIENT_READ_BYTES = LAZY_BYTES  # larger images have their plane percentiles measured by workers
 
 
@@ -254,10 +255,12 @@ def connect(
     try:
         if scheduler_file:
             client = Client(
-                scheduler_file=str(scheduler_file), timeout="30s", set_as_default=as_default
+                scheduler_file=str(scheduler_file),
+                timeout=CONNECT_TIMEOUT,
+                set_as_default=as_default,
             )
         else:
-            client = Client(scheduler, timeout="30s", set_as_default=as_default)
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=as_default)
     except (OSError, TimeoutError) as error:
         raise InputError(
             f"cannot reach the Dask scheduler {scheduler or scheduler_file}: {error}"
