@@ -29,9 +29,10 @@ def _nuclei() -> np.ndarray:
 def _ome_zarr(path: Path) -> Path:
     """The nuclei as a multiscale OME-Zarr image (two levels)."""
     import zarr
-    from ome_zarr.writer import write_image
+    from ome_zarr.writer import write_multiscale
 
-    write_image(_nuclei(), zarr.open_group(str(path), mode="w"), axes="yx", scaler=None)
+    image = _nuclei()
+    write_multiscale([image, image[::2, ::2]], zarr.open_group(str(path), mode="w"), axes="yx")
     return path
 
 
@@ -96,7 +97,8 @@ def test_a_lazy_ome_zarr_is_segmented_in_blocks_shown_as_they_arrive(
 ):
     viewer, panel = _panel(docked, tmp_path, monkeypatch, 128)
     (image,) = viewer.open(str(_ome_zarr(tmp_path / "nuclei.ome.zarr")), plugin="napari-unet")
-    assert not isinstance(image.data[0] if image.multiscale else image.data, np.ndarray)
+    assert image.multiscale and [level.shape for level in image.data] == [(256, 384), (128, 192)]
+    assert not isinstance(image.data[0], np.ndarray)  # napari reads what it shows
     seen = _spy_blocks(panel)
     panel.image_combo.setCurrentText(image.name)
     panel.run_button.click()
@@ -187,3 +189,40 @@ def test_an_unreachable_scheduler_is_a_clear_error_and_leaves_no_layer(
     assert "cannot reach the Dask scheduler tcp://127.0.0.1:9" in panel.status.text()
     assert [layer.name for layer in viewer.layers] == ["nuclei"]
     qtbot.waitUntil(lambda: _collected(tmp_path / "work" / "*"), timeout=10_000)
+
+
+def test_a_large_tiff_opens_memory_mapped_and_is_segmented_in_blocks(
+    docked, qtbot, tmp_path, monkeypatch
+):
+    import tifffile
+
+    viewer, panel = _panel(docked, tmp_path, monkeypatch, 128)
+    monkeypatch.setattr("napari_unet.core.io.LAZY_BYTES", 0)  # the test image counts as large
+    path = tmp_path / "nuclei.tif"
+    tifffile.imwrite(path, _nuclei())  # uncompressed: memory-mapped
+    (image,) = viewer.open(str(path), plugin="napari-unet")
+    assert isinstance(image.data, np.memmap)  # napari reads what it shows, never the file
+    panel.image_combo.setCurrentText(image.name)
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: not panel.runner.running, timeout=120_000)
+    labels = viewer.layers[f"{image.name} labels"].data
+    assert not isinstance(labels, np.ndarray) and np.asarray(labels).max() > 20
+    assert "objects, 6 blocks of 128 px" in panel.status.text()
+
+
+def test_which_reader_opens_a_zarr_folder(make_napari_viewer, tmp_path, monkeypatch):
+    """Several plugins read Zarr folders (napari's builtins, napari-ome-zarr when installed):
+    a folder dropped on napari (no plugin named) opens with napari-unet when the user's
+    preference says so, else napari asks (its GUI shows the reader dialog)."""
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    path = str(_ome_zarr(tmp_path / "nuclei.ome.zarr"))
+    viewer = make_napari_viewer()
+    monkeypatch.setattr(get_settings().plugins, "extension2reader", {})
+    with pytest.raises(MultipleReaderError, match="napari-unet"):
+        viewer.open(path, plugin=None)
+    monkeypatch.setattr(get_settings().plugins, "extension2reader", {"*.zarr/": "napari-unet"})
+    (layer,) = viewer.open(path, plugin=None)
+    assert layer.metadata["napari_unet"]["axes"] == "YX"
+    assert not isinstance(layer.data, np.ndarray)
