@@ -1,17 +1,19 @@
 """Take the user guide's screenshots from a real napari window.
 
-    QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
+    QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [big]
 
 (PyQt6: napari shows a deprecation notice over the canvas under PyQt5.) The window is 1280 x 800,
 napari's smallest common size, where the dock shares napari's left column.
 
-Writes docs/images/segment.png, correct_next.png, correct.png, finetune.png and changes.png. Uses temporary folders for
-models and training sets so your own are untouched.
+Writes docs/images/segment.png, correct_next.png, correct.png, finetune.png and changes.png, then
+big_image.png (only that one with ``big``). Uses temporary folders for models and training sets
+so your own are untouched.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -112,5 +114,50 @@ def main() -> None:
     viewer.close()
 
 
+def big_image() -> None:
+    """An OME-Zarr segmented block by block, taken while the blocks arrive. The image is the
+    nuclei sample tiled 4 x 4 (2080 x 2784 pixels, two resolution levels); it stands in for a
+    large one (the size above which images go through blocks is lowered for it)."""
+    import napari
+    import numpy as np
+    import zarr
+    from ome_zarr.writer import write_multiscale
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet.core.io import read_image
+    from napari_unet.gui import block_segment
+    from napari_unet.gui.main_widget import UnetWidget
+
+    nuclei = read_image(HERE.parent / "sample_data" / "nuclei_2d.tif").data
+    image = np.tile(nuclei, (4, 4))
+    path = scratch / "slide.ome.zarr"
+    write_multiscale([image, image[::2, ::2]], zarr.open_group(str(path), mode="w"), axes="yx")
+    block_segment.BLOCKS_ABOVE = 0  # the stand-in image counts as large
+    viewer = napari.Viewer(title="napari-unet")
+    viewer.window.resize(1280, 800)
+    app = QApplication.instance()
+    (layer,) = viewer.open(str(path), plugin="napari-unet")
+    widget = UnetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="napari-unet", area="left")
+    panel = widget.segment
+    panel.select_model("nuclei")
+    panel.tile_spin.setValue(256)
+    panel.blocks.controls.block_spin.setValue(512)
+    panel.blocks.controls.section.expand(animate=False)
+    panel.image_combo.setCurrentText(layer.name)
+    panel.run()
+    wait(app, lambda: panel.progress_bar.value() >= 12)  # of 30 blocks
+    viewer.layers[f"{layer.name} labels"].opacity = 0.6
+    show_in_dock(panel.blocks.controls.folder_edit)
+    settle(app)
+    viewer.screenshot(str(HERE / "images" / "big_image.png"), canvas_only=False)
+    panel.cancel()
+    wait(app, lambda: not panel.runner.running)
+    widget.close_workers()
+    viewer.close()
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] != ["big"]:
+        main()
+    big_image()

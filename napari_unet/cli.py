@@ -729,24 +729,18 @@ def _predict_on_dask(
     args: argparse.Namespace, options: PredictOptions, bundle: Any, targets: dict[str, Path]
 ) -> int:
     """``predict --scheduler``: one input is split into blocks; several run one task each."""
-    import tempfile
-
     from tqdm import tqdm
 
-    from napari_unet.core.bundle import save_bundle
     from napari_unet.core.distributed import (
         connect,
         discard_work,
         iter_predict_blocks,
         iter_predict_files,
+        model_bytes,
     )
     from napari_unet.core.generators import run_to_end
 
-    if bundle.path is not None and bundle.path.suffix == ".safetensors":
-        model = bundle.path.read_bytes()
-    else:  # a bioimage.io package: send the bundle it holds
-        with tempfile.TemporaryDirectory() as folder:
-            model = save_bundle(bundle, Path(folder) / "model.safetensors").read_bytes()
+    model = model_bytes(bundle)
     with (
         connect(args.scheduler, args.scheduler_file, args.workers) as (client, threads),
         tqdm(file=sys.stderr, leave=False) as bar,

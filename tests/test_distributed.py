@@ -161,6 +161,44 @@ def test_blocks_give_the_single_process_labels(client, tmp_path, monkeypatch, la
     assert not work_folder(output).exists()
 
 
+def test_finished_blocks_are_shown_before_the_merge(client, tmp_path):
+    """show_blocks: each finished block's labels come with its progress; together they tile
+    the image, and they are the final labels before objects cut by faces are joined."""
+    from napari_unet.core.distributed import BlockLabels
+
+    image = _image(_volume())[:, :, :192]
+    _, model = _bundle_bytes(tmp_path)
+    shown = np.zeros(image.shape, np.int64)
+    covered = np.zeros(image.shape, np.int64)
+    generator = iter_predict_blocks(
+        Stack(image, "ZYX"),
+        model,
+        OPTIONS,
+        client,
+        tmp_path / "s_labels.ome.zarr",
+        block_size=BLOCK,
+        predictor=SmoothOracle(),
+        show_blocks=True,
+    )
+    seen = []
+    try:
+        while True:
+            progress = next(generator)
+            if isinstance(progress, BlockLabels):
+                seen.append(progress.done)
+                shown[progress.where] = progress.labels
+                covered[progress.where] += 1
+    except StopIteration as finished:
+        result = finished.value
+    final = result.labels.compute()
+    assert seen == list(range(1, 10)) and (covered == 1).all()
+    assert np.array_equal(shown > 0, final > 0)
+    # every id shown is part of one final object, and some final objects were cut in two
+    pairs = np.unique(np.stack([shown[shown > 0], final[final > 0]]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1]
+    assert len(np.unique(pairs[1])) < pairs.shape[1]
+
+
 def test_every_block_uses_the_colour_input_decided_on_the_whole_image(client, tmp_path):
     """Objects in green, and a corner without objects where red is noisy: on its own, the
     corner's block would pick red and find objects in its noise; decided once on the whole

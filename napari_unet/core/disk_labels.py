@@ -33,6 +33,19 @@ def labels_in_memory(shape: tuple[int, ...]) -> np.ndarray:
     return np.zeros(shape, dtype=np.uint32)
 
 
+def label_array(
+    path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any = np.uint32
+) -> Any:
+    """A new all-zero Zarr label array at ``path``: chunks of one plane and at most
+    :data:`CHUNK_EDGE` pixels along Y and X, compressed."""
+    import zarr
+
+    chunks = (*(1 for _ in shape[:-2]), *(min(n, CHUNK_EDGE) for n in shape[-2:]))
+    return zarr.create_array(
+        str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0, zarr_format=3
+    )
+
+
 @contextmanager
 def labels_on_disk(next_to: str | os.PathLike[str]) -> Iterator[LabelMaker]:
     """Yield a maker of uint32 label arrays stored in a temporary folder beside ``next_to``.
@@ -46,14 +59,12 @@ def labels_on_disk(next_to: str | os.PathLike[str]) -> Iterator[LabelMaker]:
     Yields
     ------
     callable
-        ``make(shape)`` returns a new all-zero Zarr array of that shape (chunks of one plane
-        and at most :data:`CHUNK_EDGE` pixels along Y and X, compressed). The folder is made
+        ``make(shape)`` returns a new all-zero uint32 :func:`label_array` of that shape. The
+        folder is made
         at the first call; it and every array in it are removed when the block ends, whether
         it succeeds or fails, and so are the folders made for it that stayed empty (a run
         refused or failed leaves nothing behind).
     """
-    import zarr
-
     next_to = Path(next_to)
     token = f"pid{os.getpid()}-{secrets.token_hex(4)}"
     folder = next_to.with_name(f".{next_to.name}.work.{token}{PARTIAL_SUFFIX}")
@@ -65,15 +76,7 @@ def labels_on_disk(next_to: str | os.PathLike[str]) -> Iterator[LabelMaker]:
         if not made:
             folder.mkdir(parents=True, exist_ok=True)
         made += 1
-        chunks = (*(1 for _ in shape[:-2]), *(min(n, CHUNK_EDGE) for n in shape[-2:]))
-        return zarr.create_array(
-            str(folder / f"labels{made}"),
-            shape=shape,
-            chunks=chunks,
-            dtype=np.uint32,
-            fill_value=0,
-            zarr_format=3,
-        )
+        return label_array(folder / f"labels{made}", shape)
 
     try:
         yield make

@@ -63,6 +63,7 @@ MERGE_IOU = 0.5  # least IoU, on a block's frame, of two ids that are one object
 DEFAULT_BLOCK = 2048  # block edge when memory allows; at least the tile size
 _BLOCK_MEMORY_SHARE = 0.5  # of a worker's memory, for one block's prediction
 _PLAN_FILE = "plan.json"
+CONNECT_TIMEOUT = "30s"  # to reach a scheduler
 CLIENT_READ_BYTES = LAZY_BYTES  # larger images have their plane percentiles measured by workers
 
 
@@ -161,6 +162,26 @@ class DistributedPrediction:
     stats: dict[str, Any]
 
 
+@dataclass(frozen=True, eq=False)
+class BlockLabels(Progress):
+    """Progress after a block finished, with its labels (``iter_predict_blocks(...,
+    show_blocks=True)``), to show them before the run ends.
+
+    Attributes
+    ----------
+    where : tuple of slice
+        The block's own pixels in the labels (whose axes are
+        :attr:`DistributedPrediction.axes`).
+    labels : ndarray
+        The labels there: class indices, or object ids made unique across the blocks shown
+        (a block's ids plus the objects of the blocks shown before it); an object cut by a
+        block face has one id on each side until the merge.
+    """
+
+    where: tuple[slice, ...] = ()
+    labels: np.ndarray | None = None
+
+
 class BundlePlugin(WorkerPlugin):
     """Loads the model once per worker from the bytes of its file (no path needs to exist on
     the worker) and checks that the worker runs the same napari-unet as the client."""
@@ -193,14 +214,19 @@ def connect(
     scheduler: str | None = None,
     scheduler_file: str | os.PathLike[str] | None = None,
     workers: int | None = None,
+    *,
+    processes: bool = True,
+    as_default: bool = True,
 ) -> Iterator[tuple[Client, int | None]]:
     """A Dask client: on a scheduler's address, through a scheduler file, or on a new local
     cluster (``scheduler="local"``), closed on exit.
 
-    A local cluster runs ``workers`` processes of one task each, with the cores shared out
-    among their torch threads (no oversubscription). Yields the client and the torch threads
-    per worker to use (None for an existing cluster, whose workers are set up by whoever
-    started them).
+    A local cluster runs ``workers`` processes (threads of this process when ``processes``
+    is False) of one task each, with the cores shared out among their torch threads (no
+    oversubscription). Yields the client and the torch threads per worker to use (None for an
+    existing cluster, whose workers are set up by whoever started them). ``as_default``: dask
+    computations of this process run on the cluster while the client is open (a viewer keeps
+    reading its own lazy layers locally with False).
     """
     if workers is not None and scheduler != "local":
         raise InputError("--workers starts a local cluster: use it with --scheduler local")
@@ -218,19 +244,23 @@ def connect(
             LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
-                processes=True,
+                processes=processes,
                 dashboard_address=":0",
                 silence_logs=40,
             ) as cluster,
-            Client(cluster) as client,
+            Client(cluster, set_as_default=as_default) as client,
         ):
             yield client, threads
         return
     try:
         if scheduler_file:
-            client = Client(scheduler_file=str(scheduler_file), timeout="30s")
+            client = Client(
+                scheduler_file=str(scheduler_file),
+                timeout=CONNECT_TIMEOUT,
+                set_as_default=as_default,
+            )
         else:
-            client = Client(scheduler, timeout="30s")
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=as_default)
     except (OSError, TimeoutError) as error:
         raise InputError(
             f"cannot reach the Dask scheduler {scheduler or scheduler_file}: {error}"
@@ -356,6 +386,7 @@ def iter_predict_blocks(
     z_block: int | None = None,
     torch_threads: int | None = None,
     predictor: Callable[[np.ndarray], np.ndarray] | None = None,
+    show_blocks: bool = False,
 ) -> Generator[Progress, None, DistributedPrediction]:
     """Segment ``stack`` block by block on the cluster of ``client``.
 
@@ -385,12 +416,15 @@ def iter_predict_blocks(
         Torch threads per worker (a local cluster's share of the cores).
     predictor : callable, optional
         Replaces the network (tests).
+    show_blocks : bool
+        Read each finished block's labels back here and yield them (:class:`BlockLabels`),
+        for a viewer that shows the labels as they arrive.
 
     Yields
     ------
     Progress
-        ``blocks`` done of total (the first carries the dashboard's address as notice),
-        then ``merging``.
+        ``blocks`` done of total (the first carries the dashboard's address as notice; with
+        ``show_blocks``, the others are :class:`BlockLabels`), then ``merging``.
 
     Returns
     -------
@@ -458,6 +492,7 @@ def iter_predict_blocks(
     )
     counts = {b.grid: n for b in blocks if (n := work.count(b)) is not None}
     resumed = len(counts)
+    shown = 0  # objects of the blocks shown so far (show_blocks)
     yield Progress(len(counts), len(blocks), "blocks", notice=f"dashboard: {client.dashboard_link}")
     futures = {
         client.submit(
@@ -478,7 +513,7 @@ def iter_predict_blocks(
         for block in blocks
         if block.grid not in counts
     }
-    for future in as_completed(futures):
+    for future in as_completed(futures, loop=client.loop):
         block = futures[future]
         if future.status != "finished":
             error = future.exception()
@@ -486,18 +521,21 @@ def iter_predict_blocks(
                 other.cancel()
             raise EngineError(f"{block.where()} failed twice: {error}") from error
         counts[block.grid] = future.result()
-        yield Progress(len(counts), len(blocks), "blocks")
+        if show_blocks:
+            where, local = _block_labels(work, block, others, labels_axes)
+            if mode == "instances":
+                local = np.where(local > 0, local + np.uint32(shown), np.uint32(0))
+                shown += counts[block.grid]
+            yield BlockLabels(len(counts), len(blocks), "blocks", where=where, labels=local)
+        else:
+            yield Progress(len(counts), len(blocks), "blocks")
     predicted = time.perf_counter()
     yield Progress(0, 1, "merging")
     if mode == "instances":
         luts, pairs, objects = _merge(work, blocks, counts)
     else:
         luts, pairs, objects = None, 0, None
-    labels = work.final_labels(luts)
-    work_axes = others + "ZYX"
-    if "Z" not in labels_axes:
-        labels, work_axes = labels[..., 0, :, :], others + "YX"
-    labels = labels.transpose([work_axes.index(a) for a in labels_axes])
+    labels = _as_labels_axes(work.final_labels(luts), others, labels_axes)
     merged = time.perf_counter()
     yield Progress(1, 1, "merging")
     return DistributedPrediction(
@@ -519,6 +557,24 @@ def iter_predict_blocks(
             "colour_input": None if colour is None else describe_colour_input(colour),
         },
     )
+
+
+def iter_store(labels: Any, target: Any) -> Generator[Progress, None, None]:
+    """Write a chunked (dask) label array into ``target`` (a Zarr array of its shape) chunk
+    by chunk, computed in this process, so memory holds one chunk (one block of
+    :func:`iter_predict_blocks`'s labels) at a time.
+
+    Yields
+    ------
+    Progress
+        ``writing labels``: chunks written of total.
+    """
+    bounds = [np.cumsum((0, *sizes)) for sizes in labels.chunks]
+    indices = list(np.ndindex(*labels.numblocks))
+    for done, index in enumerate(indices, start=1):
+        where = tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, index, strict=True))
+        target[where] = labels.blocks[index].compute(scheduler="threads")
+        yield Progress(done, len(indices), "writing labels")
 
 
 def iter_predict_files(
@@ -581,7 +637,7 @@ def iter_predict_files(
         for source, target in targets.items()
     }
     lines = []
-    for future in as_completed(futures):
+    for future in as_completed(futures, loop=client.loop):
         if future.status != "finished":
             error = future.exception()
             for other in futures:
@@ -623,6 +679,19 @@ def _predict_file(
     colour = result.stats["colour_input"]
     said = f"\n  {colour}" if colour else ""
     return f"{source} -> {target} ({result.axes} {tuple(result.labels.shape)}, {what}){said}"
+
+
+def model_bytes(bundle: Any) -> bytes:
+    """The bytes of a model bundle's file, as the workers get it: the ``.safetensors`` file
+    itself, or the bundle a bioimage.io package holds, saved for the purpose."""
+    import tempfile
+
+    from napari_unet.core.bundle import save_bundle
+
+    if bundle.path is not None and bundle.path.suffix == ".safetensors":
+        return bundle.path.read_bytes()
+    with tempfile.TemporaryDirectory() as folder:
+        return save_bundle(bundle, Path(folder) / "model.safetensors").read_bytes()
 
 
 def _load_model(client: Client, model: bytes, torch_threads: int | None) -> BundlePlugin:
@@ -957,6 +1026,24 @@ class _Work:
 
 def _through(local: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut[local]
+
+
+def _as_labels_axes(array: Any, others: str, labels_axes: str) -> Any:
+    """An array of the work store's axes (``others`` + ZYX, Z of size 1 when the image has
+    none) in the labels' axes."""
+    work_axes = others + "ZYX"
+    if "Z" not in labels_axes:
+        array, work_axes = array[..., 0, :, :], others + "YX"
+    return array.transpose([work_axes.index(a) for a in labels_axes])
+
+
+def _block_labels(
+    work: _Work, block: Block, others: str, labels_axes: str
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """A finished block's own pixels in the labels, and its block-local labels there."""
+    local = _as_labels_axes(np.asarray(work.local[(..., *block.core)]), others, labels_axes)
+    place = dict(zip("ZYX", block.core, strict=True))
+    return tuple(place.get(a, slice(None)) for a in labels_axes), local
 
 
 def _open_work(

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 from napari_unet.core.diameter import describe_sizes
 from napari_unet.core.io import Stack
 from napari_unet.core.options import DEFAULT_MODEL, RGB_CHOICES, PredictOptions
+from napari_unet.gui.block_segment import BlockSegmenter, full_resolution
 from napari_unet.gui.controls import (
     button_row,
     collapsible_form,
@@ -197,6 +198,7 @@ class SegmentPanel(QWidget):
             status=self.status.setText,
             on_end=self._on_end,
         )
+        self.blocks = BlockSegmenter(viewer, self.status.setText)  # large images
 
         self.advanced = collapsible_form(
             "Advanced",
@@ -226,6 +228,7 @@ class SegmentPanel(QWidget):
         layout.addWidget(self.package_note)
         layout.addWidget(self.code_check)
         layout.addWidget(self.advanced)
+        layout.addWidget(self.blocks.controls.section)
         layout.addWidget(self.status)
         layout.addStretch()
         pin_below(self, button_row(self.run_button, self.cancel_button), self.progress_bar)
@@ -423,10 +426,11 @@ class SegmentPanel(QWidget):
             show_error("No image to segment: open an image first.")
             return None
         axes = self.axes_edit.text().strip().upper()
-        data = layer.data
+        data = full_resolution(layer)
+        blocks = self.blocks.wanted(layer)
         # an in-memory image is copied so the worker never sees the layer; a lazy one (dask,
         # read from a large file) is read-only and read plane by plane in the worker
-        data = data.copy() if isinstance(data, np.ndarray) else data
+        data = data.copy() if type(data) is np.ndarray and not blocks else data
         try:
             stack = Stack(data, axes)
         except InputError as error:
@@ -435,15 +439,20 @@ class SegmentPanel(QWidget):
         layer.metadata.setdefault(METADATA_KEY, {})["axes"] = axes.replace("S", "")
         request = SegmentRequest(layer, stack, model or self.model, self.options(), new_layer)
         self._save_settings()
-        if is_foreign_model(request.model):
+        if is_foreign_model(request.model):  # whole planes, with the package's own processing
             work, done = self._package_job(request)
+        elif blocks:
+            job = self.blocks.job(layer, stack, request.model, request.options)
+            return self._start(job, f"Segmenting {layer.name} in blocks with {request.model}...")
         else:
             work, done = _model_job, partial(self._on_result, request)
-        worker = self.runner.start(
-            Job(partial(work, request), f"segmenting {layer.name}", "Segmentation failed", done)
-        )
+        job = Job(partial(work, request), f"segmenting {layer.name}", "Segmentation failed", done)
+        return self._start(job, f"Segmenting {layer.name} with {request.model}...")
+
+    def _start(self, job: Job[Any], status: str) -> Any:
+        worker = self.runner.start(job)
         self._set_running(True)
-        self.status.setText(f"Segmenting {layer.name} with {request.model}...")
+        self.status.setText(status)
         return worker
 
     def _package_job(self, request: SegmentRequest) -> tuple[Callable[..., Any], Any]:
@@ -494,8 +503,12 @@ class SegmentPanel(QWidget):
         self.progress_bar.setValue(self.progress_bar.maximum())
 
     def cancel(self) -> None:
-        """Abort the running segmentation; nothing is written."""
-        if self.runner.running:
+        """Abort the running segmentation, nothing is written; a segmentation in blocks stops
+        after the blocks running and keeps those done."""
+        if self.blocks.active:
+            self.status.setText("Stopping after the blocks running...")
+            self.runner.stop()
+        elif self.runner.running:
             self.status.setText("Cancelling...")
             self.runner.cancel()
 
@@ -504,7 +517,9 @@ class SegmentPanel(QWidget):
         self.cancel_button.setEnabled(running)
 
     def _on_progress(self, progress: Any) -> None:
-        if progress.notice:
+        if self.blocks.active:
+            self.blocks.on_progress(progress)
+        elif progress.notice:
             from napari.utils.notifications import show_warning
 
             show_warning(f"napari-unet: {progress.notice}")
@@ -597,7 +612,9 @@ class SegmentPanel(QWidget):
         layer.features = {"class": class_names}
 
     def _on_end(self, end: JobEnd) -> None:
-        if end is JobEnd.CANCELLED:
+        if self.blocks.active:
+            self.blocks.finished(end)
+        elif end is JobEnd.CANCELLED:
             self.status.setText("Cancelled; nothing was written.")
         if self.progress_bar.value() < self.progress_bar.maximum():  # cancelled or failed
             self.progress_bar.setValue(0)
