@@ -849,6 +849,8 @@ def scenario_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "gain_sd": sd(gains),
         "gain_min": float(min(gains)),
         "own_change_mean": float(np.mean([r["own_change"] for r in runs])),
+        # the panel selects the new version only on a "better" verdict, else keeps the base
+        "kept_change_mean": float(np.mean([kept_change(r) for r in runs])),
         "signs_agree": sum(r["signs_agree"] is True for r in runs),
         "signs_compared": sum(r["signs_agree"] is not None for r in runs),
         "verdicts": {
@@ -858,6 +860,12 @@ def scenario_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": len(runs),
         "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])),
     }
+
+
+def kept_change(run: dict[str, Any]) -> float:
+    """The change on the other images of the version the panel leaves selected: the new one
+    on a "better" verdict, else the base (no change)."""
+    return run["change"] if run["verdict"] == "better" else 0.0
 
 
 def acceptance(per: dict[str, dict[str, Any]]) -> dict[str, bool]:
@@ -887,7 +895,7 @@ def summarise(runs: list[dict[str, Any]], purpose: str) -> dict[str, Any]:
     print(f"\n--- summary, {purpose} scenarios (gain = AP@0.5 after - before on the other images)")
     print(
         f"{'scenario':<12} {'before':>7} {'gain mean±sd':>13} {'min gain':>8} {'own chg':>8} "
-        f"{'signs agree':>11} {'verdicts b/nb/few':>17} {'wrong':>5} {'train s':>7}"
+        f"{'signs agree':>11} {'verdicts b/nb/few':>17} {'wrong':>5} {'kept chg':>8} {'train s':>7}"
     )
     for name, s in per.items():
         agree = f"{s['signs_agree']}/{s['signs_compared']}"
@@ -895,7 +903,8 @@ def summarise(runs: list[dict[str, Any]], purpose: str) -> dict[str, Any]:
         print(
             f"{name:<12} {s['before']:7.3f} {s['gain_mean']:+7.3f}±{s['gain_sd']:.3f} "
             f"{s['gain_min']:+8.3f} {s['own_change_mean']:+8.3f} {agree:>11} "
-            f"{verdicts:>17} {s['verdicts_wrong']:>5} {s['train_seconds_mean']:7.1f}"
+            f"{verdicts:>17} {s['verdicts_wrong']:>5} {s['kept_change_mean']:+8.3f} "
+            f"{s['train_seconds_mean']:7.1f}"
         )
     print(
         f"worst scenario change {per[worst]['gain_mean']:+.3f} ({worst}); worst single run "
