@@ -214,3 +214,21 @@ def test_read_plane_reads_one_plane_in_any_axis_order():
     np.testing.assert_array_equal(plane, data[1])
     with pytest.raises(InputError, match="plane"):
         read_plane(data, "ZYXC", (0, 1))
+
+
+def test_certainty_is_per_object_and_counts_misses():
+    from napari_unet.core.review import certainty_map
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:12, 2:12] = 1  # every view sees it
+    labels[20:30, 2:12] = 2  # no view sees it (a false object?)
+    view = np.zeros_like(labels)
+    view[2:12, 2:12] = 5
+    view[20:30, 25:35] = 7  # an object the labels lack (a miss?)
+    other = view.copy()
+    other[20:30, 25:35] = 0
+    certainty = certainty_map(labels, [view, other])
+    assert np.all(certainty[labels == 1] == 1.0)
+    assert np.all(certainty[labels == 2] == 0.0)
+    assert np.all(certainty[20:30, 25:35] == 0.5)  # one view of two finds it
+    assert certainty[35, 35] == 1.0

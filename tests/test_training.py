@@ -136,6 +136,39 @@ def test_context_outside_the_known_mask_is_down_weighted():
     assert (ignored.target[32:] == IGNORE).all() and (ignored.target[:32] != IGNORE).all()
 
 
+def test_context_weight_follows_the_certainty_given():
+    image, labels = disks((64, 64), seed=1)
+    known = np.zeros(labels.shape, bool)
+    known[:, :16] = True
+    certainty = np.linspace(0.0, 1.0, labels.size, dtype=np.float32).reshape(labels.shape)
+    config = tiny_bundle().config
+    item = training.prepare_sample(
+        TrainingSample(image, labels, known), config, TrainSettings(context_weight=0.4), certainty
+    )
+    assert np.all(item.weights[known] == 1.0)
+    assert np.allclose(item.weights[~known], 0.4 * certainty[~known])
+
+
+def test_the_context_is_weighed_by_the_base_models_certainty(monkeypatch):
+    seen = []
+
+    def spy(labels, views):
+        seen.append(len(views))
+        return np.full(labels.shape, 0.5, np.float32)
+
+    monkeypatch.setattr(training, "certainty_map", spy)
+    image, labels = disks((96, 96), seed=5)
+    known = np.zeros(labels.shape, bool)
+    known[:, :40] = True
+    partial = TrainingSample(image, labels, known, source="partial")
+    whole = samples(1)[0]  # labelled everywhere: no context to weigh
+    run(iter_finetune(tiny_bundle(), [partial, whole], replace(QUICK, steps=2)))
+    assert seen == [3]  # the partial plane only, against three flipped predictions
+    seen.clear()
+    run(iter_finetune(tiny_bundle(), [partial], replace(QUICK, steps=2, weigh_context=False)))
+    assert seen == []
+
+
 def test_samples_added_during_training_join_it():
     extra = TrainingSample(*disks((96, 96), seed=7), source="extra")
     offered = [[], [], [extra]]

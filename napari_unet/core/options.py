@@ -169,6 +169,10 @@ class TrainSettings:
     the loss by the U-Net paper's weight map between touching objects; None (the default)
     trains with the loss the base model was trained with (its last training run's setting),
     since fine-tuning a model trained with the map without it lets touching objects merge.
+    ``weigh_context`` multiplies the context weight of each untouched object (and of the
+    background) by how sure the base model is of it, judged by three flipped predictions of
+    the plane (:func:`napari_unet.core.review.certainty_map`): mistakes the person did not get
+    to are mostly where the model is unsure, and are then not learnt as if right.
     ``freeze_norm`` keeps the base's
     batch-norm statistics (and uses them in training) instead of letting a few batches of one
     user's images update them; a layer that has never seen a batch (a model trained from
@@ -195,6 +199,7 @@ class TrainSettings:
     channel: int | None = None
     annotated_fraction: float = 0.9  # share of patches centred on known pixels
     context_weight: float = 0.3
+    weigh_context: bool = True
     anchor_weight: float = 0.0
     replay_fraction: float = 0.25
     freeze_norm: bool = False

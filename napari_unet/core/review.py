@@ -266,7 +266,7 @@ def iter_review(
     list of Uncertain
         Most unsure first, over all reviewed planes.
     """
-    from napari_unet.core.inference import Progress, iter_predict
+    from napari_unet.core.inference import Progress
     from napari_unet.core.options import PredictOptions
 
     data, axes = (image.data, image.axes) if hasattr(image, "axes") else (image, axes.upper())
@@ -300,31 +300,83 @@ def iter_review(
         image_planes, label_planes, strict=True
     ):
         views = []
-        for name in flips:
+        for view in iter_flipped_views(plane, plane_axes, bundle, options, flips, predictor):
+            if isinstance(view, Progress):
+                share = min(1.0, view.done / max(view.total, 1))
+                yield Progress(
+                    done + int(share * (STEPS_PER_VIEW - 1)), total, "checking", view.notice
+                )
+            else:
+                views.append(view)
+                done += STEPS_PER_VIEW
             if stopped():
                 break
-            flipped = np.ascontiguousarray(np.flip(plane, FLIPS[name]))
-            run = iter_predict(flipped, bundle, options, axes=plane_axes, predictor=predictor)
-            while True:
-                try:
-                    step = next(run)
-                except StopIteration as finished:
-                    views.append(np.flip(finished.value.labels, FLIPS[name]))
-                    break
-                share = min(1.0, step.done / max(step.total, 1))
-                yield Progress(
-                    done + int(share * (STEPS_PER_VIEW - 1)), total, "checking", step.notice
-                )
-                if stopped():
-                    run.close()
-                    break
-            done += STEPS_PER_VIEW
         if views:
             found += rank_plane(plane_labels, views, plane=index, min_score=min_score)
         yield Progress(done, total, "checking")
         if stopped():
             break
     return sorted(found, key=lambda item: -item.score)
+
+
+def iter_flipped_views(
+    plane: np.ndarray,
+    plane_axes: str,
+    bundle: Bundle,
+    options: PredictOptions,
+    flips: Iterable[str] = tuple(FLIPS),
+    predictor: Predictor | None = None,
+) -> Iterator[Progress | np.ndarray]:
+    """Segment one plane flipped each way of ``flips`` and flip each result back.
+
+    Yields the prediction's Progress items and, after each flip, its labels (Y, X) in the
+    plane's orientation. Closing the iterator stops the prediction under way.
+    """
+    from napari_unet.core.inference import iter_predict
+
+    for name in flips:
+        flipped = np.ascontiguousarray(np.flip(plane, FLIPS[name]))
+        run = iter_predict(flipped, bundle, options, axes=plane_axes, predictor=predictor)
+        try:
+            while True:
+                yield next(run)
+        except StopIteration as finished:
+            yield np.flip(finished.value.labels, FLIPS[name])
+        finally:
+            run.close()
+
+
+def certainty_map(labels: np.ndarray, views: list[np.ndarray]) -> np.ndarray:
+    """How sure the model is of each pixel of ``labels``, 0 to 1, judged by flipped ``views``.
+
+    A pixel of an object gets ``1 -`` the object's score of :func:`rank_plane` (the mean over
+    the views of ``1 -`` its best IoU); a background pixel gets ``1 -`` the share of views that
+    find an object there that the labels lack. Whole objects share one value, so their
+    outlines are not singled out.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (Y, X)
+        Object ids, 0 background.
+    views : list of ndarray of shape (Y, X)
+        Other segmentations of the same plane, at least one.
+
+    Returns
+    -------
+    ndarray of shape (Y, X), float32
+    """
+    labels = np.asarray(labels).astype(np.int64, copy=False)
+    if not views:
+        raise InputError("certainty_map needs at least one view to compare with")
+    area = np.bincount(labels.ravel())
+    tally = _Tally(area.size)
+    miss_votes = np.zeros(labels.shape, dtype=np.float64)
+    for view in views:
+        tally.add(labels, area, np.asarray(view).astype(np.int64, copy=False), miss_votes)
+    n = len(views)
+    per_object = 1.0 - tally.disagreement / n
+    certainty = np.where(labels > 0, per_object[labels], 1.0 - miss_votes / n)
+    return certainty.astype(np.float32)
 
 
 def review(*args: Any, **kwargs: Any) -> list[Uncertain]:

@@ -44,6 +44,7 @@ from napari_unet.core.heldout import (
 from napari_unet.core.inference import predict
 from napari_unet.core.options import PredictOptions, TrainSettings
 from napari_unet.core.preprocess import prepare_plane
+from napari_unet.core.review import certainty_map, iter_flipped_views
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import IGNORE, border_weights, check_labels, training_target
 
@@ -112,9 +113,17 @@ class _Prepared:
 
 
 def prepare_sample(
-    sample: TrainingSample, config: dict[str, Any], settings: TrainSettings
+    sample: TrainingSample,
+    config: dict[str, Any],
+    settings: TrainSettings,
+    certainty: np.ndarray | None = None,
 ) -> _Prepared:
-    """Normalise one sample's image and build its target and per-pixel loss weights."""
+    """Normalise one sample's image and build its target and per-pixel loss weights.
+
+    Outside the sample's known-mask the weight is ``settings.context_weight``, times
+    ``certainty`` (0 to 1 per pixel, see :func:`~napari_unet.core.review.certainty_map`)
+    when given.
+    """
     labels = np.asarray(sample.labels)
     if labels.ndim != 2:
         raise TrainingDataError(
@@ -137,7 +146,8 @@ def prepare_sample(
                 f"the known-mask shape {sample.known.shape} differs from the labels' {labels.shape}"
             )
         known = np.asarray(sample.known) != 0
-    weights = np.where(known, 1.0, settings.context_weight).astype(np.float32)
+    context = settings.context_weight if certainty is None else settings.context_weight * certainty
+    weights = np.where(known, 1.0, context).astype(np.float32)
     if settings.border_weights and mode == "instances":
         weights *= border_weights(labels)
     target[weights == 0] = IGNORE
@@ -311,19 +321,7 @@ class _Validation:
         self.regions = [h.region for h in held]
         self.truths = [np.asarray(s.labels) for s in self.samples]
         self.config = config
-        self.options = replace(
-            options or PredictOptions(),
-            mode=None,
-            # the held-out planes are at the model's scale already (at_model_scale), from
-            # their labels: no estimate needed, and a diameter the user gave for the raw
-            # image would be wrong for them
-            diameter=config.get("object_diameter") if config["mode"] == "instances" else None,
-            link_z=False,
-            device=settings.device,
-            precision=settings.precision,
-            channel=settings.channel,
-            post_workers=0,
-        )
+        self.options = plane_options(config, settings, options)
         self.base_labels: list[np.ndarray] = []
 
     def __bool__(self) -> bool:
@@ -348,6 +346,53 @@ class _Validation:
             return compare_instances(self.truths, self.base_labels, labels, self.regions)
         n_classes = len(self.config["class_names"])
         return compare_classes(self.truths, self.base_labels, labels, self.regions, n_classes)
+
+
+def plane_options(
+    config: dict[str, Any], settings: TrainSettings, options: PredictOptions | None
+) -> PredictOptions:
+    """How a model segments training planes (already at the model's scale): the user's
+    prediction options, at the model's own object size, device and precision of ``settings``,
+    no Z-linking."""
+    return replace(
+        options or PredictOptions(),
+        mode=None,
+        # the planes are at the model's scale already (at_model_scale), from their labels: no
+        # estimate needed, and a diameter the user gave for the raw image would be wrong there
+        diameter=config.get("object_diameter") if config["mode"] == "instances" else None,
+        link_z=False,
+        device=settings.device,
+        precision=settings.precision,
+        channel=settings.channel,
+        post_workers=0,
+    )
+
+
+class _ContextCertainty:
+    """How sure a model is of the labels a person left as it predicted them.
+
+    Called with a sample at the model's scale: None when the whole plane is known (labelled
+    by a person) or the setting is off, else :func:`~napari_unet.core.review.certainty_map`
+    of its labels against the model's flipped predictions of the plane (three more
+    predictions of it).
+    """
+
+    def __init__(self, base: Bundle, settings: TrainSettings, options: PredictOptions) -> None:
+        self.base = base
+        self.options = options
+        self.on = (
+            settings.weigh_context and settings.context_weight > 0 and base.mode == "instances"
+        )
+
+    def __call__(self, sample: TrainingSample) -> np.ndarray | None:
+        if not self.on or sample.known is None:
+            return None
+        views = [
+            view
+            for view in iter_flipped_views(sample.image, sample.plane_axes, self.base, self.options)
+            if isinstance(view, np.ndarray)
+        ]
+        return certainty_map(sample.labels, views)
 
 
 def _loss(
@@ -467,7 +512,11 @@ def iter_finetune(
         )
     bundle = clone_bundle(base)
     _measure_object_diameter(samples, bundle.config)
-    data = _TrainingData.split(samples, bundle.config, settings)
+    options = plane_options(bundle.config, settings, predict_options)
+    certainty = _ContextCertainty(base, settings, options)
+    if certainty.on:
+        yield TrainStatus("checking which of the untouched labels the base model is sure of")
+    data = _TrainingData.split(samples, bundle.config, settings, certainty)
     torch.manual_seed(settings.seed)
     replay = _replay_items(base, settings)
     validation = _Validation(data.samples, data.held, bundle.config, settings, predict_options)
@@ -565,6 +614,8 @@ class _TrainingData:
         The scale of each source: a re-corrected plane keeps its first scale.
     used : list of TrainingSample
         Every sample trained on, as given (recorded in the bundle's history).
+    certainty : callable
+        A sample at the model's scale -> the certainty weighing its context, or None.
     """
 
     config: dict[str, Any]
@@ -576,15 +627,20 @@ class _TrainingData:
     held_by: dict[str, HeldOut]
     factors: dict[str, float]
     used: list[TrainingSample]
+    certainty: Callable[[TrainingSample], np.ndarray | None]
 
     @classmethod
     def split(
-        cls, given: Sequence[TrainingSample], config: dict[str, Any], settings: TrainSettings
+        cls,
+        given: Sequence[TrainingSample],
+        config: dict[str, Any],
+        settings: TrainSettings,
+        certainty: Callable[[TrainingSample], np.ndarray | None],
     ) -> _TrainingData:
         """Bring ``given`` to the model's scale, prepare it and hold out part of it."""
         factors: dict[str, float] = {}
         samples = [at_model_scale(s, config, factors) for s in given]
-        prepared = [prepare_sample(s, config, settings) for s in samples]
+        prepared = [prepare_sample(s, config, settings, certainty(s)) for s in samples]
         if all(p.known_index.size == 0 for p in prepared):
             raise TrainingDataError("no labelled pixels: every known-mask is empty")
         held = held_out_regions(
@@ -595,14 +651,25 @@ class _TrainingData:
         )
         train, sources = _training_items(prepared, held, samples)
         held_by = {samples[h.sample].source: h for h in held if samples[h.sample].source}
-        return cls(config, settings, samples, held, train, sources, held_by, factors, list(given))
+        return cls(
+            config,
+            settings,
+            samples,
+            held,
+            train,
+            sources,
+            held_by,
+            factors,
+            list(given),
+            certainty,
+        )
 
     def add(self, new: Sequence[TrainingSample]) -> None:
         """Train on samples that arrived during the run: a plane already trained on (same
         source) is replaced, and held-out parts stay out (see :func:`_held_out_of`)."""
         for sample in new:
             scaled = at_model_scale(sample, self.config, self.factors)
-            prepared = prepare_sample(scaled, self.config, self.settings)
+            prepared = prepare_sample(scaled, self.config, self.settings, self.certainty(scaled))
             item = _held_out_of(prepared, scaled, self.held_by)
             if item is None:
                 continue
