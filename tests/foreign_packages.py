@@ -79,13 +79,14 @@ def build_package(
             v0_5.BatchAxis(),
             v0_5.ChannelAxis(channel_names=[v0_5.Identifier(c) for c in channels]),
             space(
-                id=v0_5.AxisId("y"), size=size if output else v0_5.ParameterizedSize(min=16, step=8)
+                id=v0_5.AxisId("y"),
+                size=size if output else v0_5.ParameterizedSize(min=64, step=16),
             ),
             space(
                 id=v0_5.AxisId("x"),
                 size=v0_5.SizeReference(tensor_id=v0_5.TensorId("raw"), axis_id=v0_5.AxisId("x"))
                 if output
-                else v0_5.ParameterizedSize(min=16, step=8),
+                else v0_5.ParameterizedSize(min=64, step=16),
             ),
         ]
 

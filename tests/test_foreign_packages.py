@@ -12,7 +12,8 @@ import tifffile
 
 from napari_unet.cli import EXIT_USER, main
 from napari_unet.core.bioimageio_export import export_package
-from napari_unet.core.io import read_image
+from napari_unet.core.generators import run_to_end
+from napari_unet.core.io import Stack, read_image
 from tests.conftest import tiny_bundle
 from tests.foreign_packages import Probability, TwoMaps, build_package, weights_by_url
 
@@ -36,8 +37,9 @@ def packages(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def blobs(tmp_path) -> tuple[Path, np.ndarray]:
-    """A two-plane ZYX TIFF with two bright squares per plane, and where they are."""
-    stack = np.zeros((2, 96, 128), np.uint16)
+    """A two-plane ZYX TIFF with two bright squares per plane, and where they are; its
+    planes are not a size the packages take (64 + 16n)."""
+    stack = np.zeros((2, 100, 134), np.uint16)
     stack[0, 10:30, 10:30] = stack[0, 50:80, 60:100] = 1000
     stack[1, 40:70, 5:25] = stack[1, 5:20, 90:120] = 800
     path = tmp_path / "blobs.tif"
@@ -57,6 +59,21 @@ def test_probability_package_writes_objects_unique_across_planes(packages, blobs
     assert sorted(np.unique(labels.data)) == [0, 1, 2, 3, 4]  # planes are not linked
     line = capsys.readouterr().out
     assert "4 objects; bioimage.io package, torchscript weights" in line
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (100, 134), (300, 261)])
+def test_any_plane_size_runs(packages, shape):
+    """Smaller than the model's smallest input (padded), between block sizes, larger than
+    one block (split into blocks): the labels cover the plane exactly."""
+    from napari_unet.core.bioimageio_foreign import iter_predict_package, open_package
+
+    image = np.zeros(shape, np.float32)
+    image[5:25, 7:30] = image[-15:, -12:] = 100.0
+    result = run_to_end(
+        iter_predict_package(Stack(image, "YX"), open_package(packages["probability"]))
+    )
+    assert result.data.shape == shape and result.objects == 2
+    assert np.array_equal(result.data > 0, image > 0)
 
 
 def test_other_outputs_are_written_as_a_float_image(packages, blobs, tmp_path, capsys):

@@ -26,7 +26,7 @@ def _notifications():
 
 
 def _blobs() -> np.ndarray:
-    image = np.zeros((96, 128), np.float32)
+    image = np.zeros((100, 134), np.float32)
     image[10:30, 10:30] = image[50:80, 60:100] = 200.0
     return image
 
@@ -64,7 +64,7 @@ def test_foreign_packages_segment_or_open_as_an_image(qtbot, docked, tmp_path):
     maps = build_package(tmp_path / "m", TwoMaps(), ["signal", "complement"])
     assert _segment(qtbot, segment, maps) == 3
     output = viewer.layers[-1]
-    assert isinstance(output, Image) and output.data.shape == (2, 96, 128)
+    assert isinstance(output, Image) and output.data.shape == (2, 100, 134)
     assert np.array_equal(output.data[1], 1 - (_blobs() > 0))
 
 

@@ -32,6 +32,7 @@ CODE_FORMATS = ("pytorch_state_dict",)
 PLANE_AXES = {"batch", "channel", "y", "x"}
 EXTRA = 'pip install "napari-unet[bioimageio]"'
 KINDS = ("objects", "classes", "image")
+BLOCK_N = 10  # largest block size parameter n, as bioimageio.core's default
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def iter_predict_package(
     EngineError
         When the package fails while running (its message is kept).
     """
-    from bioimageio.core import create_prediction_pipeline
+    from bioimageio.core import Tensor, create_prediction_pipeline
     from bioimageio.core.digest_spec import create_sample_for_model
 
     planes = plane_count(stack.data.shape, stack.axes)
@@ -233,20 +234,25 @@ def iter_predict_package(
         raise EngineError(f"{package.path}: its weights could not be loaded ({error})") from error
     (tensor,) = package.description.inputs
     axes = [str(axis.id) for axis in tensor.axes]
+    plane_size = (sizes["Y"], sizes["X"])
+    padded, ns = _blocks_for(tensor, plane_size)
     outputs: list[np.ndarray] = []
     next_id = 0
     smallest = default_min_size(None) if min_size is None else min_size
     with pipeline:
         for done, (_, plane, plane_axes) in enumerate(iter_planes(stack.data, stack.axes), 1):
-            pixels = _as_model_input(plane, plane_axes, axes, channel)
+            pixels = _as_model_input(_pad_plane(plane, padded), plane_axes, axes, channel)
             try:
-                sample = pipeline.predict_sample_without_blocking(
-                    create_sample_for_model(package.description, inputs=pixels, sample_id=done)
+                sample = pipeline.predict_sample_with_blocking(
+                    create_sample_for_model(
+                        package.description, inputs=Tensor(pixels, dims=axes), sample_id=done
+                    ),
+                    ns=ns,
                 )
             except Exception as error:  # the package's processing or network failed
                 raise EngineError(f"{package.path} failed on plane {done} ({error})") from error
             (output,) = sample.members.values()
-            values = _as_plane_output(output.data, package)
+            values = _crop_plane(_as_plane_output(output.data, package), plane_size, padded)
             if package.kind == "objects":
                 values = remove_small(_connected(values > threshold), smallest)
                 values = np.where(values > 0, values + np.uint32(next_id), 0).astype(np.uint32)
@@ -258,6 +264,59 @@ def iter_predict_package(
     )
     letters = stack_axes_of(stack.axes) + ("C" if package.kind == "image" else "") + "YX"
     return PackageResult(stacked, package.kind, letters, package.weight_format, next_id)
+
+
+def _blocks_for(
+    tensor: Any, plane_size: tuple[int, int]
+) -> tuple[tuple[int, int], dict[tuple[Any, Any], int]]:
+    """How a plane of ``plane_size`` (rows, columns) fits the model's input rule.
+
+    A plane smaller than the smallest size the model takes is padded up to it; a larger one
+    is split by ``bioimageio.core`` into blocks of a size the model takes (at most
+    ``min + BLOCK_N * step``, and never more than the plane), overlapping at its end.
+
+    Returns
+    -------
+    padded : tuple of int
+        The plane's size once padded.
+    ns : dict
+        The block size parameter ``n`` of each parameterized axis, keyed by (tensor id,
+        axis id), for ``predict_sample_with_blocking``.
+    """
+    from bioimageio.spec.model.v0_5 import ParameterizedSize
+
+    padded = dict(zip(("y", "x"), plane_size, strict=True))
+    ns = {}
+    for axis in tensor.axes:
+        name, size = str(axis.id), axis.size
+        if name not in padded:
+            continue
+        if isinstance(size, ParameterizedSize):
+            padded[name] = max(padded[name], size.min)
+            ns[(tensor.id, axis.id)] = min(BLOCK_N, (padded[name] - size.min) // size.step)
+        elif isinstance(size, int):
+            padded[name] = max(padded[name], size)
+    return (padded["y"], padded["x"]), ns
+
+
+def _pad_plane(plane: np.ndarray, padded: tuple[int, int]) -> np.ndarray:
+    """A (Y, X, ...) plane mirrored at its bottom and right edges up to ``padded``."""
+    extra = [(0, want - have) for want, have in zip(padded, plane.shape[:2], strict=True)]
+    if not any(after for _, after in extra):
+        return plane
+    return np.pad(plane, extra + [(0, 0)] * (plane.ndim - 2), mode="symmetric")
+
+
+def _crop_plane(
+    values: np.ndarray, plane_size: tuple[int, int], padded: tuple[int, int]
+) -> np.ndarray:
+    """The part of an output (..., Y, X) that covers the plane before its padding (an output
+    scaled against its input keeps the same fraction)."""
+    rows, columns = (
+        round(out * have / want)
+        for out, have, want in zip(values.shape[-2:], plane_size, padded, strict=True)
+    )
+    return values[..., :rows, :columns]
 
 
 def _check_channels(sizes: dict[str, int], axes: str, channels: int, channel: int | None) -> None:
