@@ -23,6 +23,21 @@ class Probability(torch.nn.Module):
         return torch.sigmoid(40.0 * (x - 0.5))
 
 
+class Logits(torch.nn.Module):
+    """The logits of :class:`Probability`: a probability once the package's sigmoid ran."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 40.0 * (x - 0.5)
+
+
+class Denoiser(torch.nn.Module):
+    """One float channel that is not a probability, as a denoising or restoration model
+    gives: values above 0.5 everywhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 3.0 + 0.2
+
+
 class TwoMaps(torch.nn.Module):
     """Two channels that are not labels: the input and its complement."""
 
@@ -30,14 +45,27 @@ class TwoMaps(torch.nn.Module):
         return torch.cat([x, 1.0 - x], dim=1)
 
 
+def probability_package(folder: Path, *, code: bool = False) -> Path:
+    """The package of :class:`Probability`, its output declared as data in [0, 1]."""
+    return build_package(folder, Probability(), ["foreground"], code=code, output_range=(0, 1))
+
+
 def build_package(
-    folder: Path, network: torch.nn.Module, outputs: list[str], *, code: bool = False
+    folder: Path,
+    network: torch.nn.Module,
+    outputs: list[str],
+    *,
+    code: bool = False,
+    output_range: tuple[float, float] | None = None,
+    sigmoid: bool = False,
 ) -> Path:
     """A zip package of ``network`` (one grey input, one output with the channels
     ``outputs``), with min-max scaling as its preprocessing; returns its path.
 
     Its weights are TorchScript, or with ``code`` a ``pytorch_state_dict`` whose architecture
-    is the network's class in a Python file of the package (running it runs that code).
+    is the network's class in a Python file of the package (running it runs that code). The
+    output's data range is ``output_range`` where given, else not stated; with ``sigmoid``
+    a sigmoid is its postprocessing.
     """
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5
@@ -68,7 +96,8 @@ def build_package(
     test_input = rng.uniform(0, 255, (1, 1, 64, 64)).astype(np.float32)
     scaled = (test_input - test_input.min()) / (test_input.max() - test_input.min())
     with torch.no_grad():
-        test_output = network(torch.from_numpy(scaled)).numpy()
+        test_output = network(torch.from_numpy(scaled))
+    test_output = (torch.sigmoid(test_output) if sigmoid else test_output).numpy()
     np.save(folder / "test_input.npy", test_input)
     np.save(folder / "test_output.npy", test_output)
 
@@ -118,6 +147,8 @@ def build_package(
                 id=v0_5.TensorId("prediction"),
                 axes=axes(outputs, output=True),
                 test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
+                data=v0_5.IntervalOrRatioDataDescr(range=output_range or (None, None)),
+                postprocessing=[v0_5.SigmoidDescr()] if sigmoid else [],
             )
         ],
         weights=entries,

@@ -15,22 +15,32 @@ from napari_unet.core.bioimageio_export import export_package
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import Stack, read_image
 from tests.conftest import tiny_bundle
-from tests.foreign_packages import Probability, TwoMaps, build_package, weights_by_url
+from tests.foreign_packages import (
+    Denoiser,
+    Logits,
+    TwoMaps,
+    build_package,
+    probability_package,
+    weights_by_url,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory) -> dict[str, Path]:
-    """Packages as other tools write them: a probability, two non-label channels, Python
-    architecture code, weights on the internet."""
+    """Packages as other tools write them: a probability (declared by its data range, or by
+    a sigmoid postprocessing), a denoiser, two non-label channels, Python architecture code,
+    weights on the internet."""
     pytest.importorskip("bioimageio.core")
     folder = tmp_path_factory.mktemp("foreign")
-    probability = build_package(folder / "probability", Probability(), ["foreground"])
+    probability = probability_package(folder / "probability")
     return {
         "probability": probability,
+        "logits": build_package(folder / "logits", Logits(), ["foreground"], sigmoid=True),
+        "denoiser": build_package(folder / "denoiser", Denoiser(), ["restored"]),
         "two maps": build_package(folder / "maps", TwoMaps(), ["signal", "complement"]),
-        "code": build_package(folder / "code", Probability(), ["foreground"], code=True),
+        "code": probability_package(folder / "code", code=True),
         "url": weights_by_url(probability, folder / "url.zip"),
     }
 
@@ -74,6 +84,19 @@ def test_any_plane_size_runs(packages, shape):
     )
     assert result.data.shape == shape and result.objects == 2
     assert np.array_equal(result.data > 0, image > 0)
+
+
+def test_only_a_declared_probability_becomes_objects(packages, blobs, tmp_path, capsys):
+    image, truth = blobs
+    assert predict(packages["logits"], image, tmp_path / "out") == 0  # the sigmoid declares it
+    assert np.array_equal(read_image(tmp_path / "out" / "blobs_labels.tif").data > 0, truth)
+    # one float channel, no range, no sigmoid: a restored image, not thresholded into objects
+    assert predict(packages["denoiser"], image, tmp_path / "out2") == 0
+    assert not (tmp_path / "out2" / "blobs_labels.tif").exists()
+    written = read_image(tmp_path / "out2" / "blobs_output.tif")
+    assert written.axes == "ZYX" and written.data.dtype == np.float32
+    assert np.allclose(written.data, truth * 3.0 + 0.2)
+    assert "float32 image: the package's output is not labels" in capsys.readouterr().out
 
 
 def test_other_outputs_are_written_as_a_float_image(packages, blobs, tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 
 from napari_unet.core.bioimageio_export import export_package
 from napari_unet.core.registry import load_bundle
-from tests.foreign_packages import Probability, TwoMaps, build_package, weights_by_url
+from tests.foreign_packages import TwoMaps, build_package, probability_package, weights_by_url
 
 pytestmark = [
     pytest.mark.gui,
@@ -47,7 +47,7 @@ def test_foreign_packages_segment_or_open_as_an_image(qtbot, docked, tmp_path):
     viewer, widget = docked
     segment = widget.segment
     viewer.add_image(_blobs(), name="blobs")
-    probability = build_package(tmp_path / "p", Probability(), ["foreground"])
+    probability = probability_package(tmp_path / "p")
     assert not segment.package_note.isVisibleTo(segment)  # the tiny model is ours
     segment.select_model(str(probability))
     assert segment.package_note.isVisibleTo(segment) and segment.code_check.isVisibleTo(segment)
@@ -74,7 +74,7 @@ def test_package_code_needs_the_checkbox_and_url_weights_are_refused(qtbot, dock
     segment = widget.segment
     viewer.add_image(_blobs(), name="blobs")
     seen = _notifications()
-    code = build_package(tmp_path / "c", Probability(), ["foreground"], code=True)
+    code = probability_package(tmp_path / "c", code=True)
     assert _segment(qtbot, segment, code) == 1
     qtbot.waitUntil(lambda: any("run the Python code in this package" in m for m in seen))
     assert "executes code from the file" in seen[-1]
@@ -86,7 +86,7 @@ def test_package_code_needs_the_checkbox_and_url_weights_are_refused(qtbot, dock
     segment.select_model(str(code))
     assert not segment.code_check.isChecked()  # consent is not carried to a later choice
 
-    remote = weights_by_url(build_package(tmp_path / "u", Probability(), ["p"]), tmp_path / "u.zip")
+    remote = weights_by_url(probability_package(tmp_path / "u"), tmp_path / "u.zip")
     assert _segment(qtbot, segment, remote) == 2
     qtbot.waitUntil(lambda: any("weights are on the internet" in m for m in seen))
 

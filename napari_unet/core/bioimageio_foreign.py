@@ -6,8 +6,9 @@ TorchScript weights by default; weights that rebuild the network from the packag
 code (``pytorch_state_dict``) only when the caller opts in, since that runs code from the
 file. A 2D model with one input and one output is supported, run on every plane of a stack;
 its output becomes labels when it is a single-channel probability (objects: connected
-components above a threshold) or a single-channel integer class map, and stays an image
-otherwise. Such a package predicts only: it cannot be fine-tuned. Needs the ``bioimageio``
+components above a threshold; a probability as its description declares it, by a data range
+within [0, 1] or a final sigmoid or softmax) or a single-channel integer class map, and stays
+an image otherwise (a denoised or restored image, several channels). Such a package predicts only: it cannot be fine-tuned. Needs the ``bioimageio``
 extra.
 """
 
@@ -70,7 +71,8 @@ class PackageResult:
         ``classes``: uint32 class indices; ``image``: float32 output. Axes as in ``axes``.
     kind : {"objects", "classes", "image"}
     axes : str
-        Letters of ``data``'s axes: the stack axes, then ``C`` for an image, then ``YX``.
+        Letters of ``data``'s axes: the stack axes, then ``C`` for an image of several
+        channels, then ``YX``.
     weight_format : str
         The weights that ran.
     objects : int
@@ -128,7 +130,11 @@ def open_package(path: str | os.PathLike[str], *, allow_code: bool = False) -> F
             _check_plane_model(description, path)
             (tensor,), (output,) = description.inputs, description.outputs
             return ForeignPackage(
-                Path(path), description, name, _output_kind(output), _channel_count(tensor)
+                Path(path),
+                description,
+                name,
+                _output_kind(output),
+                _channel_count(tensor),
             )
     present = sorted(
         name
@@ -168,11 +174,23 @@ def _channel_count(tensor: Any) -> int:
 
 
 def _output_kind(output: Any) -> str:
-    """``objects``, ``classes`` or ``image``: what an output tensor becomes (see KINDS)."""
+    """``objects``, ``classes`` or ``image``: what an output tensor becomes (see KINDS).
+
+    One channel of integers is a class map. One float channel is a probability only when
+    the description says so: a declared data range within [0, 1], or a sigmoid or softmax as
+    its last postprocessing step (``ensure_dtype`` steps, which ``bioimageio.spec`` adds, aside). Any other output (a restored image, several channels) is
+    an image.
+    """
     if _channel_count(output) != 1:
         return "image"
-    integer = str(getattr(output.data, "type", "float32")).startswith(("int", "uint", "bool"))
-    return "classes" if integer else "objects"
+    data = output.data[0] if isinstance(output.data, list | tuple) else output.data
+    if str(getattr(data, "type", "float32")).startswith(("int", "uint", "bool")):
+        return "classes"
+    low, high = getattr(data, "range", (None, None))
+    bounded = low is not None and high is not None and 0 <= low and high <= 1
+    steps = [step.id for step in output.postprocessing if step.id != "ensure_dtype"]
+    squashed = bool(steps) and steps[-1] in ("sigmoid", "softmax")
+    return "objects" if bounded or squashed else "image"
 
 
 def iter_predict_package(
@@ -262,7 +280,7 @@ def iter_predict_package(
     stacked = np.stack(outputs).reshape(
         *(sizes[a] for a in stack_axes_of(stack.axes)), *outputs[0].shape
     )
-    letters = stack_axes_of(stack.axes) + ("C" if package.kind == "image" else "") + "YX"
+    letters = stack_axes_of(stack.axes) + ("C" if outputs[0].ndim == 3 else "") + "YX"
     return PackageResult(stacked, package.kind, letters, package.weight_format, next_id)
 
 
@@ -351,13 +369,15 @@ def _as_model_input(
 
 
 def _as_plane_output(data: Any, package: ForeignPackage) -> np.ndarray:
-    """The output of one plane: (Y, X) uint32 for labels, (C, Y, X) float32 for an image."""
+    """The output of one plane: (Y, X) uint32 for labels, (C, Y, X) float32 for an image of
+    several channels, (Y, X) float32 for one."""
     if "batch" in data.dims:
         data = data.isel(batch=0)
     dims = [str(d) for d in data.dims]
     values = np.asarray(data.transpose(*[d for d in ("channel", "y", "x") if d in dims]))
     if package.kind == "image":
-        return values.astype(np.float32).reshape(-1, *values.shape[-2:])
+        values = values.astype(np.float32).reshape(-1, *values.shape[-2:])
+        return values[0] if len(values) == 1 else values
     values = values.reshape(values.shape[-2:])
     if package.kind == "classes":
         if values.size and values.min() < 0:
