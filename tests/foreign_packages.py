@@ -38,6 +38,15 @@ class Denoiser(torch.nn.Module):
         return x * 3.0 + 0.2
 
 
+class Narrow(torch.nn.Module):
+    """Fails, inside TorchScript, on inputs wider than its 64-pixel test tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > 64:
+            raise ValueError("planes wider than 64 pixels are not supported")
+        return x
+
+
 class TwoMaps(torch.nn.Module):
     """Two channels that are not labels: the input and its complement."""
 

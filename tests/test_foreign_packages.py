@@ -18,6 +18,7 @@ from tests.conftest import tiny_bundle
 from tests.foreign_packages import (
     Denoiser,
     Logits,
+    Narrow,
     TwoMaps,
     build_package,
     probability_package,
@@ -39,6 +40,7 @@ def packages(tmp_path_factory) -> dict[str, Path]:
         "probability": probability,
         "logits": build_package(folder / "logits", Logits(), ["foreground"], sigmoid=True),
         "denoiser": build_package(folder / "denoiser", Denoiser(), ["restored"]),
+        "narrow": build_package(folder / "narrow", Narrow(), ["same"]),
         "two maps": build_package(folder / "maps", TwoMaps(), ["signal", "complement"]),
         "code": probability_package(folder / "code", code=True),
         "url": weights_by_url(probability, folder / "url.zip"),
@@ -136,6 +138,14 @@ def test_refusals_are_one_line_with_exit_2(packages, blobs, tmp_path, capsys):
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and why in error, error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_while_running_is_one_line(packages, blobs, tmp_path, capsys):
+    image, _ = blobs
+    assert predict(packages["narrow"], image, tmp_path / "out") == EXIT_USER
+    error = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
+    assert "failed on plane 1 (ValueError: planes wider than 64 pixels are not supported)" in error
+    assert not (tmp_path / "out" / "blobs_output.tif").exists()
 
 
 def test_foreign_packages_cannot_be_fine_tuned(packages, blobs, tmp_path, capsys):

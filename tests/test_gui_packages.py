@@ -9,7 +9,13 @@ import pytest
 
 from napari_unet.core.bioimageio_export import export_package
 from napari_unet.core.registry import load_bundle
-from tests.foreign_packages import TwoMaps, build_package, probability_package, weights_by_url
+from tests.foreign_packages import (
+    Narrow,
+    TwoMaps,
+    build_package,
+    probability_package,
+    weights_by_url,
+)
 
 pytestmark = [
     pytest.mark.gui,
@@ -68,7 +74,7 @@ def test_foreign_packages_segment_or_open_as_an_image(qtbot, docked, tmp_path):
     assert np.array_equal(output.data[1], 1 - (_blobs() > 0))
 
 
-def test_package_code_needs_the_checkbox_and_url_weights_are_refused(qtbot, docked, tmp_path):
+def test_package_code_needs_the_checkbox_and_refusals_are_short(qtbot, docked, tmp_path):
     pytest.importorskip("bioimageio.core")
     viewer, widget = docked
     segment = widget.segment
@@ -89,6 +95,11 @@ def test_package_code_needs_the_checkbox_and_url_weights_are_refused(qtbot, dock
     remote = weights_by_url(probability_package(tmp_path / "u"), tmp_path / "u.zip")
     assert _segment(qtbot, segment, remote) == 2
     qtbot.waitUntil(lambda: any("weights are on the internet" in m for m in seen))
+
+    narrow = build_package(tmp_path / "n", Narrow(), ["same"])  # fails inside TorchScript
+    assert _segment(qtbot, segment, narrow) == 2
+    qtbot.waitUntil(lambda: any("planes wider than 64" in m for m in seen))
+    assert "\n" not in seen[-1] and "Traceback" not in seen[-1]
 
 
 def test_own_package_segments_and_is_offered_as_fine_tune_base(qtbot, docked, tmp_path):

@@ -33,6 +33,7 @@ CODE_FORMATS = ("pytorch_state_dict",)
 PLANE_AXES = {"batch", "channel", "y", "x"}
 EXTRA = 'pip install "napari-unet[bioimageio]"'
 KINDS = ("objects", "classes", "image")
+TORCHSCRIPT_FAILED = "The following operation failed in the TorchScript interpreter"
 BLOCK_N = 10  # largest block size parameter n, as bioimageio.core's default
 
 
@@ -249,7 +250,9 @@ def iter_predict_package(
             devices=None if device == "auto" else [device],
         )
     except Exception as error:  # any failure of the package's own code or weights
-        raise EngineError(f"{package.path}: its weights could not be loaded ({error})") from error
+        raise EngineError(
+            f"{package.path}: its weights could not be loaded ({_cause(error)})"
+        ) from error
     (tensor,) = package.description.inputs
     axes = [str(axis.id) for axis in tensor.axes]
     plane_size = (sizes["Y"], sizes["X"])
@@ -268,7 +271,9 @@ def iter_predict_package(
                     ns=ns,
                 )
             except Exception as error:  # the package's processing or network failed
-                raise EngineError(f"{package.path} failed on plane {done} ({error})") from error
+                raise EngineError(
+                    f"{package.path} failed on plane {done} ({_cause(error)})"
+                ) from error
             (output,) = sample.members.values()
             values = _crop_plane(_as_plane_output(output.data, package), plane_size, padded)
             if package.kind == "objects":
@@ -335,6 +340,22 @@ def _crop_plane(
         for out, have, want in zip(values.shape[-2:], plane_size, padded, strict=True)
     )
     return values[..., :rows, :columns]
+
+
+def _cause(error: BaseException) -> str:
+    """The first meaningful line of a package's error, for a one-line message.
+
+    A TorchScript error opens with a fixed sentence and two tracebacks: its last line is the
+    error itself. A first line that ends with a colon is kept with the line after it.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].startswith(TORCHSCRIPT_FAILED):
+        return lines[-1].removeprefix("builtins.")
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def _check_channels(sizes: dict[str, int], axes: str, channels: int, channel: int | None) -> None:
