@@ -1103,11 +1103,17 @@ def run_info(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     """``napari-unet export``."""
     from napari_unet.core.bioimageio_export import ExportStep, iter_export
+    from napari_unet.core.bioimageio_import import is_foreign_package
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.io import read_image
-    from napari_unet.core.registry import load_bundle
+    from napari_unet.core.registry import load_bundle, resolve_model
 
+    if is_foreign_package(model := resolve_model(args.model)):
+        raise InputError(
+            f"{model} is a bioimage.io package from other software, not a napari-unet model: "
+            "it cannot be exported (share the package itself)"
+        )
     if args.pixel_size is not None and not args.pixel_size > 0:
         raise InputError(f"--pixel-size must be positive, got {args.pixel_size}")
     if args.share_test_image and not args.test_image:

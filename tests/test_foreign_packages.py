@@ -4,6 +4,7 @@ probability, an image from any other output, consent for Python code, refusals i
 from __future__ import annotations
 
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def blobs(tmp_path) -> tuple[Path, np.ndarray]:
     return path, stack > 0
 
 
-def predict(model: Path, image: Path, output: Path, *extra: str) -> int:
+def predict(model: Path | str, image: Path, output: Path, *extra: str) -> int:
     return main(["predict", str(image), "-o", str(output), "--model", str(model), *extra])
 
 
@@ -146,6 +147,40 @@ def test_a_failure_while_running_is_one_line(packages, blobs, tmp_path, capsys):
     error = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
     assert "failed on plane 1 (ValueError: planes wider than 64 pixels are not supported)" in error
     assert not (tmp_path / "out" / "blobs_output.tif").exists()
+
+
+def test_package_folders_by_name_and_what_is_not_a_package(
+    packages, blobs, tmp_path, capsys, monkeypatch
+):
+    image, truth = blobs
+    monkeypatch.chdir(tmp_path)
+    with zipfile.ZipFile(packages["probability"]) as archive:
+        archive.extractall("pz")
+        archive.extractall("nested/pz")
+        members = archive.namelist()
+    assert predict(Path("pz"), image, tmp_path / "out") == 0  # no model is named pz
+    assert np.array_equal(read_image(tmp_path / "out" / "blobs_labels.tif").data > 0, truth)
+    capsys.readouterr()
+    argv = ["export", "pz", "-o", "again.zip", "--author", "A", "--license", "MIT"]
+    assert main(argv) == EXIT_USER
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "not a napari-unet model: it cannot be exported" in error
+
+    Path("broken.zip").write_bytes(b"not a zip")
+    with zipfile.ZipFile("in_folder.zip", "w") as archive:
+        for member in members:
+            archive.write(Path("nested") / "pz" / member, f"pz/{member}")
+    Path("empty").mkdir()
+    cases = {
+        "broken.zip is not a valid zip file": "broken.zip",
+        "in_folder.zip has no rdf.yaml at its top (it is at pz/rdf.yaml": "in_folder.zip",
+        "empty is a folder without rdf.yaml": "empty",
+        "nested is a folder without rdf.yaml": "nested/",
+    }
+    for why, model in cases.items():
+        assert predict(model, image, tmp_path / "out2") == EXIT_USER, why
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and why in error, error
 
 
 def test_foreign_packages_cannot_be_fine_tuned(packages, blobs, tmp_path, capsys):
