@@ -556,7 +556,7 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device,
     )
     options.check()
-    package = _foreign_package(args, distributed)
+    package = _foreign_package(args, options, distributed)
     inputs = list(args.inputs)
     output = Path(args.output)
     targets: dict[str, Path] = {}
@@ -614,9 +614,10 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _foreign_package(args: argparse.Namespace, distributed: bool) -> Any:
+def _foreign_package(args: argparse.Namespace, options: PredictOptions, distributed: bool) -> Any:
     """The ForeignPackage ``--model`` names when it is a bioimage.io package from other
-    software (checked, not yet loaded), else None."""
+    software (checked, not yet loaded), else None; says in one line which of the given
+    ``options`` it does not use."""
     from napari_unet.core.bioimageio_import import is_foreign_package
     from napari_unet.core.errors import InputError
     from napari_unet.core.registry import resolve_model
@@ -624,8 +625,19 @@ def _foreign_package(args: argparse.Namespace, distributed: bool) -> Any:
     path = resolve_model(args.model)
     if not is_foreign_package(path):
         return None
-    from napari_unet.core.bioimageio_foreign import open_package
+    from napari_unet.core.bioimageio_foreign import UNUSED_OPTIONS, open_package
 
+    unused = [
+        f"--{name.replace('_', '-')}"
+        for name in UNUSED_OPTIONS
+        if getattr(options, name) != getattr(PREDICT_DEFAULTS, name)
+    ]
+    if unused:
+        print(
+            f"{path} is a package from other software, with its own processing: "
+            f"{', '.join(unused)} do not apply to it and are ignored",
+            file=sys.stderr,
+        )
     if distributed:
         raise InputError(f"{path} is a package from other software: it runs without --scheduler")
     if args.format == "ome-zarr":

@@ -126,6 +126,25 @@ def test_python_architecture_runs_only_with_consent(packages, blobs, tmp_path, c
     assert "pytorch_state_dict weights" in capsys.readouterr().out
 
 
+def test_options_that_do_not_apply_are_named(packages, blobs, tmp_path, capsys):
+    image, truth = blobs
+    extra = [
+        "--mode",
+        "semantic",
+        "--tta",
+        "--diameter",
+        "20",
+        "--rgb",
+        "mean",
+        "--threshold",
+        "0.4",
+    ]
+    assert predict(packages["probability"], image, tmp_path / "out", *extra) == 0
+    notice = capsys.readouterr().err.splitlines()[0]
+    assert notice.endswith(": --mode, --rgb, --diameter, --tta do not apply to it and are ignored")
+    assert np.array_equal(read_image(tmp_path / "out" / "blobs_labels.tif").data > 0, truth)
+
+
 def test_refusals_are_one_line_with_exit_2(packages, blobs, tmp_path, capsys):
     image, _ = blobs
     cases = {

@@ -58,9 +58,10 @@ def test_foreign_packages_segment_or_open_as_an_image(qtbot, docked, tmp_path):
     segment.select_model(str(probability))
     assert segment.package_note.isVisibleTo(segment) and segment.code_check.isVisibleTo(segment)
     assert "cannot be fine-tuned" in segment.package_note.text()
+    assert "only threshold, minimum size, channel and device apply" in segment.package_note.text()
     assert _segment(qtbot, segment, probability) == 2
     labels = viewer.layers[-1]
-    assert isinstance(labels, Labels) and labels.name == "blobs labels (package.zip)"
+    assert isinstance(labels, Labels) and labels.name == "blobs labels (Other tool (test))"
     assert np.array_equal(np.unique(labels.data), [0, 1, 2])
     assert np.array_equal(labels.data > 0, _blobs() > 0)
     assert "2 objects" in segment.status.text()

@@ -33,6 +33,8 @@ CODE_FORMATS = ("pytorch_state_dict",)
 PLANE_AXES = {"batch", "channel", "y", "x"}
 EXTRA = 'pip install "napari-unet[bioimageio]"'
 KINDS = ("objects", "classes", "image")
+# the prediction options a package does not use: its own processing decides these
+UNUSED_OPTIONS = ("mode", "tile_size", "overlap", "batch_size", "rgb", "diameter", "tta")
 TORCHSCRIPT_FAILED = "The following operation failed in the TorchScript interpreter"
 BLOCK_N = 10  # largest block size parameter n, as bioimageio.core's default
 
@@ -76,6 +78,8 @@ class PackageResult:
         channels, then ``YX``.
     weight_format : str
         The weights that ran.
+    name : str
+        The package's name, as its description gives it.
     objects : int
         Objects found (``objects`` only; 0 otherwise).
     """
@@ -84,6 +88,7 @@ class PackageResult:
     kind: str
     axes: str
     weight_format: str
+    name: str
     objects: int = 0
 
 
@@ -286,7 +291,9 @@ def iter_predict_package(
         *(sizes[a] for a in stack_axes_of(stack.axes)), *outputs[0].shape
     )
     letters = stack_axes_of(stack.axes) + ("C" if outputs[0].ndim == 3 else "") + "YX"
-    return PackageResult(stacked, package.kind, letters, package.weight_format, next_id)
+    return PackageResult(
+        stacked, package.kind, letters, package.weight_format, package.description.name, next_id
+    )
 
 
 def _blocks_for(
