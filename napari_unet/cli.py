@@ -97,7 +97,8 @@ def _add_predict(commands: Commands) -> None:
         "predict",
         help="segment images and write label TIFFs or OME-Zarr",
         description="Segment images; writes DIR/<name>_labels.tif (or "
-        "DIR/<name>_labels.ome.zarr) for each input.",
+        "DIR/<name>_labels.ome.zarr) for each input, or DIR/<name>_output.tif for a "
+        "bioimage.io package whose output is not labels.",
     )
     p.add_argument(
         "inputs",
@@ -174,7 +175,11 @@ def _add_predict(commands: Commands) -> None:
         help="segment each Z plane on its own (default: objects are linked through Z, one id "
         "per object in a z-stack)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing label files")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing label files (or <name>_output.tif files)",
+    )
     p.add_argument(
         "--format",
         choices=LABEL_FORMATS,
@@ -380,7 +385,10 @@ def _add_export(commands: Commands) -> None:
         "sample images unless --test-image is given.",
     )
     x.add_argument(
-        "model", metavar="MODEL", help="model name, .safetensors file or napari-unet .zip"
+        "model",
+        metavar="MODEL",
+        help="model name, .safetensors file, or bioimage.io package exported by napari-unet "
+        "(.zip, folder or rdf.yaml)",
     )
     x.add_argument("--output", "-o", required=True, metavar="NAME.zip", help="package to write")
     x.add_argument(

@@ -202,6 +202,16 @@ def test_package_folders_by_name_and_what_is_not_a_package(
         assert error.count("\n") == 1 and why in error, error
 
 
+def test_help_names_the_image_output_and_package_folders(capsys):
+    for command in ("predict", "export"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # as one line, whatever the wrapping
+    assert "or DIR/<name>_output.tif for a bioimage.io package whose output is not labels" in text
+    assert "replace existing label files (or <name>_output.tif files)" in text
+    assert "bioimage.io package exported by napari-unet (.zip, folder or rdf.yaml)" in text
+
+
 def test_foreign_packages_cannot_be_fine_tuned(packages, blobs, tmp_path, capsys):
     image, truth = blobs
     labels = tmp_path / "labels.tif"
