@@ -8,8 +8,9 @@ file. A 2D model with one input and one output is supported, run on every plane 
 its output becomes labels when it is a single-channel probability (objects: connected
 components above a threshold; a probability as its description declares it, by a data range
 within [0, 1] or a final sigmoid or softmax) or a single-channel integer class map, and stays
-an image otherwise (a denoised or restored image, several channels). Such a package predicts only: it cannot be fine-tuned. Needs the ``bioimageio``
-extra.
+an image otherwise (a denoised or restored image, several channels). Planes of any size run,
+in blocks of sizes the model takes. Such a package predicts only: it cannot be fine-tuned.
+Needs the ``bioimageio`` extra.
 """
 
 from __future__ import annotations
@@ -184,8 +185,8 @@ def _output_kind(output: Any) -> str:
 
     One channel of integers is a class map. One float channel is a probability only when
     the description says so: a declared data range within [0, 1], or a sigmoid or softmax as
-    its last postprocessing step (``ensure_dtype`` steps, which ``bioimageio.spec`` adds, aside). Any other output (a restored image, several channels) is
-    an image.
+    its last postprocessing step (``ensure_dtype`` steps, which ``bioimageio.spec`` adds,
+    aside). Any other output (a restored image, several channels) is an image.
     """
     if _channel_count(output) != 1:
         return "image"
