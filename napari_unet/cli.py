@@ -97,7 +97,8 @@ def _add_predict(commands: Commands) -> None:
         "predict",
         help="segment images and write label TIFFs or OME-Zarr",
         description="Segment images; writes DIR/<name>_labels.tif (or "
-        "DIR/<name>_labels.ome.zarr) for each input.",
+        "DIR/<name>_labels.ome.zarr) for each input, or DIR/<name>_output.tif for a "
+        "bioimage.io package whose output is not labels.",
     )
     p.add_argument(
         "inputs",
@@ -174,7 +175,11 @@ def _add_predict(commands: Commands) -> None:
         help="segment each Z plane on its own (default: objects are linked through Z, one id "
         "per object in a z-stack)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing label files")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing label files (or <name>_output.tif files)",
+    )
     p.add_argument(
         "--format",
         choices=LABEL_FORMATS,
@@ -380,7 +385,10 @@ def _add_export(commands: Commands) -> None:
         "sample images unless --test-image is given.",
     )
     x.add_argument(
-        "model", metavar="MODEL", help="model name, .safetensors file or napari-unet .zip"
+        "model",
+        metavar="MODEL",
+        help="model name, .safetensors file, or bioimage.io package exported by napari-unet "
+        "(.zip, folder or rdf.yaml)",
     )
     x.add_argument("--output", "-o", required=True, metavar="NAME.zip", help="package to write")
     x.add_argument(
@@ -556,7 +564,7 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device,
     )
     options.check()
-    package = _foreign_package(args, distributed)
+    package = _foreign_package(args, options, distributed)
     inputs = list(args.inputs)
     output = Path(args.output)
     targets: dict[str, Path] = {}
@@ -614,9 +622,10 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _foreign_package(args: argparse.Namespace, distributed: bool) -> Any:
+def _foreign_package(args: argparse.Namespace, options: PredictOptions, distributed: bool) -> Any:
     """The ForeignPackage ``--model`` names when it is a bioimage.io package from other
-    software (checked, not yet loaded), else None."""
+    software (checked, not yet loaded), else None; says in one line which of the given
+    ``options`` it does not use."""
     from napari_unet.core.bioimageio_import import is_foreign_package
     from napari_unet.core.errors import InputError
     from napari_unet.core.registry import resolve_model
@@ -624,8 +633,19 @@ def _foreign_package(args: argparse.Namespace, distributed: bool) -> Any:
     path = resolve_model(args.model)
     if not is_foreign_package(path):
         return None
-    from napari_unet.core.bioimageio_foreign import open_package
+    from napari_unet.core.bioimageio_foreign import UNUSED_OPTIONS, open_package
 
+    unused = [
+        f"--{name.replace('_', '-')}"
+        for name in UNUSED_OPTIONS
+        if getattr(options, name) != getattr(PREDICT_DEFAULTS, name)
+    ]
+    if unused:
+        print(
+            f"{path} is a package from other software, with its own processing: "
+            f"{', '.join(unused)} do not apply to it and are ignored",
+            file=sys.stderr,
+        )
     if distributed:
         raise InputError(f"{path} is a package from other software: it runs without --scheduler")
     if args.format == "ome-zarr":
@@ -1103,11 +1123,17 @@ def run_info(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     """``napari-unet export``."""
     from napari_unet.core.bioimageio_export import ExportStep, iter_export
+    from napari_unet.core.bioimageio_import import is_foreign_package
     from napari_unet.core.errors import InputError
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.io import read_image
-    from napari_unet.core.registry import load_bundle
+    from napari_unet.core.registry import load_bundle, resolve_model
 
+    if is_foreign_package(model := resolve_model(args.model)):
+        raise InputError(
+            f"{model} is a bioimage.io package from other software, not a napari-unet model: "
+            "it cannot be exported (share the package itself)"
+        )
     if args.pixel_size is not None and not args.pixel_size > 0:
         raise InputError(f"--pixel-size must be positive, got {args.pixel_size}")
     if args.share_test_image and not args.test_image:

@@ -23,6 +23,30 @@ class Probability(torch.nn.Module):
         return torch.sigmoid(40.0 * (x - 0.5))
 
 
+class Logits(torch.nn.Module):
+    """The logits of :class:`Probability`: a probability once the package's sigmoid ran."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 40.0 * (x - 0.5)
+
+
+class Denoiser(torch.nn.Module):
+    """One float channel that is not a probability, as a denoising or restoration model
+    gives: values above 0.5 everywhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 3.0 + 0.2
+
+
+class Narrow(torch.nn.Module):
+    """Fails, inside TorchScript, on inputs wider than its 64-pixel test tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] > 64:
+            raise ValueError("planes wider than 64 pixels are not supported")
+        return x
+
+
 class TwoMaps(torch.nn.Module):
     """Two channels that are not labels: the input and its complement."""
 
@@ -30,14 +54,27 @@ class TwoMaps(torch.nn.Module):
         return torch.cat([x, 1.0 - x], dim=1)
 
 
+def probability_package(folder: Path, *, code: bool = False) -> Path:
+    """The package of :class:`Probability`, its output declared as data in [0, 1]."""
+    return build_package(folder, Probability(), ["foreground"], code=code, output_range=(0, 1))
+
+
 def build_package(
-    folder: Path, network: torch.nn.Module, outputs: list[str], *, code: bool = False
+    folder: Path,
+    network: torch.nn.Module,
+    outputs: list[str],
+    *,
+    code: bool = False,
+    output_range: tuple[float, float] | None = None,
+    sigmoid: bool = False,
 ) -> Path:
     """A zip package of ``network`` (one grey input, one output with the channels
     ``outputs``), with min-max scaling as its preprocessing; returns its path.
 
     Its weights are TorchScript, or with ``code`` a ``pytorch_state_dict`` whose architecture
-    is the network's class in a Python file of the package (running it runs that code).
+    is the network's class in a Python file of the package (running it runs that code). The
+    output's data range is ``output_range`` where given, else not stated; with ``sigmoid``
+    a sigmoid is its postprocessing.
     """
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5
@@ -68,7 +105,8 @@ def build_package(
     test_input = rng.uniform(0, 255, (1, 1, 64, 64)).astype(np.float32)
     scaled = (test_input - test_input.min()) / (test_input.max() - test_input.min())
     with torch.no_grad():
-        test_output = network(torch.from_numpy(scaled)).numpy()
+        test_output = network(torch.from_numpy(scaled))
+    test_output = (torch.sigmoid(test_output) if sigmoid else test_output).numpy()
     np.save(folder / "test_input.npy", test_input)
     np.save(folder / "test_output.npy", test_output)
 
@@ -79,13 +117,14 @@ def build_package(
             v0_5.BatchAxis(),
             v0_5.ChannelAxis(channel_names=[v0_5.Identifier(c) for c in channels]),
             space(
-                id=v0_5.AxisId("y"), size=size if output else v0_5.ParameterizedSize(min=16, step=8)
+                id=v0_5.AxisId("y"),
+                size=size if output else v0_5.ParameterizedSize(min=64, step=16),
             ),
             space(
                 id=v0_5.AxisId("x"),
                 size=v0_5.SizeReference(tensor_id=v0_5.TensorId("raw"), axis_id=v0_5.AxisId("x"))
                 if output
-                else v0_5.ParameterizedSize(min=16, step=8),
+                else v0_5.ParameterizedSize(min=64, step=16),
             ),
         ]
 
@@ -117,6 +156,8 @@ def build_package(
                 id=v0_5.TensorId("prediction"),
                 axes=axes(outputs, output=True),
                 test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
+                data=v0_5.IntervalOrRatioDataDescr(range=output_range or (None, None)),
+                postprocessing=[v0_5.SigmoidDescr()] if sigmoid else [],
             )
         ],
         weights=entries,

@@ -9,7 +9,13 @@ import pytest
 
 from napari_unet.core.bioimageio_export import export_package
 from napari_unet.core.registry import load_bundle
-from tests.foreign_packages import Probability, TwoMaps, build_package, weights_by_url
+from tests.foreign_packages import (
+    Narrow,
+    TwoMaps,
+    build_package,
+    probability_package,
+    weights_by_url,
+)
 
 pytestmark = [
     pytest.mark.gui,
@@ -26,7 +32,7 @@ def _notifications():
 
 
 def _blobs() -> np.ndarray:
-    image = np.zeros((96, 128), np.float32)
+    image = np.zeros((100, 134), np.float32)
     image[10:30, 10:30] = image[50:80, 60:100] = 200.0
     return image
 
@@ -47,14 +53,15 @@ def test_foreign_packages_segment_or_open_as_an_image(qtbot, docked, tmp_path):
     viewer, widget = docked
     segment = widget.segment
     viewer.add_image(_blobs(), name="blobs")
-    probability = build_package(tmp_path / "p", Probability(), ["foreground"])
+    probability = probability_package(tmp_path / "p")
     assert not segment.package_note.isVisibleTo(segment)  # the tiny model is ours
     segment.select_model(str(probability))
     assert segment.package_note.isVisibleTo(segment) and segment.code_check.isVisibleTo(segment)
     assert "cannot be fine-tuned" in segment.package_note.text()
+    assert "only threshold, minimum size, channel and device apply" in segment.package_note.text()
     assert _segment(qtbot, segment, probability) == 2
     labels = viewer.layers[-1]
-    assert isinstance(labels, Labels) and labels.name == "blobs labels (package.zip)"
+    assert isinstance(labels, Labels) and labels.name == "blobs labels (Other tool (test))"
     assert np.array_equal(np.unique(labels.data), [0, 1, 2])
     assert np.array_equal(labels.data > 0, _blobs() > 0)
     assert "2 objects" in segment.status.text()
@@ -64,17 +71,17 @@ def test_foreign_packages_segment_or_open_as_an_image(qtbot, docked, tmp_path):
     maps = build_package(tmp_path / "m", TwoMaps(), ["signal", "complement"])
     assert _segment(qtbot, segment, maps) == 3
     output = viewer.layers[-1]
-    assert isinstance(output, Image) and output.data.shape == (2, 96, 128)
+    assert isinstance(output, Image) and output.data.shape == (2, 100, 134)
     assert np.array_equal(output.data[1], 1 - (_blobs() > 0))
 
 
-def test_package_code_needs_the_checkbox_and_url_weights_are_refused(qtbot, docked, tmp_path):
+def test_package_code_needs_the_checkbox_and_refusals_are_short(qtbot, docked, tmp_path):
     pytest.importorskip("bioimageio.core")
     viewer, widget = docked
     segment = widget.segment
     viewer.add_image(_blobs(), name="blobs")
     seen = _notifications()
-    code = build_package(tmp_path / "c", Probability(), ["foreground"], code=True)
+    code = probability_package(tmp_path / "c", code=True)
     assert _segment(qtbot, segment, code) == 1
     qtbot.waitUntil(lambda: any("run the Python code in this package" in m for m in seen))
     assert "executes code from the file" in seen[-1]
@@ -86,9 +93,14 @@ def test_package_code_needs_the_checkbox_and_url_weights_are_refused(qtbot, dock
     segment.select_model(str(code))
     assert not segment.code_check.isChecked()  # consent is not carried to a later choice
 
-    remote = weights_by_url(build_package(tmp_path / "u", Probability(), ["p"]), tmp_path / "u.zip")
+    remote = weights_by_url(probability_package(tmp_path / "u"), tmp_path / "u.zip")
     assert _segment(qtbot, segment, remote) == 2
     qtbot.waitUntil(lambda: any("weights are on the internet" in m for m in seen))
+
+    narrow = build_package(tmp_path / "n", Narrow(), ["same"])  # fails inside TorchScript
+    assert _segment(qtbot, segment, narrow) == 2
+    qtbot.waitUntil(lambda: any("planes wider than 64" in m for m in seen))
+    assert "\n" not in seen[-1] and "Traceback" not in seen[-1]
 
 
 def test_own_package_segments_and_is_offered_as_fine_tune_base(qtbot, docked, tmp_path):

@@ -6,9 +6,11 @@ TorchScript weights by default; weights that rebuild the network from the packag
 code (``pytorch_state_dict``) only when the caller opts in, since that runs code from the
 file. A 2D model with one input and one output is supported, run on every plane of a stack;
 its output becomes labels when it is a single-channel probability (objects: connected
-components above a threshold) or a single-channel integer class map, and stays an image
-otherwise. Such a package predicts only: it cannot be fine-tuned. Needs the ``bioimageio``
-extra.
+components above a threshold; a probability as its description declares it, by a data range
+within [0, 1] or a final sigmoid or softmax) or a single-channel integer class map, and stays
+an image otherwise (a denoised or restored image, several channels). Planes of any size run,
+in blocks of sizes the model takes. Such a package predicts only: it cannot be fine-tuned.
+Needs the ``bioimageio`` extra.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ CODE_FORMATS = ("pytorch_state_dict",)
 PLANE_AXES = {"batch", "channel", "y", "x"}
 EXTRA = 'pip install "napari-unet[bioimageio]"'
 KINDS = ("objects", "classes", "image")
+# the prediction options a package does not use: its own processing decides these
+UNUSED_OPTIONS = ("mode", "tile_size", "overlap", "batch_size", "rgb", "diameter", "tta")
+TORCHSCRIPT_FAILED = "The following operation failed in the TorchScript interpreter"
+BLOCK_N = 10  # largest block size parameter n, as bioimageio.core's default
 
 
 @dataclass(frozen=True)
@@ -69,9 +75,12 @@ class PackageResult:
         ``classes``: uint32 class indices; ``image``: float32 output. Axes as in ``axes``.
     kind : {"objects", "classes", "image"}
     axes : str
-        Letters of ``data``'s axes: the stack axes, then ``C`` for an image, then ``YX``.
+        Letters of ``data``'s axes: the stack axes, then ``C`` for an image of several
+        channels, then ``YX``.
     weight_format : str
         The weights that ran.
+    name : str
+        The package's name, as its description gives it.
     objects : int
         Objects found (``objects`` only; 0 otherwise).
     """
@@ -80,6 +89,7 @@ class PackageResult:
     kind: str
     axes: str
     weight_format: str
+    name: str
     objects: int = 0
 
 
@@ -127,7 +137,11 @@ def open_package(path: str | os.PathLike[str], *, allow_code: bool = False) -> F
             _check_plane_model(description, path)
             (tensor,), (output,) = description.inputs, description.outputs
             return ForeignPackage(
-                Path(path), description, name, _output_kind(output), _channel_count(tensor)
+                Path(path),
+                description,
+                name,
+                _output_kind(output),
+                _channel_count(tensor),
             )
     present = sorted(
         name
@@ -167,11 +181,23 @@ def _channel_count(tensor: Any) -> int:
 
 
 def _output_kind(output: Any) -> str:
-    """``objects``, ``classes`` or ``image``: what an output tensor becomes (see KINDS)."""
+    """``objects``, ``classes`` or ``image``: what an output tensor becomes (see KINDS).
+
+    One channel of integers is a class map. One float channel is a probability only when
+    the description says so: a declared data range within [0, 1], or a sigmoid or softmax as
+    its last postprocessing step (``ensure_dtype`` steps, which ``bioimageio.spec`` adds,
+    aside). Any other output (a restored image, several channels) is an image.
+    """
     if _channel_count(output) != 1:
         return "image"
-    integer = str(getattr(output.data, "type", "float32")).startswith(("int", "uint", "bool"))
-    return "classes" if integer else "objects"
+    data = output.data[0] if isinstance(output.data, list | tuple) else output.data
+    if str(getattr(data, "type", "float32")).startswith(("int", "uint", "bool")):
+        return "classes"
+    low, high = getattr(data, "range", (None, None))
+    bounded = low is not None and high is not None and 0 <= low and high <= 1
+    steps = [step.id for step in output.postprocessing if step.id != "ensure_dtype"]
+    squashed = bool(steps) and steps[-1] in ("sigmoid", "softmax")
+    return "objects" if bounded or squashed else "image"
 
 
 def iter_predict_package(
@@ -216,7 +242,7 @@ def iter_predict_package(
     EngineError
         When the package fails while running (its message is kept).
     """
-    from bioimageio.core import create_prediction_pipeline
+    from bioimageio.core import Tensor, create_prediction_pipeline
     from bioimageio.core.digest_spec import create_sample_for_model
 
     planes = plane_count(stack.data.shape, stack.axes)
@@ -230,23 +256,32 @@ def iter_predict_package(
             devices=None if device == "auto" else [device],
         )
     except Exception as error:  # any failure of the package's own code or weights
-        raise EngineError(f"{package.path}: its weights could not be loaded ({error})") from error
+        raise EngineError(
+            f"{package.path}: its weights could not be loaded ({_cause(error)})"
+        ) from error
     (tensor,) = package.description.inputs
     axes = [str(axis.id) for axis in tensor.axes]
+    plane_size = (sizes["Y"], sizes["X"])
+    padded, ns = _blocks_for(tensor, plane_size)
     outputs: list[np.ndarray] = []
     next_id = 0
     smallest = default_min_size(None) if min_size is None else min_size
     with pipeline:
         for done, (_, plane, plane_axes) in enumerate(iter_planes(stack.data, stack.axes), 1):
-            pixels = _as_model_input(plane, plane_axes, axes, channel)
+            pixels = _as_model_input(_pad_plane(plane, padded), plane_axes, axes, channel)
             try:
-                sample = pipeline.predict_sample_without_blocking(
-                    create_sample_for_model(package.description, inputs=pixels, sample_id=done)
+                sample = pipeline.predict_sample_with_blocking(
+                    create_sample_for_model(
+                        package.description, inputs=Tensor(pixels, dims=axes), sample_id=done
+                    ),
+                    ns=ns,
                 )
             except Exception as error:  # the package's processing or network failed
-                raise EngineError(f"{package.path} failed on plane {done} ({error})") from error
+                raise EngineError(
+                    f"{package.path} failed on plane {done} ({_cause(error)})"
+                ) from error
             (output,) = sample.members.values()
-            values = _as_plane_output(output.data, package)
+            values = _crop_plane(_as_plane_output(output.data, package), plane_size, padded)
             if package.kind == "objects":
                 values = remove_small(_connected(values > threshold), smallest)
                 values = np.where(values > 0, values + np.uint32(next_id), 0).astype(np.uint32)
@@ -256,8 +291,79 @@ def iter_predict_package(
     stacked = np.stack(outputs).reshape(
         *(sizes[a] for a in stack_axes_of(stack.axes)), *outputs[0].shape
     )
-    letters = stack_axes_of(stack.axes) + ("C" if package.kind == "image" else "") + "YX"
-    return PackageResult(stacked, package.kind, letters, package.weight_format, next_id)
+    letters = stack_axes_of(stack.axes) + ("C" if outputs[0].ndim == 3 else "") + "YX"
+    return PackageResult(
+        stacked, package.kind, letters, package.weight_format, package.description.name, next_id
+    )
+
+
+def _blocks_for(
+    tensor: Any, plane_size: tuple[int, int]
+) -> tuple[tuple[int, int], dict[tuple[Any, Any], int]]:
+    """How a plane of ``plane_size`` (rows, columns) fits the model's input rule.
+
+    A plane smaller than the smallest size the model takes is padded up to it; a larger one
+    is split by ``bioimageio.core`` into blocks of a size the model takes (at most
+    ``min + BLOCK_N * step``, and never more than the plane), overlapping at its end.
+
+    Returns
+    -------
+    padded : tuple of int
+        The plane's size once padded.
+    ns : dict
+        The block size parameter ``n`` of each parameterized axis, keyed by (tensor id,
+        axis id), for ``predict_sample_with_blocking``.
+    """
+    from bioimageio.spec.model.v0_5 import ParameterizedSize
+
+    padded = dict(zip(("y", "x"), plane_size, strict=True))
+    ns = {}
+    for axis in tensor.axes:
+        name, size = str(axis.id), axis.size
+        if name not in padded:
+            continue
+        if isinstance(size, ParameterizedSize):
+            padded[name] = max(padded[name], size.min)
+            ns[(tensor.id, axis.id)] = min(BLOCK_N, (padded[name] - size.min) // size.step)
+        elif isinstance(size, int):
+            padded[name] = max(padded[name], size)
+    return (padded["y"], padded["x"]), ns
+
+
+def _pad_plane(plane: np.ndarray, padded: tuple[int, int]) -> np.ndarray:
+    """A (Y, X, ...) plane mirrored at its bottom and right edges up to ``padded``."""
+    extra = [(0, want - have) for want, have in zip(padded, plane.shape[:2], strict=True)]
+    if not any(after for _, after in extra):
+        return plane
+    return np.pad(plane, extra + [(0, 0)] * (plane.ndim - 2), mode="symmetric")
+
+
+def _crop_plane(
+    values: np.ndarray, plane_size: tuple[int, int], padded: tuple[int, int]
+) -> np.ndarray:
+    """The part of an output (..., Y, X) that covers the plane before its padding (an output
+    scaled against its input keeps the same fraction)."""
+    rows, columns = (
+        round(out * have / want)
+        for out, have, want in zip(values.shape[-2:], plane_size, padded, strict=True)
+    )
+    return values[..., :rows, :columns]
+
+
+def _cause(error: BaseException) -> str:
+    """The first meaningful line of a package's error, for a one-line message.
+
+    A TorchScript error opens with a fixed sentence and two tracebacks: its last line is the
+    error itself. A first line that ends with a colon is kept with the line after it.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].startswith(TORCHSCRIPT_FAILED):
+        return lines[-1].removeprefix("builtins.")
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def _check_channels(sizes: dict[str, int], axes: str, channels: int, channel: int | None) -> None:
@@ -292,13 +398,15 @@ def _as_model_input(
 
 
 def _as_plane_output(data: Any, package: ForeignPackage) -> np.ndarray:
-    """The output of one plane: (Y, X) uint32 for labels, (C, Y, X) float32 for an image."""
+    """The output of one plane: (Y, X) uint32 for labels, (C, Y, X) float32 for an image of
+    several channels, (Y, X) float32 for one."""
     if "batch" in data.dims:
         data = data.isel(batch=0)
     dims = [str(d) for d in data.dims]
     values = np.asarray(data.transpose(*[d for d in ("channel", "y", "x") if d in dims]))
     if package.kind == "image":
-        return values.astype(np.float32).reshape(-1, *values.shape[-2:])
+        values = values.astype(np.float32).reshape(-1, *values.shape[-2:])
+        return values[0] if len(values) == 1 else values
     values = values.reshape(values.shape[-2:])
     if package.kind == "classes":
         if values.size and values.min() < 0:

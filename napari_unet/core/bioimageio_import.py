@@ -35,6 +35,25 @@ def is_package(path: str | os.PathLike[str]) -> bool:
         return any(name in archive.namelist() for name in DESCRIPTION_NAMES)
 
 
+def not_a_package(path: str | os.PathLike[str]) -> str | None:
+    """Why a ``.zip`` file or a folder is not a bioimage.io package, as the end of a
+    sentence that starts with its path; None for a package or any other path."""
+    path = Path(path)
+    if path.is_dir():
+        return None if is_package(path) else f"is a folder without {DESCRIPTION_NAMES[0]}"
+    if path.suffix != ".zip" or not path.is_file():
+        return None
+    if not zipfile.is_zipfile(path):
+        return "is not a valid zip file"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(name in names for name in DESCRIPTION_NAMES):
+        return None
+    inner = next((n for n in names if Path(n).name in DESCRIPTION_NAMES), None)
+    where = f" (it is at {inner}: zip the package's files, not their folder)" if inner else ""
+    return f"has no {DESCRIPTION_NAMES[0]} at its top{where}"
+
+
 def read_description(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The package's model description, as plain data.
 

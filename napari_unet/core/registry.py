@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_unet.core.atomic import is_partial, remove_stale_partials
-from napari_unet.core.bioimageio_import import is_package, load_package_bundle
+from napari_unet.core.bioimageio_import import is_package, load_package_bundle, not_a_package
 from napari_unet.core.bundle import Bundle, load_bundle_file, read_bundle_config
 from napari_unet.core.errors import BundleError
 
@@ -114,26 +114,35 @@ def scan_models(
 def resolve_model(name_or_path: str | os.PathLike[str], models_dir: Path | None = None) -> Path:
     """Path of a model given a file path or a name; bundled names are reserved.
 
-    A path may be a ``.safetensors`` bundle or a bioimage.io package exported by napari-unet
-    (a ``.zip``, its folder or its ``rdf.yaml``).
+    A path may be a ``.safetensors`` bundle or a bioimage.io package (a ``.zip``, its folder
+    or its ``rdf.yaml``). A folder given without a slash (``pz``) is a path when no model
+    has that name.
+
+    Raises
+    ------
+    BundleError
+        When no model has the name, the file does not exist, or a ``.zip`` or folder is not
+        a bioimage.io package (each saying why).
     """
     text = str(name_or_path)
     candidate = Path(text).expanduser()
-    if _is_path(text):
-        if is_package(candidate):
-            return candidate
-        if not candidate.is_file():
-            raise BundleError(f"model file not found: {candidate}")
-        return candidate
-    for folder in (BUNDLED_DIR, models_dir or user_models_dir()):
-        path = folder / f"{text}{SUFFIX}"
-        if path.is_file():
-            return path
-    known = sorted({entry.name for entry in list_models(models_dir)})
-    raise BundleError(
-        f"no model named {text!r}; known models: {', '.join(known) if known else 'none'} "
-        "(or give a path to a .safetensors file or a bioimage.io .zip)"
-    )
+    if not _is_path(text):
+        for folder in (BUNDLED_DIR, models_dir or user_models_dir()):
+            path = folder / f"{text}{SUFFIX}"
+            if path.is_file():
+                return path
+        if not candidate.is_dir():  # a folder named without a slash is still a path
+            known = sorted({entry.name for entry in list_models(models_dir)})
+            raise BundleError(
+                f"no model named {text!r}; known models: {', '.join(known) if known else 'none'} "
+                "(or give a path to a .safetensors file or a bioimage.io .zip)"
+            )
+    why = not_a_package(candidate)
+    if why is not None:
+        raise BundleError(f"{candidate} {why}; give a bioimage.io package or a .safetensors file")
+    if not candidate.exists():
+        raise BundleError(f"model file not found: {candidate}")
+    return candidate
 
 
 def _is_path(text: str) -> bool:
@@ -145,7 +154,7 @@ def model_name(name_or_path: str | os.PathLike[str]) -> str:
     """The name a model goes by: its own name, a bundle file's name without ``.safetensors``,
     or the name of the bundle a napari-unet bioimage.io package carries (``nuclei-ft1``)."""
     text = str(name_or_path)
-    if not _is_path(text):
+    if not _is_path(text) and not Path(text).is_dir():
         return text
     path = resolve_model(text)
     return load_package_bundle(path).name if is_package(path) else path.name.removesuffix(SUFFIX)

@@ -6,7 +6,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -287,7 +286,8 @@ class SegmentPanel(QWidget):
         foreign = is_foreign_model(self.model)
         self.package_note.setText(
             "A bioimage.io package from other software: it runs with its own processing, "
-            "for segmentation only (it cannot be fine-tuned)."
+            "for segmentation only (it cannot be fine-tuned). Of the options, only threshold, "
+            "minimum size, channel and device apply."
             if foreign
             else ""
         )
@@ -482,7 +482,7 @@ class SegmentPanel(QWidget):
         """A package's labels go to a new Labels layer, any other output to an Image layer;
         neither is offered for fine-tuning (the package cannot be fine-tuned)."""
         image = request.layer
-        model = Path(request.model).name
+        model = result.name
         scale = _layer_scale(image, request.stack.axes, result.axes)
         metadata = {METADATA_KEY: {"axes": result.axes}}
         if result.kind == "image":
