@@ -106,20 +106,7 @@ def rank_plane(
     list of Uncertain
         Most unsure first (ties: larger first).
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise InputError(f"labels of one plane must be 2D, got shape {labels.shape}")
-    if not views:
-        raise InputError("rank_plane needs at least one view to compare with")
-    for view in views:
-        if view.shape != labels.shape:
-            raise InputError(f"a view has shape {view.shape}, the labels {labels.shape}")
-    labels = labels.astype(np.int64, copy=False)
-    area = np.bincount(labels.ravel())
-    tally = _Tally(area.size)
-    miss_votes = np.zeros(labels.shape, dtype=np.float64)
-    for view in views:
-        tally.add(labels, area, np.asarray(view).astype(np.int64, copy=False), miss_votes)
+    labels, area, tally, miss_votes = _compare(labels, views)
     n = len(views)
     items = [
         _object_item(labels, k, plane, float(tally.disagreement[k] / n), tally.reason(k))
@@ -129,6 +116,28 @@ def rank_plane(
     items += _miss_items(miss_votes / n, plane, min_score)
     area_of = {id(item): _bbox_area(item.bbox) for item in items}
     return sorted(items, key=lambda item: (-item.score, -area_of[id(item)], item.label))
+
+
+def _compare(
+    labels: np.ndarray, views: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, _Tally, np.ndarray]:
+    """Check the shapes and tally every view against ``labels``: (labels as int64, object
+    areas, the tally, the votes for misses per pixel)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise InputError(f"labels of one plane must be 2D, got shape {labels.shape}")
+    if not views:
+        raise InputError("comparing with flipped views needs at least one view")
+    for view in views:
+        if view.shape != labels.shape:
+            raise InputError(f"a view has shape {view.shape}, the labels {labels.shape}")
+    labels = labels.astype(np.int64, copy=False)
+    area = np.bincount(labels.ravel())
+    tally = _Tally(area.size)
+    miss_votes = np.zeros(labels.shape, dtype=np.float64)
+    for view in views:
+        tally.add(labels, area, np.asarray(view).astype(np.int64, copy=False), miss_votes)
+    return labels, area, tally, miss_votes
 
 
 class _Tally:
@@ -365,14 +374,7 @@ def certainty_map(labels: np.ndarray, views: list[np.ndarray]) -> np.ndarray:
     -------
     ndarray of shape (Y, X), float32
     """
-    labels = np.asarray(labels).astype(np.int64, copy=False)
-    if not views:
-        raise InputError("certainty_map needs at least one view to compare with")
-    area = np.bincount(labels.ravel())
-    tally = _Tally(area.size)
-    miss_votes = np.zeros(labels.shape, dtype=np.float64)
-    for view in views:
-        tally.add(labels, area, np.asarray(view).astype(np.int64, copy=False), miss_votes)
+    labels, _, tally, miss_votes = _compare(labels, views)
     n = len(views)
     per_object = 1.0 - tally.disagreement / n
     certainty = np.where(labels > 0, per_object[labels], 1.0 - miss_votes / n)
