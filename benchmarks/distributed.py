@@ -1,18 +1,19 @@
 """Distributed prediction against the single-process path, on a stack of real nuclei.
 
-    python benchmarks/distributed.py [--size 4096] [--planes 8] [--blocks 2048 1024 512]
-                                     [--workers 1 2] [--device cpu]
+    python benchmarks/distributed.py [--size 4096] [--planes 8] [--blocks 2048 1024]
+                                     [--workers 1 2] [--pairs 3] [--device cpu]
 
 Builds a size x size x planes uint16 OME-Zarr stack tiled from the grey DSB 2018 images in
-``../shared/data`` (a different arrangement on every plane), then times, each writing
-OME-Zarr labels:
-
-* the single-process path (``iter_predict`` + ``write_labels_zarr``);
-* the distributed path on a LocalCluster with 1 worker (all cores in its torch threads) and
-  with 2 workers (the cores shared), at the default block size and at each ``--blocks`` size
-  (with tiles no larger than the block): seconds, throughput, overhead against the single
-  process, the halo, the merge's share of the total, and the largest worker peak resident
-  memory, in all and above the warm worker's (workers restart for every run).
+``../shared/data`` (a different arrangement on every plane). For each worker count (a
+LocalCluster: 1 worker with all cores in its torch threads, 2 workers sharing them) and each
+block size (the default, then each ``--blocks`` size, with tiles no larger than the block) it
+runs ``--pairs`` pairs in turn: the single-process path (``iter_predict`` +
+``write_labels_zarr``), then the distributed path, both writing OME-Zarr labels. It prints
+the seconds, throughput, the ratio distributed / single process pair by pair (median and
+range: a shared machine drifts, a pair does not), the halo, the network input pixels against
+the single process's (from the tiling plans), the merge's share of the total, and the largest
+worker peak resident memory, in all and above the warm worker's (workers restart for every
+run).
 
 Both paths get the model's own object diameter, so neither spends time estimating it and
 both do the same work. Cluster start-up is not timed (a cluster serves many runs).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import shutil
 import statistics
 import sys
@@ -159,13 +161,38 @@ def distributed(client, threads: int, source: Path, out: Path, options, block: i
     return {"seconds": seconds, "peak": max(peaks.values()), "rise": rise, **result.stats}
 
 
+def network_pixels(shape: tuple[int, int], options, block: int | None, halo: int) -> int:
+    """Pixels one plane sends through the network: whole (``block`` None) or as the windows
+    of its blocks, each tiled as the single process tiles a plane (at scale 1)."""
+    from napari_unet.core.distributed import plan_blocks
+    from napari_unet.core.inference import context_margin, nominal_tile
+    from napari_unet.core.registry import load_bundle
+    from napari_unet.core.tiling import plan_axis
+
+    network = load_bundle("nuclei").network
+    tile = nominal_tile(network, options.tile_size)
+    margin = context_margin(tile, options.overlap, network)
+    crop = network.crop_per_side(tile)
+
+    def through(n: int) -> int:
+        plan = plan_axis(n, tile, margin, crop=crop, fit=network.fit_input_size)
+        return len(plan.starts) * plan.tile
+
+    if block is None:
+        return through(shape[0]) * through(shape[1])
+    windows = [b.outer[1:] for b in plan_blocks((1, *shape), block, halo)]
+    return sum(through(r.stop - r.start) * through(c.stop - c.start) for r, c in windows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--planes", type=int, default=8)
-    parser.add_argument("--blocks", type=int, nargs="*", default=[1024, 512])
+    parser.add_argument("--blocks", type=int, nargs="*", default=[2048, 1024])
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=1, help="runs per row (median shown)")
+    parser.add_argument(
+        "--pairs", type=int, default=1, help="single-process/distributed pairs per row, in turn"
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
@@ -177,49 +204,55 @@ def main() -> int:
     options = PredictOptions(device=args.device, diameter=diameter)
     stack = nuclei_stack(args.size, args.planes)
     megapixels = stack.size / 1e6
+    plane = (args.size, args.size)
+    whole = network_pixels(plane, options, None, 0)
     print(
         f"stack {args.planes} x {args.size} x {args.size} uint16 ({megapixels:.1f} Mpx), model "
-        f"nuclei, device {args.device}, diameter {diameter:.1f} px, median of {args.repeats}"
+        f"nuclei, device {args.device}, diameter {diameter:.1f} px, {args.pairs} pair(s) per "
+        f"row (single process, then distributed), load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "net: network input pixels / single process's; ratio: distributed / single process, "
+        "pair by pair, median [min-max]; merge: share of the distributed run; peak: the "
+        "largest worker resident memory, rise: above the warm worker"
+    )
+    print(
+        f"{'run':<27}{'tile':>5}{'blocks':>7}{'block':>6}{'halo':>5}{'net':>6}{'single s':>9}"
+        f"{'dist s':>8}{'Mpx/s':>7}{'ratio':>8}{'[min-max]':>14}{'merge':>7}{'peak':>6}"
+        f"{'rise':>6}  GiB"
     )
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         source = write_input(stack, folder)
         out = folder / "labels.ome.zarr"
-        singles = []
-        for _ in range(args.repeats):
-            singles.append(single_process(source, out, options))
-            shutil.rmtree(out)
-        single = statistics.median(singles)
-        print(
-            f"{'run':<26}{'tile':>6}{'blocks':>7}{'block':>7}{'halo':>6}{'s':>8}{'Mpx/s':>8}"
-            f"{'overhead':>10}{'merge':>8}{'peak GiB':>10}{'rise GiB':>10}"
-        )
-        print(
-            f"{'single process':<26}{options.tile_size:>6}{'':>7}{'':>7}{'':>6}{single:>8.1f}"
-            f"{megapixels / single:>8.3f}   (runs: {', '.join(f'{t:.1f}' for t in singles)})"
-        )
         for workers in args.workers:
             with connect("local", workers=workers) as (client, threads):
                 for block in [None, *args.blocks]:
                     tile = options.tile_size if block is None else min(options.tile_size, block)
                     run_options = dataclasses.replace(options, tile_size=tile)
-                    runs = [
-                        distributed(client, threads, source, out, run_options, block)
-                        for _ in range(args.repeats)
-                    ]
+                    singles, runs = [], []
+                    for _ in range(args.pairs):
+                        singles.append(single_process(source, out, run_options))
+                        shutil.rmtree(out)
+                        runs.append(distributed(client, threads, source, out, run_options, block))
+                    ratios = [r["seconds"] / s for r, s in zip(runs, singles, strict=True)]
                     seconds = statistics.median(r["seconds"] for r in runs)
                     r = runs[0]
+                    net = network_pixels(plane, run_options, r["block_size"], r["halo"])
                     label = f"{workers} worker x {threads} thread" + (
                         " (default)" if block is None else ""
                     )
                     print(
-                        f"{label:<26}{tile:>6}{r['blocks']:>7}{r['block_size']:>7}{r['halo']:>6}"
-                        f"{seconds:>8.1f}{megapixels / seconds:>8.3f}"
-                        f"{seconds / single - 1:>+10.1%}"
-                        f"{statistics.median(x['merge_seconds'] / x['seconds'] for x in runs):>8.1%}"
-                        f"{max(x['peak'] for x in runs) / GIB:>10.2f}"
-                        f"{max(x['rise'] for x in runs) / GIB:>10.2f}"
-                        f"   (runs: {', '.join(format(x['seconds'], '.1f') for x in runs)})"
+                        f"{label:<27}{tile:>5}{r['blocks']:>7}{r['block_size']:>6}{r['halo']:>5}"
+                        f"{net / whole:>6.3f}{statistics.median(singles):>9.1f}{seconds:>8.1f}"
+                        f"{megapixels / seconds:>7.3f}{statistics.median(ratios):>8.3f}"
+                        f"   [{min(ratios):.3f}-{max(ratios):.3f}]"
+                        f"{statistics.median(x['merge_seconds'] / x['seconds'] for x in runs):>7.1%}"
+                        f"{max(x['peak'] for x in runs) / GIB:>6.2f}"
+                        f"{max(x['rise'] for x in runs) / GIB:>6.2f}"
+                        f"  (single: {', '.join(format(t, '.1f') for t in singles)}; "
+                        f"distributed: {', '.join(format(x['seconds'], '.1f') for x in runs)}; "
+                        f"load {os.getloadavg()[0]:.2f})"
                     )
                     sys.stdout.flush()
     return 0

@@ -210,8 +210,9 @@ def _add_distributed(parser: argparse.ArgumentParser) -> None:
         "--block-size",
         type=int,
         metavar="N",
-        help="block edge in pixels (Y/X) of a distributed run (default: from the workers' "
-        "memory, at most 2048; at least the tile size)",
+        help="block edge in pixels (Y/X) of a distributed run (default: a block whose window "
+        "with its halo is a whole number of tiles, up to 3072 px, from the workers' memory; "
+        "at least the tile size)",
     )
 
 

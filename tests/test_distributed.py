@@ -369,6 +369,29 @@ def test_z_is_split_only_when_a_block_would_not_fit():
     assert default_z_block(Stack(np.zeros((8, 8)), "YX"), bundle, OPTIONS, 512, tight) is None
 
 
+@pytest.mark.parametrize("tile", [256, 1024])
+def test_a_default_block_window_is_tiled_with_whole_tiles(tile):
+    """The window of an inner block (the block and a halo each side) is tiled as the single
+    process tiles a plane, with tiles of the full size and no core wasted beyond it."""
+    from napari_unet.core.distributed import DEFAULT_WINDOW, block_halo, default_block_size
+    from napari_unet.core.inference import context_margin
+    from napari_unet.core.registry import load_bundle
+    from napari_unet.core.tiling import plan_axis
+
+    bundle = load_bundle("nuclei")
+    network = bundle.network
+    options = PredictOptions(tile_size=tile, diameter=bundle.config["object_diameter"])
+    stack = Stack(np.zeros((2, 8, 8), np.uint16), "ZYX")
+    block = default_block_size(stack, bundle, options, None)
+    window = block + 2 * block_halo(bundle, options)
+    margin = context_margin(tile, options.overlap, network)
+    crop = network.crop_per_side(tile)
+    plan = plan_axis(window, tile, margin, crop=crop, fit=network.fit_input_size)
+    assert block >= tile and window <= DEFAULT_WINDOW
+    assert plan.tile == tile and len(plan.starts) * (tile - 2 * margin) == window
+    assert default_block_size(stack, bundle, options, 2**20) == tile  # nothing fits: the least
+
+
 def test_workers_need_a_local_cluster():
     with pytest.raises(InputError, match="--scheduler local"), connect("tcp://x:1", workers=2):
         pass

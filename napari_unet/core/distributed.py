@@ -39,12 +39,15 @@ import numpy as np
 from distributed import Client, WorkerPlugin, as_completed, get_worker
 
 from napari_unet.core.atomic import PARTIAL_SUFFIX, atomic_path
+from napari_unet.core.diameter import GIVEN_BAND, rescale_factor
 from napari_unet.core.errors import EngineError, InputError
 from napari_unet.core.inference import (
     Progress,
+    context_margin,
     decide_colour,
     iter_predict,
     labels_memory,
+    nominal_tile,
     prediction_memory,
 )
 from napari_unet.core.io import LAZY_BYTES, Stack
@@ -60,7 +63,7 @@ from napari_unet.core.preprocess import (
 from napari_unet.core.version import __version__
 
 MERGE_IOU = 0.5  # least IoU, on a block's frame, of two ids that are one object
-DEFAULT_BLOCK = 2048  # block edge when memory allows; at least the tile size
+DEFAULT_WINDOW = 3072  # most pixels along a default block's window edge (block and halos)
 _BLOCK_MEMORY_SHARE = 0.5  # of a worker's memory, for one block's prediction
 _PLAN_FILE = "plan.json"
 CONNECT_TIMEOUT = "30s"  # to reach a scheduler
@@ -306,35 +309,63 @@ def plan_blocks(
 def block_halo(bundle: Any, options: PredictOptions) -> int:
     """Halo in image pixels: the tiles' context margin plus two object diameters, so every
     object reaching into a block is whole, and seen with full context, in its window."""
-    network = bundle.network
-    tile = network.fit_input_size(max(options.tile_size, network.fit_input_size(1)))
-    context = max(round(options.overlap * tile / 2), network.crop_per_side(tile))
-    trained = bundle.config.get("object_diameter")
-    diameter = options.diameter or trained or 30.0
-    factor = trained / diameter if trained else 1.0  # image pixels -> network pixels
-    return int(math.ceil(context / factor + 2 * diameter))
+    geometry = _TileGeometry.of(bundle, options)
+    return int(math.ceil(geometry.context / geometry.factor + 2 * geometry.diameter))
 
 
 def default_block_size(
     stack: Stack, bundle: Any, options: PredictOptions, worker_memory: int | None
 ) -> int:
-    """The largest block edge (a multiple of the tile, at most :data:`DEFAULT_BLOCK` unless
-    the tile is larger) whose prediction fits in half a worker's memory."""
-    tile = options.tile_size
-    size = max(tile, DEFAULT_BLOCK // tile * tile)
-    if not worker_memory:
-        return size
-    others = [n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a not in "YXCS"]
+    """The default block edge: the block's window (the block and a halo on each side) spans
+    a whole number of tile cores, so the window is tiled with full tiles of the size the
+    single process uses, none of them partly wasted. Of those, the largest whose window is
+    at most :data:`DEFAULT_WINDOW` pixels (or one block at least a tile wide, for larger
+    tiles) and whose prediction fits in half a worker's memory; the tile size when none fits."""
+    geometry = _TileGeometry.of(bundle, options)
     halo = block_halo(bundle, options)
-    while size > tile:
+    tile = options.tile_size
+
+    def block(cores: int) -> int:  # a window of `cores` tile cores, at the network's scale
+        return math.floor(cores * geometry.core / geometry.factor) - 2 * halo
+
+    most = 1
+    while block(most + 1) + 2 * halo <= DEFAULT_WINDOW or block(most) < tile:
+        most += 1
+    sizes = [block(cores) for cores in range(most, 0, -1) if block(cores) >= tile] + [tile]
+    if not worker_memory:
+        return sizes[0]
+    others = [n for n, a in zip(stack.data.shape, stack.axes, strict=True) if a not in "YXCS"]
+    for size in sizes:
         edge = size + 2 * halo
         need = labels_memory((*others, edge, edge)) + prediction_memory(
-            (edge, edge), bundle.config, min(tile, edge), 1, 1
+            (edge, edge), bundle.config, min(geometry.tile, edge), 1, 1
         )
         if need <= _BLOCK_MEMORY_SHARE * worker_memory:
-            break
-        size -= tile
-    return size
+            return size
+    return tile
+
+
+@dataclass(frozen=True)
+class _TileGeometry:
+    """How the single-process engine tiles planes for ``options``: its tile, the context
+    margin and core of a tile (network pixels), the object diameter (image pixels) and the
+    scale from image to network pixels."""
+
+    tile: int
+    context: int
+    core: int
+    diameter: float
+    factor: float
+
+    @classmethod
+    def of(cls, bundle: Any, options: PredictOptions) -> _TileGeometry:
+        network = bundle.network
+        tile = nominal_tile(network, options.tile_size)
+        context = context_margin(tile, options.overlap, network)
+        trained = bundle.config.get("object_diameter")
+        diameter = options.diameter or trained or 30.0
+        factor = rescale_factor(trained, diameter, GIVEN_BAND) if trained else 1.0
+        return cls(tile, context, tile - 2 * context, diameter, factor)
 
 
 def default_z_block(

@@ -292,7 +292,7 @@ def iter_predict(
     fallback = MemoryFallback(
         predictor,
         options.batch_size,
-        network.fit_input_size(max(options.tile_size, network.fit_input_size(1))),
+        nominal_tile(network, options.tile_size),
         network.fit_input_size,
         compute.label,
     )
@@ -507,12 +507,24 @@ class _PlaneTiler:
                 yield Progress(self.done, self.total, "predicting", notice=notice)
 
 
+def nominal_tile(network: torch.nn.Module, tile_size: int) -> int:
+    """The tile the network is given for a ``tile_size`` option, before any out-of-memory
+    step-down: the smallest accepted size at least as large."""
+    return network.fit_input_size(max(tile_size, network.fit_input_size(1)))
+
+
+def context_margin(tile: int, overlap: float, network: torch.nn.Module) -> int:
+    """Context pixels excluded from each side of a tile's core: half the overlap, at least
+    what the network crops."""
+    return max(int(round(overlap * tile / 2)), network.crop_per_side(tile))
+
+
 def _plan(
     work_shape: tuple[int, ...], tile: int, overlap: float, network: torch.nn.Module
 ) -> tuple[AxisPlan, AxisPlan]:
-    """Tile placement along Y and X for a tile size (context margin = half the overlap)."""
+    """Tile placement along Y and X for a tile size."""
+    margin = context_margin(tile, overlap, network)
     crop = network.crop_per_side(tile)
-    margin = max(int(round(overlap * tile / 2)), crop)
     return tuple(
         plan_axis(n, tile, margin, crop=crop, fit=network.fit_input_size) for n in work_shape
     )

@@ -100,7 +100,8 @@ class BlockControls:
         self.block_spin = int_spin(0, 16384, 64, special="auto")
         self.block_spin.setToolTip(
             "Block edge in pixels (at least the tile size); auto: the largest that fits the "
-            "workers' memory, at most 2048."
+            "workers' memory and whose window with its halo is a whole number of tiles, up to "
+            "3072 px."
         )
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText(tempfile.gettempdir())
