@@ -219,3 +219,19 @@ def test_our_ome_zarr_opens_in_napari(make_napari_viewer, tmp_path):
     assert layer._type_string == "labels" and layer.multiscale and len(layer.data) == 2
     assert tuple(layer.scale) == pytest.approx((2.0, 0.5, 0.5))
     np.testing.assert_array_equal(np.asarray(layer.data[0]), labels)
+
+
+def test_labels_pointing_to_an_ome_zarr_image_read_as_the_labels(tmp_path):
+    """ome-zarr's reader follows ``image-label.source``; the labels, not their image, come back."""
+    from ome_zarr.writer import write_image
+
+    image = (np.arange(64 * 80).reshape(64, 80) % 16).astype(np.uint16)
+    write_image(image, zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w"), axes="yx")
+    labels = (np.arange(64 * 80).reshape(64, 80) // 7).astype(np.uint32)
+    path = write_labels_zarr(
+        tmp_path / "out" / "img_labels.ome.zarr",
+        labels,
+        axes="YX",
+        source=tmp_path / "img.ome.zarr",
+    )
+    np.testing.assert_array_equal(np.asarray(read_zarr(path).data), labels)

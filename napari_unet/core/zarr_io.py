@@ -145,13 +145,18 @@ def read_zarr_pyramid(
 
 
 def _open_multiscale(source: str) -> tuple[dict[str, Any], list[Any]]:
-    """The first multiscale image of an OME-Zarr group: its metadata and levels."""
+    """The multiscale image of an OME-Zarr group: its metadata and levels.
+
+    The group's own image comes first: ome-zarr's reader also follows a label image's
+    ``image-label.source`` link and may list the image it points to before it.
+    """
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
     with _quiet("ome_zarr"):  # it logs warnings about versions and "source" links
         location = parse_url(source, mode="r")
         nodes = list(Reader(location)()) if location is not None else []
+    nodes.sort(key=lambda node: node.zarr != location)  # stable: the group's own first
     for node in nodes:
         if node.load(Multiscales) is not None:
             return node.metadata, list(node.data)
