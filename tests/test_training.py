@@ -129,7 +129,8 @@ def test_context_outside_the_known_mask_is_down_weighted():
     known[:32] = True
     sample = TrainingSample(image, labels, known)
     config = tiny_bundle().config
-    prepared = training.prepare_sample(sample, config, TrainSettings(context_weight=0.25))
+    settings = TrainSettings(context_weight=0.25, context_outlines=True)
+    prepared = training.prepare_sample(sample, config, settings)
     assert (prepared.weights[:32] == 1.0).all() and (prepared.weights[32:] == 0.25).all()
     assert (prepared.target != IGNORE).all()
     ignored = training.prepare_sample(sample, config, TrainSettings(context_weight=0.0))
@@ -143,10 +144,32 @@ def test_context_weight_follows_the_certainty_given():
     certainty = np.linspace(0.0, 1.0, labels.size, dtype=np.float32).reshape(labels.shape)
     config = tiny_bundle().config
     item = training.prepare_sample(
-        TrainingSample(image, labels, known), config, TrainSettings(context_weight=0.4), certainty
+        TrainingSample(image, labels, known),
+        config,
+        TrainSettings(context_weight=0.4, context_outlines=True),
+        certainty,
     )
     assert np.all(item.weights[known] == 1.0)
     assert np.allclose(item.weights[~known], 0.4 * certainty[~known])
+
+
+def test_outlines_of_untouched_objects_are_left_out_unless_asked():
+    from skimage.segmentation import find_boundaries
+
+    image, labels = disks((64, 64), seed=1)
+    known = np.zeros(labels.shape, bool)
+    known[:, :24] = True
+    sample = TrainingSample(image, labels, known)
+    config = tiny_bundle().config
+    outline = find_boundaries(labels, mode="thick")
+    item = training.prepare_sample(sample, config, TrainSettings(context_weight=0.3))
+    assert np.all(item.weights[outline & ~known] == 0)
+    assert np.all(item.target[outline & ~known] == IGNORE)
+    assert np.all(item.weights[outline & known] > 0)  # the person's own outlines count
+    interior = (labels > 0) & ~outline & ~known
+    assert np.any(item.weights[interior] == np.float32(0.3))
+    kept = training.prepare_sample(sample, config, TrainSettings(context_outlines=True))
+    assert np.all(kept.weights[outline & ~known] > 0)
 
 
 def test_the_context_is_weighed_by_the_base_models_certainty(monkeypatch):

@@ -173,6 +173,9 @@ class TrainSettings:
     background) by how sure the base model is of it, judged by three flipped predictions of
     the plane (:func:`napari_unet.core.review.certainty_map`): mistakes the person did not get
     to are mostly where the model is unsure, and are then not learnt as if right.
+    ``context_outlines`` False leaves the outlines of the untouched objects out of the loss
+    (a band of about 4 pixels): a person who leaves an object accepts that it is there, not
+    every pixel of its outline, and a model's outlines can be off in the same way everywhere.
     ``freeze_norm`` keeps the base's
     batch-norm statistics (and uses them in training) instead of letting a few batches of one
     user's images update them; a layer that has never seen a batch (a model trained from
@@ -200,6 +203,7 @@ class TrainSettings:
     annotated_fraction: float = 0.9  # share of patches centred on known pixels
     context_weight: float = 0.3
     weigh_context: bool = True
+    context_outlines: bool = False
     anchor_weight: float = 0.0
     replay_fraction: float = 0.25
     freeze_norm: bool = False

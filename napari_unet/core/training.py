@@ -148,10 +148,20 @@ def prepare_sample(
         known = np.asarray(sample.known) != 0
     context = settings.context_weight if certainty is None else settings.context_weight * certainty
     weights = np.where(known, 1.0, context).astype(np.float32)
+    if settings.context_outlines is False and mode == "instances" and sample.known is not None:
+        weights[_outline_band(labels) & ~known] = 0.0
     if settings.border_weights and mode == "instances":
         weights *= border_weights(labels)
     target[weights == 0] = IGNORE
     return _Prepared(x, target, weights, np.flatnonzero(known), labels, mode)
+
+
+def _outline_band(labels: np.ndarray) -> np.ndarray:
+    """Pixels within 2 of an object's outline: where the labels change, widened by one."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    return ndi.binary_dilation(find_boundaries(labels, mode="thick"))
 
 
 def _hold_out(item: _Prepared, region: np.ndarray) -> _Prepared:
