@@ -770,12 +770,24 @@ def run_seed(
     return run
 
 
+def blended_state(base: dict[str, Any], tuned: dict[str, Any], share: float) -> dict[str, Any]:
+    """Weights ``share`` of the way from ``base`` to ``tuned``: ``base + share * (tuned - base)``.
+
+    Floating-point tensors (weights, biases, batch-norm statistics) are interpolated; integer
+    buffers (batch counters) come from ``tuned``. ``share`` 1 is ``tuned``, 0 is ``base``.
+    """
+    return {
+        key: (b + share * (t.to(b.device) - b)) if b.is_floating_point() else t.clone()
+        for key, b, t in ((key, base[key], tuned[key]) for key in tuned)
+    }
+
+
 def blend_run(
     ctx: Context, scenario: Scenario, tuned: Any, share: float, run: dict[str, Any]
 ) -> dict[str, float]:
     """Score the weights ``share`` of the way from the base to ``tuned`` (printed below the
     run's row): AP@0.5 on the scenario's other images and on the own held-out images."""
-    from napari_unet.core.bundle import blended_state, clone_bundle, network_state
+    from napari_unet.core.bundle import clone_bundle, network_state
 
     bundle = clone_bundle(tuned)
     bundle.network.load_state_dict(

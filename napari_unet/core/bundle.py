@@ -420,17 +420,3 @@ def clone_bundle(bundle: Bundle) -> Bundle:
 def network_state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of a network's weights (for keeping the best ones)."""
     return {key: value.detach().to("cpu", copy=True) for key, value in network.state_dict().items()}
-
-
-def blended_state(
-    base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], share: float
-) -> dict[str, torch.Tensor]:
-    """Weights ``share`` of the way from ``base`` to ``tuned``: ``base + share * (tuned - base)``.
-
-    Floating-point tensors (weights, biases, batch-norm statistics) are interpolated; integer
-    buffers (batch counters) come from ``tuned``. ``share`` 1 is ``tuned``, 0 is ``base``.
-    """
-    return {
-        key: (b + share * (t.to(b.device) - b)) if b.is_floating_point() else t.clone()
-        for key, b, t in ((key, base[key], tuned[key]) for key in tuned)
-    }
