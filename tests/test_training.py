@@ -115,7 +115,7 @@ def test_a_deliberately_worse_version_is_ranked_worse(trained):
         [TrainingSample(image, labels, known)],
         held_out_regions([labels.shape], [known], 0.5, np.random.default_rng(0)),
         good.config,
-        TrainSettings(device="cpu"),
+        training.plane_options(good.config, TrainSettings(device="cpu"), None),
     )
     validation.base_labels = validation.predict(good.network)
     comparison = validation.compare(validation.predict(worse.network))

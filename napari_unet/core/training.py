@@ -324,14 +324,13 @@ class _Validation:
         samples: Sequence[TrainingSample],
         held: list[HeldOut],
         config: dict[str, Any],
-        settings: TrainSettings,
-        options: PredictOptions | None = None,
+        options: PredictOptions,
     ) -> None:
         self.samples = [samples[h.sample] for h in held]
         self.regions = [h.region for h in held]
         self.truths = [np.asarray(s.labels) for s in self.samples]
         self.config = config
-        self.options = plane_options(config, settings, options)
+        self.options = options  # from plane_options, shared with the context's certainty
         self.base_labels: list[np.ndarray] = []
 
     def __bool__(self) -> bool:
@@ -529,7 +528,7 @@ def iter_finetune(
     data = _TrainingData.split(samples, bundle.config, settings, certainty)
     torch.manual_seed(settings.seed)
     replay = _replay_items(base, settings)
-    validation = _Validation(data.samples, data.held, bundle.config, settings, predict_options)
+    validation = _Validation(data.samples, data.held, bundle.config, options)
     trainer = _Trainer(bundle.network, settings)
     start = time.perf_counter()
     initial_score = None
