@@ -4,6 +4,7 @@ single-process engine, through faces and corners, a killed worker, a failing blo
 import dataclasses
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -467,3 +468,48 @@ def test_a_worker_with_another_version_refuses_the_model():
         pytest.raises(EngineError, match="install the same version on every worker"),
     ):
         own.register_plugin(plugin, name=plugin.name)
+
+
+def _buffer_is_mapped(nbytes: int = 4 * 2**20) -> bool:
+    """Whether glibc serves a buffer of ``nbytes`` with its own mmap (a fresh mapping, page
+    faults to fill it) rather than from the heap."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    before = libc.mallinfo2().hblks
+    buffer = np.empty(nbytes, np.uint8)
+    mapped = libc.mallinfo2().hblks > before
+    del buffer
+    return mapped
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_workers_serve_large_buffers_from_the_heap(tmp_path):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which pins glibc's mmap threshold at 128 KiB
+    (each layer's buffer mapped anew: a block ran ~20% slower than in one process); loading
+    the model on a worker puts glibc's adaptive thresholds back."""
+    from napari_unet.core.distributed import _load_model
+
+    with connect("local", workers=1) as (fresh, threads):
+        assert all(fresh.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values())
+        assert all(fresh.run(_buffer_is_mapped).values())  # the nanny's setting, as it is
+        _load_model(fresh, resolve_model("nuclei").read_bytes(), threads)
+        assert not any(fresh.run(_buffer_is_mapped).values())

@@ -23,12 +23,14 @@ unfinished blocks elsewhere.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -67,6 +69,8 @@ DEFAULT_WINDOW = 3072  # most pixels along a default block's window edge (block 
 _BLOCK_MEMORY_SHARE = 0.5  # of a worker's memory, for one block's prediction
 _PLAN_FILE = "plan.json"
 CONNECT_TIMEOUT = "30s"  # to reach a scheduler
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+ADAPTED_MMAP_THRESHOLD = 32 * 2**20  # the most glibc raises its mmap threshold to on 64-bit
 CLIENT_READ_BYTES = LAZY_BYTES  # larger images have their plane percentiles measured by workers
 
 
@@ -209,7 +213,36 @@ class BundlePlugin(WorkerPlugin):
 
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
+        restore_malloc_thresholds()
         self.bundle = load_bundle_bytes(self.data)
+
+
+def restore_malloc_thresholds() -> bool:
+    """Give back glibc's adaptive allocation thresholds where Dask's nanny froze them.
+
+    The nanny starts workers with ``MALLOC_TRIM_THRESHOLD_`` set (to return freed memory to
+    the system). Setting it also stops glibc from raising its mmap threshold above 128 KiB, so
+    every large buffer torch allocates for a layer is mapped, zero-filled by page faults and
+    unmapped again: a block ran ~20% slower on a worker than in one process
+    (``benchmarks/RESULTS.md``). The thresholds glibc adapts to on its own (32 MiB for mmap,
+    twice that for trimming) are set instead. Nothing happens without the variable or
+    outside glibc (macOS, Windows, musl).
+
+    Returns
+    -------
+    bool
+        Whether the thresholds were set.
+    """
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(
+            libc.mallopt(M_MMAP_THRESHOLD, ADAPTED_MMAP_THRESHOLD)
+            and libc.mallopt(M_TRIM_THRESHOLD, 2 * ADAPTED_MMAP_THRESHOLD)
+        )
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 @contextlib.contextmanager
