@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 
 # run as a script, this file's name would shadow the `distributed` package: look past its folder
@@ -92,9 +93,10 @@ def single_process(source: Path, out: Path, options) -> float:
 
     bundle = load_bundle("nuclei")
     start = time.perf_counter()
-    stack = read_zarr(source)
-    result = run_to_end(iter_predict(stack, bundle, options))
-    write_labels_zarr(out, result.labels, axes=result.axes)
+    with dask.config.set(scheduler="threads"):  # as the CLI without a cluster: no client
+        stack = read_zarr(source)
+        result = run_to_end(iter_predict(stack, bundle, options))
+        write_labels_zarr(out, result.labels, axes=result.axes)
     return time.perf_counter() - start
 
 
