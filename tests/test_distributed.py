@@ -513,3 +513,24 @@ def test_workers_serve_large_buffers_from_the_heap(tmp_path):
         assert all(fresh.run(_buffer_is_mapped).values())  # the nanny's setting, as it is
         _load_model(fresh, resolve_model("nuclei").read_bytes(), threads)
         assert not any(fresh.run(_buffer_is_mapped).values())
+
+
+@pytest.mark.parametrize("bokeh", [True, False], ids=["with bokeh", "without bokeh"])
+def test_the_dashboard_is_named_only_where_it_is_served(client, monkeypatch, bokeh):
+    import importlib.util
+
+    from napari_unet.core.distributed import dashboard_notice
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # the local cluster's scheduler runs in this process
+        importlib.util,
+        "find_spec",
+        lambda name, *args: (find_spec("os") if bokeh else None)
+        if name == "bokeh"
+        else find_spec(name, *args),
+    )
+    notice = dashboard_notice(client)
+    if bokeh:
+        assert notice == f"dashboard: {client.dashboard_link}"
+    else:
+        assert notice.startswith("no dashboard: install bokeh")

@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -557,7 +558,7 @@ def iter_predict_blocks(
     counts = {b.grid: n for b in blocks if (n := work.count(b)) is not None}
     resumed = len(counts)
     shown = 0  # objects of the blocks shown so far (show_blocks)
-    yield Progress(len(counts), len(blocks), "blocks", notice=f"dashboard: {client.dashboard_link}")
+    yield Progress(len(counts), len(blocks), "blocks", notice=dashboard_notice(client))
     futures = {
         client.submit(
             _segment_block,
@@ -684,7 +685,7 @@ def iter_predict_files(
     """
     options.check()
     plugin = _load_model(client, model, torch_threads)
-    yield Progress(0, len(targets), "files", notice=f"dashboard: {client.dashboard_link}")
+    yield Progress(0, len(targets), "files", notice=dashboard_notice(client))
     futures = {
         client.submit(
             _predict_file,
@@ -743,6 +744,15 @@ def _predict_file(
     colour = result.stats["colour_input"]
     said = f"\n  {colour}" if colour else ""
     return f"{source} -> {target} ({result.axes} {tuple(result.labels.shape)}, {what}){said}"
+
+
+def dashboard_notice(client: Client) -> str:
+    """Where the cluster's dashboard is, or why it has none: Dask serves its pages only where
+    ``bokeh`` is installed beside the scheduler (a link without it leads nowhere)."""
+    served = client.run_on_scheduler(lambda: importlib.util.find_spec("bokeh") is not None)
+    if served and client.dashboard_link:
+        return f"dashboard: {client.dashboard_link}"
+    return "no dashboard: install bokeh where the scheduler runs to have one"
 
 
 def model_bytes(bundle: Any) -> bytes:
