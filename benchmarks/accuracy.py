@@ -182,7 +182,7 @@ def report_nuclei(rows: list[dict], hela: list[dict], model: str, trained: float
         )
 
 
-def evaluate_em(tta: bool = False) -> dict[str, object]:
+def evaluate_em(model: str = "em-membranes", tta: bool = False) -> dict[str, object]:
     """Pixel error, membrane IoU and Rand error on the held-out ISBI sections (with ``tta``:
     averaged over the 8 flips and rotations, as the U-Net paper averaged rotated copies)."""
     from scipy import ndimage as ndi
@@ -192,7 +192,7 @@ def evaluate_em(tta: bool = False) -> dict[str, object]:
     from napari_unet.core.metrics import class_iou, pixel_error, rand_error
     from napari_unet.core.registry import load_bundle
 
-    bundle = load_bundle("em-membranes")
+    bundle = load_bundle(model)
     rows = []
     for section in isbi_split()["heldout"]:
         image = read_image(DATA / "isbi2012_em" / "images" / f"{section}.png").data
@@ -215,13 +215,13 @@ def evaluate_em(tta: bool = False) -> dict[str, object]:
         for k in ("pixel_error", "membrane_iou", "rand_error")
     }
     print(
-        f"\nem-membranes{' + TTA' if tta else ''} on held-out ISBI 2012 training sections "
+        f"\n{model}{' + TTA' if tta else ''} on held-out ISBI 2012 training sections "
         f"{[r['section'] for r in rows]}"
     )
     print(
         f"pixel error {mean['pixel_error']:.4f}  membrane IoU {mean['membrane_iou']:.3f}  Rand error {mean['rand_error']:.4f}"
     )
-    return {"tta": tta, "sections": rows, "mean": mean}
+    return {"model": model, "tta": tta, "sections": rows, "mean": mean}
 
 
 def simulate_corrections(
@@ -381,6 +381,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("nuclei", "em", "finetune", "all"))
     parser.add_argument("--model", default="nuclei", help="nuclei model to measure (name or file)")
+    parser.add_argument(
+        "--em-model", default="em-membranes", help="EM model to measure (name or file)"
+    )
     parser.add_argument("--quick", action="store_true", help="nuclei: every sixth image only")
     args = parser.parse_args()
     import torch
@@ -391,7 +394,10 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     jobs = {
         "nuclei": lambda: evaluate_nuclei(args.model, args.quick),
-        "em": lambda: {"plain": evaluate_em(), "tta": evaluate_em(tta=True)},
+        "em": lambda: {
+            "plain": evaluate_em(args.em_model),
+            "tta": evaluate_em(args.em_model, tta=True),
+        },
         "finetune": evaluate_finetune,
     }
     for name, job in jobs.items():

@@ -55,7 +55,10 @@ def nuclei_stack(size: int, planes: int, seed: int = 0) -> np.ndarray:
             for r in csv.DictReader(handle, delimiter="\t")
             if r["gray_or_color"] == "gray" and r["height"] == r["width"] == "256"
         ]
-    tiles = [np.asarray(iio.imread(DATA / "images" / f"{r['id']}.png"))[..., 0] for r in rows]
+    tiles = [  # 8-bit images as 12-bit data (widened first: uint8 * 16 would wrap around)
+        np.asarray(iio.imread(DATA / "images" / f"{r['id']}.png"))[..., 0].astype(np.uint16) * 16
+        for r in rows
+    ]
     rng = np.random.default_rng(seed)
     n = -(-size // 256)
     stack = np.empty((planes, n * 256, n * 256), np.uint16)
@@ -63,7 +66,7 @@ def nuclei_stack(size: int, planes: int, seed: int = 0) -> np.ndarray:
         picks = rng.integers(0, len(tiles), n * n)
         for k, pick in enumerate(picks):
             r, c = divmod(k, n)
-            stack[z, r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256] = tiles[pick] * 16
+            stack[z, r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256] = tiles[pick]
     return stack[:, :size, :size]
 
 

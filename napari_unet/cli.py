@@ -212,7 +212,7 @@ def _add_distributed(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="block edge in pixels (Y/X) of a distributed run (default: a block whose window "
         "with its halo is a whole number of tiles, up to 3072 px, from the workers' memory; "
-        "at least the tile size)",
+        "at least the tile size; rounded up to the network's grid, 16 px for depth 4)",
     )
 
 

@@ -337,10 +337,10 @@ def test_the_real_network_matches_the_single_process_run(client, tmp_path):
     n_reference = len(np.unique(reference)) - 1
     assert result.stats["blocks"] >= 4
     assert len(matched) >= 0.99 * n_reference
-    # no object is split at a face: each reference object is mostly one object here
+    # no object is split at a face: no reference object is shared by two objects here
     for k in np.unique(reference)[1:]:
         ids, counts = np.unique(labels[reference == k], return_counts=True)
-        assert counts[ids > 0].max(initial=0) >= 0.9 * counts.sum(), k
+        assert np.count_nonzero(counts[ids > 0] >= 0.1 * counts.sum()) <= 1, k
 
 
 def test_blocks_are_at_least_a_tile(client, tmp_path):
@@ -525,9 +525,9 @@ def test_the_dashboard_is_named_only_where_it_is_served(client, monkeypatch, bok
     monkeypatch.setattr(  # the local cluster's scheduler runs in this process
         importlib.util,
         "find_spec",
-        lambda name, *args: (find_spec("os") if bokeh else None)
-        if name == "bokeh"
-        else find_spec(name, *args),
+        lambda name, *args: (
+            (find_spec("os") if bokeh else None) if name == "bokeh" else find_spec(name, *args)
+        ),
     )
     notice = dashboard_notice(client)
     if bokeh:

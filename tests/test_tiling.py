@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from napari_unet.core.errors import InputError
 from napari_unet.core.generators import run_to_end
@@ -128,3 +130,43 @@ def test_blended_defaults_agree_with_whole_image():
     print(f"max |tiled - whole| = {difference:.2e}")
     iou = class_iou(tiled.argmax(0), whole.argmax(0), 3)
     assert np.nanmin(iou) >= 0.99, (difference, iou)
+
+
+@given(
+    length=st.integers(1, 3000),
+    tile=st.integers(16, 1100),
+    margin=st.integers(0, 200),
+    stride=st.sampled_from([1, 2, 8, 16, 32]),
+)
+def test_aligned_plans_cover_the_axis_from_the_grid(length, tile, margin, stride):
+    fit = lambda n: -(-n // stride) * stride  # noqa: E731  (a same-padding network's rule)
+    try:
+        plan = plan_axis(length, fit(tile), margin, fit=fit, stride=stride)
+    except InputError:
+        assert fit(tile) - 2 * -(-margin // stride) * stride < stride
+        return
+    assert plan.margin >= margin and plan.margin % stride == 0
+    # tile inputs start on the plane's grid (padded start minus the mirrored margin)
+    assert all((s - plan.margin) % stride == 0 for s in plan.starts)
+    assert plan.starts[-1] + plan.tile <= plan.padded and plan.pad_after >= 0
+    trusted = [(s, s + plan.tile - 2 * plan.margin) for s in plan.starts]
+    assert trusted[0][0] == 0 and trusted[-1][1] >= length
+    assert all(a[1] >= b[0] for a, b in zip(trusted, trusted[1:], strict=False))
+
+
+def test_aligned_tiles_give_the_same_output_whatever_their_size():
+    """A U-Net's output depends on where its input starts modulo 2**depth: tiles on the grid
+    give one answer per pixel for any tile size (not only sizes that divide the plane)."""
+    network = tiny_bundle(seed=3).network.eval()
+    predictor = _network_predictor(network)
+    plane = np.random.default_rng(5).random((1, 203, 237), dtype=np.float32)
+
+    def tiled(tile: int) -> np.ndarray:
+        rows, cols = (
+            plan_axis(n, tile, 32, fit=network.fit_input_size, stride=network.size_multiple)
+            for n in plane.shape[1:]
+        )
+        assert count_tiles(rows, cols) > 1
+        return run(iter_predict_plane(plane, predictor, rows, cols, n_classes=3, blending="none"))
+
+    np.testing.assert_allclose(tiled(96), tiled(144), atol=1e-4)

@@ -63,6 +63,7 @@ from napari_unet.core.preprocess import (
     labels_axes_of,
     to_model_channels,
 )
+from napari_unet.core.tiling import core_size
 from napari_unet.core.version import __version__
 
 MERGE_IOU = 0.5  # least IoU, on a block's frame, of two ids that are one object
@@ -342,9 +343,22 @@ def plan_blocks(
 
 def block_halo(bundle: Any, options: PredictOptions) -> int:
     """Halo in image pixels: the tiles' context margin plus two object diameters, so every
-    object reaching into a block is whole, and seen with full context, in its window."""
+    object reaching into a block is whole, and seen with full context, in its window;
+    rounded up to the network's grid (see :func:`on_grid`)."""
     geometry = _TileGeometry.of(bundle, options)
-    return int(math.ceil(geometry.context / geometry.factor + 2 * geometry.diameter))
+    halo = math.ceil(geometry.context / geometry.factor + 2 * geometry.diameter)
+    return on_grid(halo, bundle.network.size_multiple)
+
+
+def on_grid(pixels: int, stride: int) -> int:
+    """``pixels`` rounded up to a multiple of the network's ``stride`` (``2**depth``).
+
+    With block edges and halos on that grid, every window starts on it, and so do its tiles
+    (:func:`~napari_unet.core.tiling.plan_axis`): at the model's scale a block's tiles then see
+    their pixels as the single process's tiles do, whose output depends on where a tile
+    starts modulo ``stride``.
+    """
+    return -(-int(pixels) // stride) * stride
 
 
 def default_block_size(
@@ -359,8 +373,10 @@ def default_block_size(
     halo = block_halo(bundle, options)
     tile = options.tile_size
 
+    stride = bundle.network.size_multiple
+
     def block(cores: int) -> int:  # a window of `cores` tile cores, at the network's scale
-        return math.floor(cores * geometry.core / geometry.factor) - 2 * halo
+        return math.floor(cores * geometry.core / geometry.factor) // stride * stride - 2 * halo
 
     most = 1
     while block(most + 1) + 2 * halo <= DEFAULT_WINDOW or block(most) < tile:
@@ -399,7 +415,7 @@ class _TileGeometry:
         trained = bundle.config.get("object_diameter")
         diameter = options.diameter or trained or 30.0
         factor = rescale_factor(trained, diameter, GIVEN_BAND) if trained else 1.0
-        return cls(tile, context, tile - 2 * context, diameter, factor)
+        return cls(tile, context, core_size(tile, context, network.size_multiple), diameter, factor)
 
 
 def default_z_block(
@@ -530,6 +546,7 @@ def iter_predict_blocks(
     memory = _worker_memory(client)
     if block_size is None:
         block_size = default_block_size(stack, bundle, options, memory)
+    block_size = on_grid(block_size, bundle.network.size_multiple)
     if z_block is None:
         z_block = default_z_block(stack, bundle, options, block_size, memory)
     halo = block_halo(bundle, options)

@@ -515,8 +515,10 @@ def nominal_tile(network: torch.nn.Module, tile_size: int) -> int:
 
 def context_margin(tile: int, overlap: float, network: torch.nn.Module) -> int:
     """Context pixels excluded from each side of a tile's core: half the overlap, at least
-    what the network crops."""
-    return max(int(round(overlap * tile / 2)), network.crop_per_side(tile))
+    what the network crops, rounded up to the network's grid (tiles start on it, see
+    :func:`~napari_unet.core.tiling.plan_axis`)."""
+    margin = max(int(round(overlap * tile / 2)), network.crop_per_side(tile))
+    return -(-margin // network.size_multiple) * network.size_multiple
 
 
 def _plan(
@@ -526,7 +528,15 @@ def _plan(
     margin = context_margin(tile, overlap, network)
     crop = network.crop_per_side(tile)
     return tuple(
-        plan_axis(n, tile, margin, crop=crop, fit=network.fit_input_size) for n in work_shape
+        plan_axis(
+            n,
+            tile,
+            margin,
+            crop=crop,
+            fit=network.fit_input_size,
+            stride=network.size_multiple,
+        )
+        for n in work_shape
     )
 
 

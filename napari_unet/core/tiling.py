@@ -50,8 +50,15 @@ def plan_axis(
     *,
     crop: int = 0,
     fit: Callable[[int], int] = lambda n: n,
+    stride: int = 1,
 ) -> AxisPlan:
     """Place tiles along one axis.
+
+    Every tile's input starts on the ``stride`` grid of the plane (a multiple of ``stride``
+    pixels from its first pixel, the mirrored border counted negative): a U-Net's pooling
+    makes its output depend on where the input starts modulo ``2**depth``, so aligned tiles
+    give the same output for a pixel whichever tile size or window (a block of a larger
+    image) placed them. The margin and the cores are rounded to the grid for this.
 
     Parameters
     ----------
@@ -65,11 +72,13 @@ def plan_axis(
         Pixels the predictor drops on each side of a tile.
     fit : callable
         Maps a wanted tile size to the smallest size the predictor accepts (>= wanted).
+    stride : int
+        The grid tile inputs start on (a U-Net's ``2**depth``; 1: anywhere).
     """
     if length < 1:
         raise InputError(f"cannot tile an axis of length {length}")
-    margin = max(margin, crop)
-    core = tile - 2 * margin
+    margin = -(-max(margin, crop) // stride) * stride
+    core = core_size(tile, margin, stride)
     if core < 1:
         raise InputError(
             f"tile size {tile} leaves no core after a context margin of {margin} per side; "
@@ -81,10 +90,17 @@ def plan_axis(
     count = math.ceil(length / core)
     # spread the work: the smallest accepted tile whose cores still cover the axis in `count`
     even = fit(math.ceil(length / count) + 2 * margin)
-    if even < tile:
-        tile, core = even, even - 2 * margin
-    starts = tuple(min(i * core, length - core) for i in range(count))
-    return AxisPlan(length, tile, margin, crop, starts, margin)
+    if even < tile and core_size(even, margin, stride) * count >= length:
+        tile, core = even, core_size(even, margin, stride)
+    last = -(-(length - core) // stride) * stride
+    starts = tuple(min(i * core, last) for i in range(count))
+    return AxisPlan(length, tile, margin, crop, starts, last + tile - margin - length)
+
+
+def core_size(tile: int, margin: int, stride: int = 1) -> int:
+    """The step between aligned tiles of ``tile`` pixels with ``margin`` of context on each
+    side: what is left of the tile, rounded down to the ``stride`` grid."""
+    return (tile - 2 * margin) // stride * stride
 
 
 def mirror_pad(plane: np.ndarray, rows: AxisPlan, cols: AxisPlan) -> np.ndarray:
