@@ -134,9 +134,23 @@ def _stop_sampling(dask_worker) -> int:
     return state["peak"]
 
 
-def distributed(client, threads: int, source: Path, out: Path, options, block: int | None) -> dict:
-    """One timed run on fresh, warmed-up workers: seconds, stats, and each worker's peak
-    resident memory and how far it rose above the warm start."""
+def agreement(single: Path, blocks: Path) -> float:
+    """Share of the single process's objects on the first plane that the distributed run
+    has too, at IoU >= 0.9."""
+    from napari_unet.core.metrics import match_objects
+    from napari_unet.core.zarr_io import read_zarr
+
+    with dask.config.set(scheduler="threads"):
+        a, b = (np.asarray(read_zarr(path).data[0]) for path in (single, blocks))
+    return len(match_objects(a, b, 0.9)) / max(1, len(np.unique(a)) - 1)
+
+
+def distributed(
+    client, threads: int, source: Path, out: Path, options, block: int | None, single: Path
+) -> dict:
+    """One timed run on fresh, warmed-up workers: seconds, stats, each worker's peak resident
+    memory and how far it rose above the warm start, and the agreement with the single
+    process's labels in ``single``."""
     from napari_unet.core.distributed import BundlePlugin, discard_work, iter_predict_blocks
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.registry import resolve_model
@@ -161,9 +175,16 @@ def distributed(client, threads: int, source: Path, out: Path, options, block: i
     seconds = time.perf_counter() - start
     peaks = client.run(_stop_sampling)
     discard_work(out)
+    same = agreement(single, out)
     shutil.rmtree(out)
     rise = max(peaks[w] - start_rss[w] for w in peaks)
-    return {"seconds": seconds, "peak": max(peaks.values()), "rise": rise, **result.stats}
+    return {
+        "seconds": seconds,
+        "peak": max(peaks.values()),
+        "rise": rise,
+        "same": same,
+        **result.stats,
+    }
 
 
 def network_pixels(shape: tuple[int, int], options, block: int | None, halo: int) -> int:
@@ -219,17 +240,19 @@ def main() -> int:
     print(
         "net: network input pixels / single process's; ratio: distributed / single process, "
         "pair by pair, median [min-max]; merge: share of the distributed run; peak: the "
-        "largest worker resident memory, rise: above the warm worker"
+        "largest worker resident memory, rise: above the warm worker; same: the single "
+        "process's objects on plane 1 the distributed run has too at IoU >= 0.9 (worst pair)"
     )
     print(
         f"{'run':<27}{'tile':>5}{'blocks':>7}{'block':>6}{'halo':>5}{'net':>6}{'single s':>9}"
         f"{'dist s':>8}{'Mpx/s':>7}{'ratio':>8}{'[min-max]':>14}{'merge':>7}{'peak':>6}"
-        f"{'rise':>6}  GiB"
+        f"{'rise':>6}{'same':>7}  GiB"
     )
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         source = write_input(stack, folder)
         out = folder / "labels.ome.zarr"
+        single_out = folder / "single_labels.ome.zarr"
         for workers in args.workers:
             with connect("local", workers=workers) as (client, threads):
                 for block in [None, *args.blocks]:
@@ -237,9 +260,13 @@ def main() -> int:
                     run_options = dataclasses.replace(options, tile_size=tile)
                     singles, runs = [], []
                     for _ in range(args.pairs):
-                        singles.append(single_process(source, out, run_options))
-                        shutil.rmtree(out)
-                        runs.append(distributed(client, threads, source, out, run_options, block))
+                        singles.append(single_process(source, single_out, run_options))
+                        runs.append(
+                            distributed(
+                                client, threads, source, out, run_options, block, single_out
+                            )
+                        )
+                        shutil.rmtree(single_out)
                     ratios = [r["seconds"] / s for r, s in zip(runs, singles, strict=True)]
                     seconds = statistics.median(r["seconds"] for r in runs)
                     r = runs[0]
@@ -255,6 +282,7 @@ def main() -> int:
                         f"{statistics.median(x['merge_seconds'] / x['seconds'] for x in runs):>7.1%}"
                         f"{max(x['peak'] for x in runs) / GIB:>6.2f}"
                         f"{max(x['rise'] for x in runs) / GIB:>6.2f}"
+                        f"{min(x['same'] for x in runs):>7.1%}"
                         f"  (single: {', '.join(format(t, '.1f') for t in singles)}; "
                         f"distributed: {', '.join(format(x['seconds'], '.1f') for x in runs)}; "
                         f"load {os.getloadavg()[0]:.2f})"
