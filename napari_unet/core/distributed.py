@@ -71,6 +71,8 @@ DEFAULT_WINDOW = 3072  # most pixels along a default block's window edge (block 
 _BLOCK_MEMORY_SHARE = 0.5  # of a worker's memory, for one block's prediction
 _PLAN_FILE = "plan.json"
 CONNECT_TIMEOUT = "30s"  # to reach a scheduler
+# a worker resource: one network at a time per worker holding it (see `connect`)
+MODEL_SLOT = "napari-unet-model"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 ADAPTED_MMAP_THRESHOLD = 32 * 2**20  # the most glibc raises its mmap threshold to on 64-bit
 CLIENT_READ_BYTES = LAZY_BYTES  # larger images have their plane percentiles measured by workers
@@ -260,8 +262,10 @@ def connect(
     cluster (``scheduler="local"``), closed on exit.
 
     A local cluster runs ``workers`` processes (threads of this process when ``processes``
-    is False) of one task each, with the cores shared out among their torch threads (no
-    oversubscription). Yields the client and the torch threads per worker to use (None for an
+    is False), with the cores shared out among them: each worker has as many Dask threads as
+    torch threads and one :data:`MODEL_SLOT`, so it runs one network at a time (using its
+    cores through torch) while lighter tasks (plane percentiles, the final write) use all its
+    threads. Yields the client and the torch threads per worker to use (None for an
     existing cluster, whose workers are set up by whoever started them). ``as_default``: dask
     computations of this process run on the cluster while the client is open (a viewer keeps
     reading its own lazy layers locally with False).
@@ -281,7 +285,8 @@ def connect(
         with (
             LocalCluster(
                 n_workers=workers,
-                threads_per_worker=1,
+                threads_per_worker=threads,
+                resources={MODEL_SLOT: 1},
                 processes=processes,
                 dashboard_address=":0",
                 silence_logs=40,
@@ -569,9 +574,7 @@ def iter_predict_blocks(
         "predictor": repr(predictor),
     }
     token = hashlib.sha256(json.dumps([plan, str(output)]).encode()).hexdigest()[:12]
-    work = _open_work(
-        work_folder(output), plan, work_shape, (z_block or work_shape[-3], block_size)
-    )
+    work = _open_work(work_folder(output), plan, work_shape, block_size)
     counts = {b.grid: n for b in blocks if (n := work.count(b)) is not None}
     resumed = len(counts)
     shown = 0  # objects of the blocks shown so far (show_blocks)
@@ -591,6 +594,7 @@ def iter_predict_blocks(
             key=f"napari-unet-block-{'-'.join(map(str, block.grid))}-{token}",
             retries=1,
             pure=False,
+            resources=model_resources(client),
         ): block
         for block in blocks
         if block.grid not in counts
@@ -715,6 +719,7 @@ def iter_predict_files(
             overwrite,
             retries=1,
             pure=False,
+            resources=model_resources(client),
         ): source
         for source, target in targets.items()
     }
@@ -761,6 +766,17 @@ def _predict_file(
     colour = result.stats["colour_input"]
     said = f"\n  {colour}" if colour else ""
     return f"{source} -> {target} ({result.axes} {tuple(result.labels.shape)}, {what}){said}"
+
+
+def model_resources(client: Client) -> dict[str, int] | None:
+    """What a task running the network asks of its worker: one :data:`MODEL_SLOT` where every
+    worker has one (a local cluster; workers started with ``--resources
+    napari-unet-model=1``), else nothing (a task waiting for a resource no worker has would
+    wait for ever)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    if workers and all(w.get("resources", {}).get(MODEL_SLOT) for w in workers):
+        return {MODEL_SLOT: 1}
+    return None
 
 
 def dashboard_notice(client: Client) -> str:
@@ -933,6 +949,7 @@ def _estimate_diameter(
         predictor,
         colour,
         pure=False,
+        resources=model_resources(client),
     )
     return future.result()
 
@@ -1095,7 +1112,10 @@ class _Work:
         import dask
         import dask.array as da
 
-        local = da.from_zarr(self.local)
+        plan = json.loads((self.path / _PLAN_FILE).read_text())
+        z_block = plan["z_block"] or self.local.shape[-3]
+        block = plan["block_size"]
+        local = da.from_zarr(self.local, chunks=(*self.local.shape[:-3], z_block, block, block))
         if luts is None:
             return local
         dtype = next(iter(luts.values())).dtype
@@ -1137,9 +1157,7 @@ def _block_labels(
     return tuple(place.get(a, slice(None)) for a in labels_axes), local
 
 
-def _open_work(
-    path: Path, plan: dict[str, Any], shape: tuple[int, ...], block: tuple[int, int]
-) -> _Work:
+def _open_work(path: Path, plan: dict[str, Any], shape: tuple[int, ...], block_size: int) -> _Work:
     """The work folder for this plan: the previous run's when it had the same plan (resume),
     else a new one."""
     import zarr
@@ -1154,8 +1172,8 @@ def _open_work(
             return _Work(path)
     shutil.rmtree(path, ignore_errors=True)
     (path / "blocks").mkdir(parents=True)
-    z_block, block_size = block
-    chunks = (*shape[:-3], z_block, block_size, block_size)
+    # a chunk per plane of a block: a block's planes are compressed and written in parallel
+    chunks = (*(1 for _ in shape[:-3]), 1, block_size, block_size)
     zarr.open_array(str(path / "local.zarr"), mode="w", shape=shape, chunks=chunks, dtype=np.uint32)
     with atomic_path(plan_file) as tmp:
         tmp.write_text(json.dumps(plan))

@@ -266,7 +266,8 @@ def write_labels_zarr(
         Destination folder, normally ``<name>_labels.ome.zarr``.
     labels : ndarray, dask array or Zarr array of int
         Label ids (uint32, or uint64 past 2**32 objects); a dask or Zarr array is written chunk
-        by chunk with its own chunks (block-aligned), from whichever scheduler is active.
+        by chunk, from whichever scheduler is active. The store's chunks hold one plane (of
+        every axis but Y and X) and the array's own Y/X chunks (block-aligned).
     axes : str
         One letter per dimension of ``labels`` among T, Z, Y, X (reordered to NGFF's order).
     scale, units : dict, optional
@@ -301,6 +302,8 @@ def write_labels_zarr(
     else:  # an array on disk (core.disk_labels): read chunk by chunk, never whole
         level0 = da.from_array(labels, chunks=labels.chunks)
     level0 = level0.transpose(order)
+    # a chunk per plane (a viewer reads one plane at a time), Y/X chunks as the array's own
+    chunks = (*(1 for _ in level0.shape[:-2]), *level0.chunksize[-2:])
     if level0.dtype.kind not in "iu":
         raise InputError(f"labels must be integers, got {level0.dtype}")
     scale = scale or {}
@@ -319,12 +322,12 @@ def write_labels_zarr(
             target = group.create_array(
                 name,
                 shape=level.shape,
-                chunks=level0.chunksize,
+                chunks=chunks,
                 dtype=level.dtype,
                 chunk_key_encoding={"name": "v2", "separator": "/"},
                 fill_value=0,
             )
-            level.rechunk(level0.chunksize).store(target, lock=False)
+            level.rechunk(chunks).store(target, lock=False)
             # nearest neighbour by striding: pixel i of a level is pixel 2i of the one above,
             # so the grids share their origin (no translation)
             datasets.append(
