@@ -534,3 +534,38 @@ def test_the_dashboard_is_named_only_where_it_is_served(client, monkeypatch, bok
         assert notice == f"dashboard: {client.dashboard_link}"
     else:
         assert notice.startswith("no dashboard: install bokeh")
+
+
+def _hold(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_local_worker_runs_one_network_at_a_time_and_lighter_tasks_beside_it():
+    from napari_unet.core.distributed import MODEL_SLOT, model_resources
+
+    with connect("local", workers=1) as (fresh, threads):
+        (worker,) = fresh.scheduler_info(n_workers=-1)["workers"].values()
+        assert worker["nthreads"] == threads >= 2
+        slot = model_resources(fresh)
+        assert slot == {MODEL_SLOT: 1}
+        networks = [fresh.submit(_hold, 0.5, pure=False, resources=slot) for _ in range(2)]
+        light = fresh.submit(_hold, 0.5, pure=False)
+        (a0, a1), (b0, b1) = sorted(f.result() for f in networks)
+        l0, l1 = light.result()
+    assert b0 >= a1  # the second network waited for the first
+    assert l0 < a1 and l1 > a0 or l0 < b1 and l1 > b0  # the light task ran beside one
+
+
+def test_workers_without_the_slot_are_not_asked_for_it():
+    from distributed import Client, LocalCluster
+
+    from napari_unet.core.distributed import model_resources
+
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as plain,
+    ):
+        assert model_resources(plain) is None
