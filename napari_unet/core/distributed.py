@@ -579,6 +579,7 @@ def iter_predict_blocks(
     resumed = len(counts)
     shown = 0  # objects of the blocks shown so far (show_blocks)
     yield Progress(len(counts), len(blocks), "blocks", notice=dashboard_notice(client))
+    slot = model_resources(client)
     futures = {
         client.submit(
             _segment_block,
@@ -594,7 +595,7 @@ def iter_predict_blocks(
             key=f"napari-unet-block-{'-'.join(map(str, block.grid))}-{token}",
             retries=1,
             pure=False,
-            resources=model_resources(client),
+            resources=slot,
         ): block
         for block in blocks
         if block.grid not in counts
@@ -707,6 +708,7 @@ def iter_predict_files(
     options.check()
     plugin = _load_model(client, model, torch_threads)
     yield Progress(0, len(targets), "files", notice=dashboard_notice(client))
+    slot = model_resources(client)
     futures = {
         client.submit(
             _predict_file,
@@ -719,7 +721,7 @@ def iter_predict_files(
             overwrite,
             retries=1,
             pure=False,
-            resources=model_resources(client),
+            resources=slot,
         ): source
         for source, target in targets.items()
     }
