@@ -63,7 +63,7 @@ from napari_unet.core.preprocess import (
     labels_axes_of,
     to_model_channels,
 )
-from napari_unet.core.tiling import core_size
+from napari_unet.core.tiling import core_size, round_up
 from napari_unet.core.version import __version__
 
 MERGE_IOU = 0.5  # least IoU, on a block's frame, of two ids that are one object
@@ -349,21 +349,12 @@ def plan_blocks(
 def block_halo(bundle: Any, options: PredictOptions) -> int:
     """Halo in image pixels: the tiles' context margin plus two object diameters, so every
     object reaching into a block is whole, and seen with full context, in its window;
-    rounded up to the network's grid (see :func:`on_grid`)."""
+    rounded up to the network's grid of ``2**depth`` pixels, as block edges are: every window
+    then starts on the grid, and so do its tiles (:func:`~napari_unet.core.tiling.plan_axis`),
+    so at the model's scale a block's tiles see their pixels as the single process's do."""
     geometry = _TileGeometry.of(bundle, options)
     halo = math.ceil(geometry.context / geometry.factor + 2 * geometry.diameter)
-    return on_grid(halo, bundle.network.size_multiple)
-
-
-def on_grid(pixels: int, stride: int) -> int:
-    """``pixels`` rounded up to a multiple of the network's ``stride`` (``2**depth``).
-
-    With block edges and halos on that grid, every window starts on it, and so do its tiles
-    (:func:`~napari_unet.core.tiling.plan_axis`): at the model's scale a block's tiles then see
-    their pixels as the single process's tiles do, whose output depends on where a tile
-    starts modulo ``stride``.
-    """
-    return -(-int(pixels) // stride) * stride
+    return round_up(halo, bundle.network.size_multiple)
 
 
 def default_block_size(
@@ -551,7 +542,7 @@ def iter_predict_blocks(
     memory = _worker_memory(client)
     if block_size is None:
         block_size = default_block_size(stack, bundle, options, memory)
-    block_size = on_grid(block_size, bundle.network.size_multiple)
+    block_size = round_up(block_size, bundle.network.size_multiple)
     if z_block is None:
         z_block = default_z_block(stack, bundle, options, block_size, memory)
     halo = block_halo(bundle, options)

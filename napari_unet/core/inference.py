@@ -60,6 +60,7 @@ from napari_unet.core.tiling import (
     count_tiles,
     iter_predict_plane,
     plan_axis,
+    round_up,
 )
 from napari_unet.core.tta import DihedralAverage
 
@@ -518,7 +519,7 @@ def context_margin(tile: int, overlap: float, network: torch.nn.Module) -> int:
     what the network crops, rounded up to the network's grid (tiles start on it, see
     :func:`~napari_unet.core.tiling.plan_axis`)."""
     margin = max(int(round(overlap * tile / 2)), network.crop_per_side(tile))
-    return -(-margin // network.size_multiple) * network.size_multiple
+    return round_up(margin, network.size_multiple)
 
 
 def _plan(

@@ -77,7 +77,7 @@ def plan_axis(
     """
     if length < 1:
         raise InputError(f"cannot tile an axis of length {length}")
-    margin = -(-max(margin, crop) // stride) * stride
+    margin = round_up(max(margin, crop), stride)
     core = core_size(tile, margin, stride)
     if core < 1:
         raise InputError(
@@ -92,9 +92,14 @@ def plan_axis(
     even = fit(math.ceil(length / count) + 2 * margin)
     if even < tile and core_size(even, margin, stride) * count >= length:
         tile, core = even, core_size(even, margin, stride)
-    last = -(-(length - core) // stride) * stride
+    last = round_up(length - core, stride)
     starts = tuple(min(i * core, last) for i in range(count))
     return AxisPlan(length, tile, margin, crop, starts, last + tile - margin - length)
+
+
+def round_up(pixels: int, stride: int) -> int:
+    """``pixels`` rounded up to a multiple of ``stride``."""
+    return -(-int(pixels) // stride) * stride
 
 
 def core_size(tile: int, margin: int, stride: int = 1) -> int:
