@@ -243,7 +243,7 @@ def main() -> int:
         extra += ["--zoom", "0.5", "2", "--invert-chance", "0.2", "--blur-chance", "0.2"]
     else:
         build_em_set(scratch / "set", isbi_split()["train"])
-        steps = args.steps or 2000
+        steps = args.steps or 6000
         extra = [*common, "--mode", "semantic", "--class-names", "background,membrane"]
         extra += ["--val-fraction", "0.2", "--val-every", "250"]
     command = [
