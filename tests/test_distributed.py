@@ -547,7 +547,7 @@ def test_a_local_worker_runs_one_network_at_a_time_and_lighter_tasks_beside_it()
     from napari_unet.core.distributed import MODEL_SLOT, model_resources
 
     with connect("local", workers=1) as (fresh, threads):
-        (worker,) = fresh.scheduler_info(n_workers=-1)["workers"].values()
+        (worker,) = fresh.scheduler_info()["workers"].values()
         assert worker["nthreads"] == threads >= 2
         slot = model_resources(fresh)
         assert slot == {MODEL_SLOT: 1}

@@ -766,10 +766,12 @@ def model_resources(client: Client) -> dict[str, int] | None:
     worker has one (a local cluster; workers started with ``--resources
     napari-unet-model=1``), else nothing (a task waiting for a resource no worker has would
     wait for ever)."""
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    if workers and all(w.get("resources", {}).get(MODEL_SLOT) for w in workers):
-        return {MODEL_SLOT: 1}
-    return None
+    slots = client.run_on_scheduler(  # every worker (scheduler_info lists only a few)
+        lambda dask_scheduler: [
+            w.resources.get(MODEL_SLOT) for w in dask_scheduler.workers.values()
+        ]
+    )
+    return {MODEL_SLOT: 1} if slots and all(slots) else None
 
 
 def dashboard_notice(client: Client) -> str:
