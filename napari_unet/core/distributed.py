@@ -766,7 +766,7 @@ def model_resources(client: Client) -> dict[str, int] | None:
     worker has one (a local cluster; workers started with ``--resources
     napari-unet-model=1``), else nothing (a task waiting for a resource no worker has would
     wait for ever)."""
-    slots = client.run_on_scheduler(  # every worker (scheduler_info lists only a few)
+    slots = client.run_on_scheduler(  # every worker, whatever scheduler_info's Dask version lists
         lambda dask_scheduler: [
             w.resources.get(MODEL_SLOT) for w in dask_scheduler.workers.values()
         ]
