@@ -201,7 +201,9 @@ def network_pixels(shape: tuple[int, int], options, block: int | None, halo: int
     crop = network.crop_per_side(tile)
 
     def through(n: int) -> int:
-        plan = plan_axis(n, tile, margin, crop=crop, fit=network.fit_input_size)
+        plan = plan_axis(
+            n, tile, margin, crop=crop, fit=network.fit_input_size, stride=network.size_multiple
+        )
         return len(plan.starts) * plan.tile
 
     if block is None:

@@ -387,9 +387,11 @@ def test_a_default_block_window_is_tiled_with_whole_tiles(tile):
     window = block + 2 * block_halo(bundle, options)
     margin = context_margin(tile, options.overlap, network)
     crop = network.crop_per_side(tile)
-    plan = plan_axis(window, tile, margin, crop=crop, fit=network.fit_input_size)
+    plan = plan_axis(
+        window, tile, margin, crop=crop, fit=network.fit_input_size, stride=network.size_multiple
+    )
     assert block >= tile and window <= DEFAULT_WINDOW
-    assert plan.tile == tile and len(plan.starts) * (tile - 2 * margin) == window
+    assert plan.tile == tile and len(plan.starts) * (tile - 2 * plan.margin) == window
     assert default_block_size(stack, bundle, options, 2**20) == tile  # nothing fits: the least
 
 
@@ -569,3 +571,15 @@ def test_workers_without_the_slot_are_not_asked_for_it():
         Client(cluster, set_as_default=False) as plain,
     ):
         assert model_resources(plain) is None
+
+
+def test_a_tile_too_small_for_the_grid_still_gets_a_default_block():
+    """Tile 32 of the depth-4 `nuclei`: the grid would leave no core, so the tile keeps its
+    own margin and the default block is still found (the search once looped for ever)."""
+    from napari_unet.core.distributed import default_block_size
+    from napari_unet.core.registry import load_bundle
+
+    bundle = load_bundle("nuclei")
+    options = PredictOptions(tile_size=32, diameter=bundle.config["object_diameter"])
+    stack = Stack(np.zeros((64, 64), np.uint16), "YX")
+    assert default_block_size(stack, bundle, options, None) >= 32

@@ -6,7 +6,13 @@ from hypothesis import strategies as st
 
 from napari_unet.core.errors import InputError
 from napari_unet.core.generators import run_to_end
-from napari_unet.core.tiling import count_tiles, iter_predict_plane, mirror_pad, plan_axis
+from napari_unet.core.tiling import (
+    count_tiles,
+    iter_predict_plane,
+    mirror_pad,
+    plan_axis,
+    round_up,
+)
 from tests.conftest import tiny_bundle
 
 run = run_to_end
@@ -140,18 +146,28 @@ def test_blended_defaults_agree_with_whole_image():
 )
 def test_aligned_plans_cover_the_axis_from_the_grid(length, tile, margin, stride):
     fit = lambda n: -(-n // stride) * stride  # noqa: E731  (a same-padding network's rule)
-    try:
-        plan = plan_axis(length, fit(tile), margin, fit=fit, stride=stride)
-    except InputError:
-        assert fit(tile) - 2 * -(-margin // stride) * stride < stride
+    tile = fit(tile)
+    if tile - 2 * margin < 1:  # no core even off the grid
+        with pytest.raises(InputError, match="no core"):
+            plan_axis(length, tile, margin, fit=fit, stride=stride)
         return
-    assert plan.margin >= margin and plan.margin % stride == 0
+    plan = plan_axis(length, tile, margin, fit=fit, stride=stride)
+    grid = stride if tile - 2 * round_up(margin, stride) >= stride else 1  # else too small
+    assert plan.margin >= margin and plan.margin % grid == 0
     # tile inputs start on the plane's grid (padded start minus the mirrored margin)
-    assert all((s - plan.margin) % stride == 0 for s in plan.starts)
+    assert all((s - plan.margin) % grid == 0 for s in plan.starts)
     assert plan.starts[-1] + plan.tile <= plan.padded and plan.pad_after >= 0
     trusted = [(s, s + plan.tile - 2 * plan.margin) for s in plan.starts]
     assert trusted[0][0] == 0 and trusted[-1][1] >= length
     assert all(a[1] >= b[0] for a, b in zip(trusted, trusted[1:], strict=False))
+
+
+def test_a_tile_too_small_for_the_grid_keeps_its_margin():
+    """Tile 32 of a depth-4 network: a 16-px margin would leave no core, so the tile keeps
+    its 1-px margin and starts anywhere (as the GUI's and the memory fallback's small tiles
+    did before the grid)."""
+    plan = plan_axis(100, 32, 1, fit=lambda n: -(-n // 16) * 16, stride=16)
+    assert plan.margin == 1 and plan.tile == 32
 
 
 def test_aligned_tiles_give_the_same_output_whatever_their_size():

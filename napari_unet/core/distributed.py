@@ -63,7 +63,7 @@ from napari_unet.core.preprocess import (
     labels_axes_of,
     to_model_channels,
 )
-from napari_unet.core.tiling import core_size, round_up
+from napari_unet.core.tiling import aligned_margin, core_size, round_up
 from napari_unet.core.version import __version__
 
 MERGE_IOU = 0.5  # least IoU, on a block's frame, of two ids that are one object
@@ -241,10 +241,9 @@ def restore_malloc_thresholds() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(
-            libc.mallopt(M_MMAP_THRESHOLD, ADAPTED_MMAP_THRESHOLD)
-            and libc.mallopt(M_TRIM_THRESHOLD, 2 * ADAPTED_MMAP_THRESHOLD)
-        )
+        mapped = libc.mallopt(M_MMAP_THRESHOLD, ADAPTED_MMAP_THRESHOLD)
+        trimmed = libc.mallopt(M_TRIM_THRESHOLD, 2 * ADAPTED_MMAP_THRESHOLD)
+        return bool(mapped and trimmed)
     except (OSError, AttributeError):  # not glibc
         return False
 
@@ -370,6 +369,8 @@ def default_block_size(
     tile = options.tile_size
 
     stride = bundle.network.size_multiple
+    if geometry.core < 1:  # plan_axis refuses such a tile with the reason
+        raise InputError(f"tile size {geometry.tile} leaves no core after its context margin")
 
     def block(cores: int) -> int:  # a window of `cores` tile cores, at the network's scale
         return math.floor(cores * geometry.core / geometry.factor) // stride * stride - 2 * halo
@@ -411,7 +412,8 @@ class _TileGeometry:
         trained = bundle.config.get("object_diameter")
         diameter = options.diameter or trained or 30.0
         factor = rescale_factor(trained, diameter, GIVEN_BAND) if trained else 1.0
-        return cls(tile, context, core_size(tile, context, network.size_multiple), diameter, factor)
+        context, stride = aligned_margin(tile, context, network.size_multiple)
+        return cls(tile, context, core_size(tile, context, stride), diameter, factor)
 
 
 def default_z_block(

@@ -60,7 +60,6 @@ from napari_unet.core.tiling import (
     count_tiles,
     iter_predict_plane,
     plan_axis,
-    round_up,
 )
 from napari_unet.core.tta import DihedralAverage
 
@@ -516,10 +515,9 @@ def nominal_tile(network: torch.nn.Module, tile_size: int) -> int:
 
 def context_margin(tile: int, overlap: float, network: torch.nn.Module) -> int:
     """Context pixels excluded from each side of a tile's core: half the overlap, at least
-    what the network crops, rounded up to the network's grid (tiles start on it, see
-    :func:`~napari_unet.core.tiling.plan_axis`)."""
-    margin = max(int(round(overlap * tile / 2)), network.crop_per_side(tile))
-    return round_up(margin, network.size_multiple)
+    what the network crops (the tiler rounds it to the network's grid, see
+    :func:`~napari_unet.core.tiling.aligned_margin`)."""
+    return max(int(round(overlap * tile / 2)), network.crop_per_side(tile))
 
 
 def _plan(

@@ -77,7 +77,7 @@ def plan_axis(
     """
     if length < 1:
         raise InputError(f"cannot tile an axis of length {length}")
-    margin = round_up(max(margin, crop), stride)
+    margin, stride = aligned_margin(tile, max(margin, crop), stride)
     core = core_size(tile, margin, stride)
     if core < 1:
         raise InputError(
@@ -100,6 +100,16 @@ def plan_axis(
 def round_up(pixels: int, stride: int) -> int:
     """``pixels`` rounded up to a multiple of ``stride``."""
     return -(-int(pixels) // stride) * stride
+
+
+def aligned_margin(tile: int, margin: int, stride: int) -> tuple[int, int]:
+    """A tile's context margin rounded up to the ``stride`` grid, and the grid its tiles keep:
+    ``stride`` itself while a core of at least one grid step is left, else 1 (a tile too small
+    for the grid keeps its margin and starts anywhere, as before the grid)."""
+    aligned = round_up(margin, stride)
+    if core_size(tile, aligned, stride) >= stride:
+        return aligned, stride
+    return margin, 1
 
 
 def core_size(tile: int, margin: int, stride: int = 1) -> int:
