@@ -337,10 +337,10 @@ def test_the_real_network_matches_the_single_process_run(client, tmp_path):
     n_reference = len(np.unique(reference)) - 1
     assert result.stats["blocks"] >= 4
     assert len(matched) >= 0.99 * n_reference
-    # no object is split at a face: no reference object is shared by two objects here
+    # no object is split at a face: each reference object is mostly one object here
     for k in np.unique(reference)[1:]:
         ids, counts = np.unique(labels[reference == k], return_counts=True)
-        assert np.count_nonzero(counts[ids > 0] >= 0.1 * counts.sum()) <= 1, k
+        assert counts[ids > 0].max(initial=0) >= 0.9 * counts.sum(), k
 
 
 def test_blocks_are_at_least_a_tile(client, tmp_path):

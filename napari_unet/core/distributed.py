@@ -348,12 +348,19 @@ def plan_blocks(
 def block_halo(bundle: Any, options: PredictOptions) -> int:
     """Halo in image pixels: the tiles' context margin plus two object diameters, so every
     object reaching into a block is whole, and seen with full context, in its window;
-    rounded up to the network's grid of ``2**depth`` pixels, as block edges are: every window
-    then starts on the grid, and so do its tiles (:func:`~napari_unet.core.tiling.plan_axis`),
-    so at the model's scale a block's tiles see their pixels as the single process's do."""
+    on the image's grid (:func:`block_grid`)."""
     geometry = _TileGeometry.of(bundle, options)
     halo = math.ceil(geometry.context / geometry.factor + 2 * geometry.diameter)
-    return round_up(halo, bundle.network.size_multiple)
+    return round_up(halo, block_grid(bundle, options))
+
+
+def block_grid(bundle: Any, options: PredictOptions) -> int:
+    """The grid block edges and halos keep, in image pixels: the network's ``2**depth`` when
+    the image is segmented at the model's scale, so every window starts on it and so do its
+    tiles (:func:`~napari_unet.core.tiling.plan_axis`), and a block's tiles see their pixels
+    as the single process's do; 1 when the image is rescaled, where no image grid maps onto
+    the network's."""
+    return bundle.network.size_multiple if _TileGeometry.of(bundle, options).factor == 1 else 1
 
 
 def default_block_size(
@@ -544,7 +551,7 @@ def iter_predict_blocks(
     memory = _worker_memory(client)
     if block_size is None:
         block_size = default_block_size(stack, bundle, options, memory)
-    block_size = round_up(block_size, bundle.network.size_multiple)
+    block_size = round_up(block_size, block_grid(bundle, options))
     if z_block is None:
         z_block = default_z_block(stack, bundle, options, block_size, memory)
     halo = block_halo(bundle, options)
