@@ -15,6 +15,8 @@ summarised without PASS/FAIL lines.
     tune    noisy-dim    held-out grey DSB images, photon-starved (Poisson + read noise, uint16)
     tune    blurred      held-out grey DSB images out of focus (Gaussian blur)
     tune    in-domain    blurred's images without the blur: no shift, the base is good there
+    tune    dim-half     blurred's images, half of the nuclei 4x dimmer (expression varies)
+    tune    vignette     blurred's images under strong vignetting (edges at 15% brightness)
     report  large        held-out grey DSB images upscaled 3x (nuclei ~60 px, trained on ~20)
     report  hela         CTC Fluo-N2DL-HeLa frames (16-bit, other texture and contrast)
     report  uneven       held-out grey DSB images under strongly uneven illumination
@@ -79,6 +81,7 @@ UPSCALE = 3.0
 PHOTONS, READ_NOISE, OFFSET = 10.0, 2.0, 100.0
 BLUR_SIGMA = 3.0
 SHADING = (0.5, 2.5)
+DIMMING, VIGNETTE = 4.0, 0.15
 N_REPAINT, N_ERASE, MARGIN = 15, 5, 16
 # (before, after) fields of the fine-tuning result that make its reported change, by preference
 SCORE_PAIRS = (("base_score", "new_score"), ("initial_score", "best_score"))
@@ -175,6 +178,33 @@ def uneven(item: Item) -> Item:
     return Item(item.id, (unit_range(item.image) + background).astype(np.float32), item.truth)
 
 
+def dim_half(item: Item) -> Item:
+    """Half of the nuclei (chosen with a seed from the image id) ``DIMMING`` times dimmer, as
+    when expression varies from cell to cell; the rest of the image is unchanged."""
+    from scipy import ndimage as ndi
+
+    ids = np.unique(item.truth[item.truth > 0])
+    rng = np.random.default_rng(int(item.id[:8], 16))
+    dimmed = np.isin(item.truth, ids[rng.random(ids.size) < 0.5])
+    dimmed = ndi.gaussian_filter(ndi.binary_dilation(dimmed, iterations=2).astype(float), 1.0)
+    signal = unit_range(item.image)
+    background = np.percentile(signal, 10)
+    factor = 1.0 - (1.0 - 1.0 / DIMMING) * dimmed
+    return Item(
+        item.id, (background + (signal - background) * factor).astype(np.float32), item.truth
+    )
+
+
+def vignette(item: Item) -> Item:
+    """Strong vignetting: brightness falls with the squared distance from the centre to
+    ``VIGNETTE`` of its centre value in the corners, over a small dark offset."""
+    height, width = item.truth.shape
+    y, x = np.mgrid[:height, :width]
+    r2 = ((y - height / 2) / (height / 2)) ** 2 + ((x - width / 2) / (width / 2)) ** 2
+    falloff = 1.0 - (1.0 - VIGNETTE) * r2 / 2.0
+    return Item(item.id, (0.05 + unit_range(item.image) * falloff).astype(np.float32), item.truth)
+
+
 def object_count(truth: np.ndarray) -> int:
     """Number of distinct nonzero ids."""
     return int(np.unique(truth[truth > 0]).size)
@@ -245,6 +275,9 @@ def scenario_images(data: Path, name: str) -> list[Item]:
         return pick(heldout_ids()[1][name], lambda i: HELDOUT[name](read_dsb(data, i)))
     if name == "in-domain":  # blurred's images as they are: a plane the base already handles
         return pick(heldout_ids()[1]["blurred"], lambda i: centre_crop(read_dsb(data, i)))
+    if name in ("dim-half", "vignette"):  # blurred's images under another tuning shift
+        shift = dim_half if name == "dim-half" else vignette
+        return pick(heldout_ids()[1]["blurred"], lambda i: shift(centre_crop(read_dsb(data, i))))
     if name == "hela":
         return hela_items(data)
     index = dsb_index(data)
@@ -259,6 +292,8 @@ PURPOSE = {
     "noisy-dim": "tune",
     "blurred": "tune",
     "in-domain": "tune",
+    "dim-half": "tune",
+    "vignette": "tune",
     "large": "report",
     "hela": "report",
     "uneven": "report",
@@ -272,6 +307,8 @@ WHY = {
     "blurred": f"out of focus: Gaussian blur of {BLUR_SIGMA:g} px, nuclei edges and gaps fade",
     "in-domain": "no shift: held-out DSB fluorescence like the base's training data (it should "
     "not get worse)",
+    "dim-half": f"half of the nuclei {DIMMING:g}x dimmer than the others (expression varies)",
+    "vignette": f"vignetting: corners at {VIGNETTE:g}x the centre's brightness",
     "large": f"nuclei {UPSCALE:g}x larger than trained on (~20 -> ~60 px), diameter option unset",
     "hela": "another lab's 16-bit widefield H2B-GFP HeLa nuclei: other texture, contrast, mitoses; "
     "its truth omits nuclei cut by the border, so those are not scored",
@@ -770,24 +807,13 @@ def run_seed(
     return run
 
 
-def blended_state(base: dict[str, Any], tuned: dict[str, Any], share: float) -> dict[str, Any]:
-    """Weights ``share`` of the way from ``base`` to ``tuned``: ``base + share * (tuned - base)``.
-
-    Floating-point tensors (weights, biases, batch-norm statistics) are interpolated; integer
-    buffers (batch counters) come from ``tuned``. ``share`` 1 is ``tuned``, 0 is ``base``.
-    """
-    return {
-        key: (b + share * (t.to(b.device) - b)) if b.is_floating_point() else t.clone()
-        for key, b, t in ((key, base[key], tuned[key]) for key in tuned)
-    }
-
-
 def blend_run(
     ctx: Context, scenario: Scenario, tuned: Any, share: float, run: dict[str, Any]
 ) -> dict[str, float]:
     """Score the weights ``share`` of the way from the base to ``tuned`` (printed below the
     run's row): AP@0.5 on the scenario's other images and on the own held-out images."""
     from napari_unet.core.bundle import clone_bundle, network_state
+    from napari_unet.core.retention import blended_state
 
     bundle = clone_bundle(tuned)
     bundle.network.load_state_dict(

@@ -151,9 +151,10 @@ def dsb_grey(image_id: str) -> np.ndarray:
     return np.clip(np.round(grey), 0, 255).astype(np.uint8)
 
 
-def replay_set(ids: list[str], patches: int = 24, size: int = 256) -> Any:
+def replay_set(ids: list[str], patches: int = 24, checks: int = 24, size: int = 256) -> Any:
     """One seeded ``size``-square crop with at least 3 whole nuclei from each of the first
-    ``patches`` suitable training images (in a seeded order)."""
+    ``patches + checks`` suitable images of ``ids`` (the images the model was trained on, in
+    a seeded order); the last ``checks`` are the check patches fine-tuning never rehearses."""
     from skimage.segmentation import relabel_sequential
 
     from napari_unet.core.bundle import ReplaySet
@@ -175,15 +176,15 @@ def replay_set(ids: list[str], patches: int = 24, size: int = 256) -> Any:
         images.append(grey[top : top + size, left : left + size])
         labels.append(relabel_sequential(crop)[0])
         used.append(str(image_id))
-        if len(images) == patches:
+        if len(images) == patches + checks:
             break
     stacked = np.stack(labels)
     dtype = np.uint8 if stacked.max() < 256 else np.int16
     source = (
         f"{len(used)} crops of {size}x{size} from DSB 2018 stage-1 training images "
-        f"(CC0; BBBC038v1), ids {' '.join(used)}"
+        f"(CC0; BBBC038v1), the last {checks} for checks only, ids {' '.join(used)}"
     )
-    return ReplaySet(np.stack(images).astype(np.uint8), stacked.astype(dtype), source)
+    return ReplaySet(np.stack(images).astype(np.uint8), stacked.astype(dtype), source, checks)
 
 
 def attach_replay(path: Path) -> None:
@@ -192,7 +193,9 @@ def attach_replay(path: Path) -> None:
     from napari_unet.core.registry import load_bundle
 
     bundle = load_bundle(path)
-    bundle.replay = replay_set(dsb_family_split()["train"])
+    last_run = bundle.config["training"]["history"][-1]["samples"]
+    trained_on = [source.split("/")[1].split("[")[0] for source in last_run]
+    bundle.replay = replay_set(trained_on)
     save_bundle(bundle, path, overwrite=True, half=True)
     print(f"attached {len(bundle.replay.labels)} replay patches to {path}", flush=True)
 

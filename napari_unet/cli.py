@@ -995,6 +995,8 @@ def run_train(args: argparse.Namespace) -> int:
     if result.comparison is not None:
         start = base.name if base.path else "the untrained start"
         print(result.comparison.describe(start, output.stem))
+    if result.retention is not None:
+        print(result.retention.describe())
     return 0
 
 

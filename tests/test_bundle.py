@@ -173,6 +173,22 @@ def test_replay_set_round_trips_and_survives_fine_tuned_copies(tmp_path, instanc
     assert plain.replay is None and "replay" not in plain.config
 
 
+def test_check_patches_are_kept_out_of_rehearsal_and_round_trip(tmp_path, instance_bundle):
+    from napari_unet.core.bundle import ReplaySet
+
+    replay = _replay(5)
+    instance_bundle.replay = ReplaySet(replay.images, replay.labels, replay.source, checks=2)
+    loaded = load_bundle(save_bundle(instance_bundle, tmp_path / "m.safetensors"))
+    assert loaded.replay.checks == 2 and loaded.config["replay"]["checks"] == 2
+    assert [s.source for s in loaded.replay.samples()] == ["replay 0", "replay 1", "replay 2"]
+    checks = loaded.replay.check_samples()
+    assert [s.source for s in checks] == ["replay 3", "replay 4"]
+    assert np.array_equal(checks[1].labels, replay.labels[4])
+    assert _replay().checks == 0 and _replay().check_samples() == []
+    with pytest.raises(BundleError, match="3 check patches, but the replay set holds 2"):
+        ReplaySet(replay.images[:2], replay.labels[:2], "", checks=3)
+
+
 def test_inconsistent_replay_data_is_refused(tmp_path, instance_bundle):
     from napari_unet.core.bundle import ReplaySet
 

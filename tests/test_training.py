@@ -412,6 +412,52 @@ def test_fine_tuning_rehearses_the_replay_set_and_records_it():
         run(iter_finetune(base, samples(1), replace(QUICK, replay_fraction=1.0)))
 
 
+def _check_score(bundle, patches):
+    """Mean AP@0.5 of ``bundle`` on ``patches``, computed here from scratch."""
+    from napari_unet.core.metrics import instance_scores
+
+    options = PredictOptions(device="cpu", diameter=bundle.config["object_diameter"])
+    return np.mean(
+        [
+            instance_scores(predict(p.image, bundle, options).labels, p.labels, (0.5,)).at(0.5)
+            for p in patches
+        ]
+    )
+
+
+@pytest.mark.parametrize("tolerance", [0.05, None])
+def test_a_fine_tune_that_forgets_is_pulled_back_towards_its_base(trained, tolerance):
+    """Taught that a plane of disks holds no object, the network forgets the disks of its
+    training data; the check patches (never rehearsed) catch it, and the new version keeps only
+    as much of the change as stays within the tolerance there (None: the check is off)."""
+    from napari_unet.core.bundle import ReplaySet
+
+    _, result = trained
+    base = clone_bundle(result.bundle)
+    pairs = [disks((64, 64), seed=40 + i) for i in range(6)]
+    images = np.stack([np.clip(p[0], 0, 255) for p in pairs]).astype(np.uint8)
+    labels = np.stack([p[1] for p in pairs]).astype(np.uint8)
+    base.replay = ReplaySet(images, labels, "disks", checks=4)
+    checks = base.replay.check_samples()
+    assert len(checks) == 4 and len(base.replay.samples()) == 2
+    before = _check_score(base, checks)
+    assert before > 0.5
+    erased = [TrainingSample(s.image, np.zeros_like(s.labels), source="erased") for s in samples(2)]
+    settings = replace(QUICK, steps=30, replay_fraction=0.0, retention_tolerance=tolerance)
+    _, tuned = run(iter_finetune(base, erased, settings))
+    after = _check_score(tuned.bundle, checks)
+    record = tuned.bundle.config["training"]["history"][-1]["retention"]
+    if tolerance is None:
+        assert tuned.retention is None and record is None
+        assert after < before - 0.3  # it forgot, and nothing pulled it back
+        return
+    check = tuned.retention
+    assert check.base_score == pytest.approx(before)
+    assert check.tuned_score < before - 0.3 and check.share < 1.0
+    assert after == pytest.approx(check.kept_score) and after >= before - tolerance
+    assert record["share"] == check.share and record["patches"] == 4
+
+
 def test_versions_are_compared_with_the_options_the_user_segmented_with(trained):
     _, result = trained
     good = result.bundle

@@ -6,7 +6,9 @@ unpickles anything; saving is atomic (temporary file in the same folder, fsync, 
 A bundle may also carry a small replay set: patches of the data its network was trained on
 (tensors ``replay.images`` and ``replay.labels``, described by the config's ``replay`` entry),
 which fine-tuning rehearses so that a few corrections do not make the network forget what it
-knew. Only data whose licence allows redistribution may go in.
+knew; its last ``checks`` patches are never rehearsed and measure what a fine-tuned network
+kept (:mod:`napari_unet.core.retention`). Only data whose licence allows redistribution may go
+in.
 """
 
 from __future__ import annotations
@@ -52,11 +54,15 @@ class ReplaySet:
         Labels in the model's mode (instance ids or class indices), all checked by a person.
     source : str
         Where the patches come from and under which licence.
+    checks : int
+        How many of the last patches are kept out of rehearsal, to check what a fine-tuned
+        network still gets right of its training data.
     """
 
     images: np.ndarray
     labels: np.ndarray
     source: str
+    checks: int = 0
 
     def __post_init__(self) -> None:
         n, *plane = self.labels.shape
@@ -68,16 +74,25 @@ class ReplaySet:
         for array in (self.images, self.labels):
             if array.dtype not in _REPLAY_DTYPES:
                 raise BundleError(f"replay data of dtype {array.dtype} cannot be stored")
+        if not 0 <= self.checks <= n:
+            raise BundleError(f"{self.checks} check patches, but the replay set holds {n}")
 
     @property
     def plane_axes(self) -> str:
         return "YXC" if self.images.ndim == 4 else "YX"
 
     def samples(self) -> list[TrainingSample]:
-        """The patches as fully known training samples."""
+        """The patches to rehearse, as fully known training samples."""
+        return self._samples(0, len(self.labels) - self.checks)
+
+    def check_samples(self) -> list[TrainingSample]:
+        """The check patches (never rehearsed), as fully known samples."""
+        return self._samples(len(self.labels) - self.checks, len(self.labels))
+
+    def _samples(self, start: int, stop: int) -> list[TrainingSample]:
         return [
-            TrainingSample(image, labels, None, self.plane_axes, f"replay {index}")
-            for index, (image, labels) in enumerate(zip(self.images, self.labels, strict=True))
+            TrainingSample(self.images[i], self.labels[i], None, self.plane_axes, f"replay {i}")
+            for i in range(start, stop)
         ]
 
 
@@ -217,7 +232,11 @@ def save_bundle(
     config.pop("replay", None)
     tensors = {}
     if bundle.replay is not None:
-        config["replay"] = {"patches": len(bundle.replay.labels), "source": bundle.replay.source}
+        config["replay"] = {
+            "patches": len(bundle.replay.labels),
+            "checks": bundle.replay.checks,
+            "source": bundle.replay.source,
+        }
         tensors[REPLAY_PREFIX + "images"] = torch.from_numpy(bundle.replay.images.copy())
         tensors[REPLAY_PREFIX + "labels"] = torch.from_numpy(bundle.replay.labels.copy())
     _check_config(config, source=str(path))
@@ -338,6 +357,7 @@ def _replay_from(
         tensors[REPLAY_PREFIX + "images"].numpy(),
         tensors[REPLAY_PREFIX + "labels"].numpy(),
         str(described.get("source", "")),
+        int(described.get("checks", 0)),
     )
     if described.get("patches") != len(replay.labels):
         raise BundleError(

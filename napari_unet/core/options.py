@@ -176,6 +176,11 @@ class TrainSettings:
     ``context_outlines`` False leaves the outlines of the untouched objects out of the loss
     (a band of about 4 pixels): a person who leaves an object accepts that it is there, not
     every pixel of its outline, and a model's outlines can be off in the same way everywhere.
+    ``retention_tolerance`` guards what the base knew: when the base bundle ships check patches
+    of its own training data (:attr:`~napari_unet.core.bundle.ReplaySet.checks`), both versions
+    segment them after training, and if the new weights lose more than this much AP@0.5 (mean
+    IoU for semantic models) there, they are moved back towards the base's until they do not
+    (:mod:`napari_unet.core.retention`); None turns the check off.
     ``freeze_norm`` keeps the base's
     batch-norm statistics (and uses them in training) instead of letting a few batches of one
     user's images update them; a layer that has never seen a batch (a model trained from
@@ -207,6 +212,7 @@ class TrainSettings:
     anchor_weight: float = 0.0
     replay_fraction: float = 0.25
     freeze_norm: bool = False
+    retention_tolerance: float | None = 0.02
 
     def check(self) -> None:
         """Raise InputError naming the valid range of the first value that cannot work."""
@@ -226,6 +232,8 @@ class TrainSettings:
         _in_range("context weight", self.context_weight, 0.0, 100.0)
         _in_range("anchor weight", self.anchor_weight, 0.0, 1e6)
         _in_range("replay fraction", self.replay_fraction, 0.0, 0.95)
+        if self.retention_tolerance is not None:
+            _in_range("retention tolerance", self.retention_tolerance, 0.0, 1.0)
         low, high = self.augment.zoom
         _in_range("lowest zoom", low, 0.1, 1.0)
         _in_range("highest zoom", high, 1.0, 10.0)

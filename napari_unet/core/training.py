@@ -44,6 +44,7 @@ from napari_unet.core.heldout import (
 from napari_unet.core.inference import predict
 from napari_unet.core.options import PredictOptions, TrainSettings
 from napari_unet.core.preprocess import prepare_plane
+from napari_unet.core.retention import RetentionCheck, pull_back, scorer
 from napari_unet.core.review import certainty_map, iter_flipped_views
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import IGNORE, border_weights, check_labels, training_target
@@ -93,6 +94,9 @@ class TrainResult:
     comparison : VersionComparison or None
         The base model against the new weights on the held-out labels (None when nothing
         was held out).
+    retention : RetentionCheck or None
+        Both versions on the base's check patches and which weights were kept (None when the
+        base ships none or the check is off).
     """
 
     bundle: Bundle
@@ -100,6 +104,7 @@ class TrainResult:
     stopped: bool
     reason: str
     comparison: VersionComparison | None
+    retention: RetentionCheck | None = None
 
 
 @dataclass
@@ -571,14 +576,22 @@ def iter_finetune(
     finally:
         prefetcher.close()
     network = trainer.network.eval()
+    retention = None
+    checks = _check_patches(base, settings)
+    if checks:
+        yield TrainStatus("checking what the new version kept of the model's training data")
+        metric = "AP@0.5" if bundle.config["mode"] == "instances" else "mean IoU"
+        score = scorer(checks, bundle.config, options)
+        tolerance = settings.retention_tolerance
+        retention = pull_back(network, base.network, score, tolerance, len(checks), metric)
     comparison = None
     if validation:
         yield TrainStatus("scoring the new version on the held-out labels")
         comparison = validation.compare(validation.predict(network))
     bundle.network = network.to("cpu", memory_format=torch.contiguous_format)
     seconds = time.perf_counter() - start
-    _record(bundle, base, data.used, settings, history, comparison, reason, seconds)
-    return TrainResult(bundle, history, stopped, reason, comparison)
+    _record(bundle, base, data.used, settings, history, comparison, reason, seconds, retention)
+    return TrainResult(bundle, history, stopped, reason, comparison, retention)
 
 
 def with_base_loss(settings: TrainSettings, config: dict[str, Any]) -> TrainSettings:
@@ -782,6 +795,13 @@ def _replay_items(base: Bundle, settings: TrainSettings) -> list[_Prepared]:
     ]
 
 
+def _check_patches(base: Bundle, settings: TrainSettings) -> list[TrainingSample]:
+    """The base bundle's check patches when the retention check is on (else none)."""
+    if base.replay is None or settings.retention_tolerance is None:
+        return []
+    return base.replay.check_samples()
+
+
 def _held_out_of(
     item: _Prepared, sample: TrainingSample, held_by: dict[str, HeldOut]
 ) -> _Prepared | None:
@@ -826,6 +846,7 @@ def _record(
     comparison: VersionComparison | None,
     reason: str,
     seconds: float,
+    retention: RetentionCheck | None,
 ) -> None:
     """Write the training run into the bundle's config (history, provenance, parent)."""
     config = bundle.config
@@ -848,6 +869,7 @@ def _record(
             **asdict(comparison),
             "verdict": comparison.verdict,
         },
+        "retention": None if retention is None else asdict(retention),
         "end": reason,
         "loss": [round(h["loss"], 5) for h in history[:: max(1, len(history) // 200)]],
     }

@@ -624,6 +624,8 @@ class FinetunePanel(QWidget):
             if comparison is None
             else comparison.describe(self.previous_model or "base", self.new_model)
         )
+        if result.retention is not None:
+            verdict += "\n" + result.retention.describe()
         better = comparison is not None and comparison.verdict == "better"
         kept = self.new_model if better else self.previous_model
         self.result.setText(
