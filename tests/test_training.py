@@ -168,7 +168,8 @@ def test_outlines_of_untouched_objects_are_left_out_unless_asked():
     assert np.all(item.weights[outline & known] > 0)  # the person's own outlines count
     interior = (labels > 0) & ~outline & ~known
     assert np.any(item.weights[interior] == np.float32(0.3))
-    kept = training.prepare_sample(sample, config, TrainSettings(context_outlines=True))
+    outlined = TrainSettings(context_weight=0.3, context_outlines=True)
+    kept = training.prepare_sample(sample, config, outlined)
     assert np.all(kept.weights[outline & ~known] > 0)
 
 
@@ -185,11 +186,13 @@ def test_the_context_is_weighed_by_the_base_models_certainty(monkeypatch):
     known[:, :40] = True
     partial = TrainingSample(image, labels, known, source="partial")
     whole = samples(1)[0]  # labelled everywhere: no context to weigh
-    run(iter_finetune(tiny_bundle(), [partial, whole], replace(QUICK, steps=2)))
+    with_context = replace(QUICK, steps=2, context_weight=0.3)
+    run(iter_finetune(tiny_bundle(), [partial, whole], with_context))
     assert seen == [3]  # the partial plane only, against three flipped predictions
     seen.clear()
-    run(iter_finetune(tiny_bundle(), [partial], replace(QUICK, steps=2, weigh_context=False)))
-    assert seen == []
+    run(iter_finetune(tiny_bundle(), [partial], replace(with_context, weigh_context=False)))
+    run(iter_finetune(tiny_bundle(), [partial], replace(QUICK, steps=2)))  # the default: none
+    assert QUICK.context_weight == 0.0 and seen == []
 
 
 def test_samples_added_during_training_join_it():

@@ -159,9 +159,13 @@ class TrainSettings:
     """Training schedule and options. The defaults are the GUI's one-click fine-tune.
 
     ``context_weight`` is the loss weight of the pixels outside a sample's known-mask: there
-    the labels are what the base model predicted and the person left as it was, so they teach
-    the network what it should keep doing (0 ignores them, as when training from scratch on
-    partial labels). ``anchor_weight`` pulls the weights towards the base model's (L2-SP:
+    the labels are what the base model predicted and the person left as it was. 0 (the
+    default) ignores them: the known-mask already holds a margin of what was left around each
+    edit, the replay set teaches the rest, and on the tuning scenarios of
+    ``benchmarks/finetune_gain.py`` (five shifts, two seeds) training on the context at 0.3
+    gained less (+0.054 against +0.075 AP@0.5 on the scenarios' other images) and made one
+    scenario worse (half of the nuclei dimmed: -0.021 against +0.026), see
+    benchmarks/RESULTS.md. ``anchor_weight`` pulls the weights towards the base model's (L2-SP:
     ``anchor_weight * sum((w - w_base) ** 2)``), so a few corrections cannot drag the network
     far from what it knew. ``replay_fraction`` is the share of training patches drawn from the
     base bundle's replay set (patches of its own training data), when it has one: rehearsing
@@ -206,7 +210,7 @@ class TrainSettings:
     precision: str = "auto"
     channel: int | None = None
     annotated_fraction: float = 0.9  # share of patches centred on known pixels
-    context_weight: float = 0.3
+    context_weight: float = 0.0
     weigh_context: bool = True
     context_outlines: bool = False
     anchor_weight: float = 0.0
