@@ -272,7 +272,8 @@ def _add_training_data(parser: argparse.ArgumentParser) -> None:
         metavar="MASK",
         help="optional: nonzero where a person drew or checked the labels; when fine-tuning, "
         "labels outside it are read as the model's prediction the person left as it was "
-        "(trained on with a lower weight); from scratch they are ignored",
+        "(ignored when the model carries replay patches, as nuclei does; else trained on "
+        "with a lower weight); from scratch they are ignored",
     )
     parser.add_argument(
         "--dataset", metavar="DIR", help="a training-set folder saved by the napari plugin"

@@ -187,6 +187,13 @@ def test_check_patches_are_kept_out_of_rehearsal_and_round_trip(tmp_path, instan
     assert _replay().checks == 0 and _replay().check_samples() == []
     with pytest.raises(BundleError, match="3 check patches, but the replay set holds 2"):
         ReplaySet(replay.images[:2], replay.labels[:2], "", checks=3)
+    path = tmp_path / "m.safetensors"
+    _rewrite_config(path, lambda c: c["replay"].update(checks=9))
+    with pytest.raises(BundleError, match="m.safetensors: 9 check patches"):
+        load_bundle(path)
+    _rewrite_config(path, lambda c: c["replay"].update(checks="2"))
+    with pytest.raises(BundleError, match="check count '2' is not a number"):
+        load_bundle(path)
 
 
 def test_inconsistent_replay_data_is_refused(tmp_path, instance_bundle):

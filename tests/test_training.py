@@ -191,8 +191,19 @@ def test_the_context_is_weighed_by_the_base_models_certainty(monkeypatch):
     assert seen == [3]  # the partial plane only, against three flipped predictions
     seen.clear()
     run(iter_finetune(tiny_bundle(), [partial], replace(with_context, weigh_context=False)))
-    run(iter_finetune(tiny_bundle(), [partial], replace(QUICK, steps=2)))  # the default: none
-    assert QUICK.context_weight == 0.0 and seen == []
+    assert seen == []
+    rehearsing = _with_replay(tiny_bundle())  # the default ignores the context: nothing to weigh
+    run(iter_finetune(rehearsing, [partial], replace(QUICK, steps=2)))
+    assert QUICK.context_weight is None and seen == []
+
+
+@pytest.mark.parametrize(
+    ("replay", "given", "used"), [(True, None, 0.0), (False, None, 0.3), (True, 0.2, 0.2)]
+)
+def test_the_context_is_ignored_only_when_the_base_rehearses_its_own_data(replay, given, used):
+    base = _with_replay(tiny_bundle()) if replay else tiny_bundle()
+    _, result = run(iter_finetune(base, samples(1), replace(QUICK, steps=2, context_weight=given)))
+    assert result.bundle.config["training"]["history"][-1]["settings"]["context_weight"] == used
 
 
 def test_samples_added_during_training_join_it():
@@ -459,6 +470,18 @@ def test_a_fine_tune_that_forgets_is_pulled_back_towards_its_base(trained, toler
     assert check.tuned_score < before - 0.3 and check.share < 1.0
     assert after == pytest.approx(check.kept_score) and after >= before - tolerance
     assert record["share"] == check.share and record["patches"] == 4
+
+
+def test_a_channel_chosen_for_the_users_image_does_not_apply_to_the_check_patches():
+    from napari_unet.core.bundle import ReplaySet
+
+    base = _with_replay(tiny_bundle(), n=3)
+    base.replay = ReplaySet(base.replay.images, base.replay.labels, "disks", checks=2)
+    image, labels = disks((96, 96), seed=3)
+    two_channels = np.stack([np.zeros_like(image), image], axis=-1)
+    sample = TrainingSample(two_channels, labels, None, "YXC", "second channel")
+    _, result = run(iter_finetune(base, [sample], replace(QUICK, steps=2, channel=1)))
+    assert result.retention is not None and result.retention.patches == 2
 
 
 def test_versions_are_compared_with_the_options_the_user_segmented_with(trained):

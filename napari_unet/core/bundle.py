@@ -353,12 +353,18 @@ def _replay_from(
             f"{path}: its replay data is incomplete (tensors {sorted(tensors)}, "
             f"config entry {described!r})"
         )
-    replay = ReplaySet(
-        tensors[REPLAY_PREFIX + "images"].numpy(),
-        tensors[REPLAY_PREFIX + "labels"].numpy(),
-        str(described.get("source", "")),
-        int(described.get("checks", 0)),
-    )
+    checks = described.get("checks", 0)
+    if not isinstance(checks, int) or isinstance(checks, bool):
+        raise BundleError(f"{path}: the replay entry's check count {checks!r} is not a number")
+    try:
+        replay = ReplaySet(
+            tensors[REPLAY_PREFIX + "images"].numpy(),
+            tensors[REPLAY_PREFIX + "labels"].numpy(),
+            str(described.get("source", "")),
+            checks,
+        )
+    except BundleError as error:
+        raise BundleError(f"{path}: {error}") from error
     if described.get("patches") != len(replay.labels):
         raise BundleError(
             f"{path}: the config announces {described.get('patches')} replay patches, "

@@ -159,9 +159,12 @@ class TrainSettings:
     """Training schedule and options. The defaults are the GUI's one-click fine-tune.
 
     ``context_weight`` is the loss weight of the pixels outside a sample's known-mask: there
-    the labels are what the base model predicted and the person left as it was. 0 (the
-    default) ignores them: the known-mask already holds a margin of what was left around each
-    edit, the replay set teaches the rest, and on the tuning scenarios of
+    the labels are what the base model predicted and the person left as it was. None (the
+    default) decides by the base: 0 when it carries replay patches to rehearse, 0.3 when it
+    does not (``em-membranes``, models trained by users), where the context is the network's
+    only view of the untouched background and without it a network learns to find objects
+    everywhere. 0 ignores the context: the known-mask already holds a margin of what was left
+    around each edit, the replay set teaches the rest, and on the tuning scenarios of
     ``benchmarks/finetune_gain.py`` (five shifts, two seeds) training on the context at 0.3
     gained less (+0.054 against +0.075 AP@0.5 on the scenarios' other images) and made one
     scenario worse (half of the nuclei dimmed: -0.021 against +0.026), see
@@ -210,7 +213,7 @@ class TrainSettings:
     precision: str = "auto"
     channel: int | None = None
     annotated_fraction: float = 0.9  # share of patches centred on known pixels
-    context_weight: float = 0.0
+    context_weight: float | None = None
     weigh_context: bool = True
     context_outlines: bool = False
     anchor_weight: float = 0.0
@@ -233,7 +236,8 @@ class TrainSettings:
         if self.channel is not None:
             _in_range("channel", self.channel, 0, 4096, integer=True)
         _in_range("annotated fraction", self.annotated_fraction, 0.0, 1.0)
-        _in_range("context weight", self.context_weight, 0.0, 100.0)
+        if self.context_weight is not None:
+            _in_range("context weight", self.context_weight, 0.0, 100.0)
         _in_range("anchor weight", self.anchor_weight, 0.0, 1e6)
         _in_range("replay fraction", self.replay_fraction, 0.0, 0.95)
         if self.retention_tolerance is not None:

@@ -87,8 +87,13 @@ def blended_state(
     """
     return {
         key: (b + share * (t.to(b.device) - b)) if b.is_floating_point() else t.clone()
-        for key, b, t in ((key, base[key].to(tuned[key].device), tuned[key]) for key in tuned)
+        for key, b, t in ((key, base[key], tuned[key]) for key in tuned)
     }
+
+
+def metric_name(config: dict[str, Any]) -> str:
+    """The score :func:`patch_score` gives a model of this ``config``."""
+    return "AP@0.5" if config["mode"] == "instances" else "mean IoU"
 
 
 def patch_score(labels: np.ndarray, truth: np.ndarray, config: dict[str, Any]) -> float:
@@ -102,10 +107,10 @@ def scorer(
     samples: Sequence[TrainingSample], config: dict[str, Any], options: PredictOptions
 ) -> Callable[[torch.nn.Module], float]:
     """A function giving a network's mean score over ``samples``, segmented as inference
-    does with ``options`` (the network is put in eval mode)."""
+    does with ``options`` (which predicts with an eval-mode copy: the network is not changed)."""
 
     def score(network: torch.nn.Module) -> float:
-        bundle = Bundle(network=network.eval(), config=config)
+        bundle = Bundle(network=network, config=config)
         return float(
             np.mean(
                 [

@@ -44,12 +44,14 @@ from napari_unet.core.heldout import (
 from napari_unet.core.inference import predict
 from napari_unet.core.options import PredictOptions, TrainSettings
 from napari_unet.core.preprocess import prepare_plane
-from napari_unet.core.retention import RetentionCheck, pull_back, scorer
+from napari_unet.core.retention import RetentionCheck, metric_name, pull_back, scorer
 from napari_unet.core.review import certainty_map, iter_flipped_views
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import IGNORE, border_weights, check_labels, training_target
 
 MAX_BAD_STEPS = 5
+# the untouched context's weight for a base without replay patches (the default before replay)
+CONTEXT_WEIGHT_WITHOUT_REPLAY = 0.3
 _HOLD_OUT_MARGIN = 16  # pixels around a held-out region that are not trained on either
 
 
@@ -151,7 +153,8 @@ def prepare_sample(
                 f"the known-mask shape {sample.known.shape} differs from the labels' {labels.shape}"
             )
         known = np.asarray(sample.known) != 0
-    context = settings.context_weight if certainty is None else settings.context_weight * certainty
+    weight = settings.context_weight or 0.0  # None (not decided against a base) ignores it
+    context = weight if certainty is None else weight * certainty
     weights = np.where(known, 1.0, context).astype(np.float32)
     if settings.context_outlines is False and mode == "instances" and sample.known is not None:
         weights[_outline_band(labels) & ~known] = 0.0
@@ -395,7 +398,7 @@ class _ContextCertainty:
         self.base = base
         self.options = options
         self.on = (
-            settings.weigh_context and settings.context_weight > 0 and base.mode == "instances"
+            settings.weigh_context and bool(settings.context_weight) and base.mode == "instances"
         )
 
     def __call__(self, sample: TrainingSample) -> np.ndarray | None:
@@ -518,7 +521,7 @@ def iter_finetune(
         Always holds a complete, loadable bundle: the final weights (or the last good ones
         after repeated non-finite losses), compared with the base model on held-out labels.
     """
-    settings = with_base_loss(settings or TrainSettings(), base.config)
+    settings = with_base_defaults(settings or TrainSettings(), base)
     settings.check()
     if not samples:
         raise TrainingDataError(
@@ -580,9 +583,10 @@ def iter_finetune(
     checks = _check_patches(base, settings)
     if checks:
         yield TrainStatus("checking what the new version kept of the model's training data")
-        metric = "AP@0.5" if bundle.config["mode"] == "instances" else "mean IoU"
-        score = scorer(checks, bundle.config, options)
+        # the base's own grey patches: the user's channel choice does not apply to them
+        score = scorer(checks, bundle.config, replace(options, channel=None))
         tolerance = settings.retention_tolerance
+        metric = metric_name(bundle.config)
         retention = pull_back(network, base.network, score, tolerance, len(checks), metric)
     comparison = None
     if validation:
@@ -594,14 +598,23 @@ def iter_finetune(
     return TrainResult(bundle, history, stopped, reason, comparison, retention)
 
 
-def with_base_loss(settings: TrainSettings, config: dict[str, Any]) -> TrainSettings:
-    """``settings`` with ``border_weights`` decided: left as given, or (None) as in the base
-    model's last training run recorded in ``config`` (off when it has none)."""
-    if settings.border_weights is not None:
-        return settings
-    runs = config.get("training", {}).get("history", [])
-    trained_with = bool(runs and runs[-1].get("settings", {}).get("border_weights"))
-    return replace(settings, border_weights=trained_with)
+def with_base_defaults(settings: TrainSettings, base: Bundle) -> TrainSettings:
+    """``settings`` with what depends on the base decided (values given are kept).
+
+    ``border_weights`` None follows the base model's last training run recorded in its config
+    (off when it has none); ``context_weight`` None is 0 when the base carries replay patches
+    to rehearse (they teach the background) and :data:`CONTEXT_WEIGHT_WITHOUT_REPLAY` when it
+    does not, where the context is the network's only view of the untouched background.
+    """
+    if settings.border_weights is None:
+        runs = base.config.get("training", {}).get("history", [])
+        trained_with = bool(runs and runs[-1].get("settings", {}).get("border_weights"))
+        settings = replace(settings, border_weights=trained_with)
+    if settings.context_weight is None:
+        rehearses = base.replay is not None and bool(base.replay.samples())
+        weight = 0.0 if rehearses else CONTEXT_WEIGHT_WITHOUT_REPLAY
+        settings = replace(settings, context_weight=weight)
+    return settings
 
 
 def _measure_object_diameter(samples: Sequence[TrainingSample], config: dict[str, Any]) -> None:
@@ -796,10 +809,11 @@ def _replay_items(base: Bundle, settings: TrainSettings) -> list[_Prepared]:
 
 
 def _check_patches(base: Bundle, settings: TrainSettings) -> list[TrainingSample]:
-    """The base bundle's check patches when the retention check is on (else none)."""
+    """The base bundle's check patches at the model's scale, as its rehearsed replay patches
+    are, when the retention check is on (else none)."""
     if base.replay is None or settings.retention_tolerance is None:
         return []
-    return base.replay.check_samples()
+    return [at_model_scale(s, base.config, {}) for s in base.replay.check_samples()]
 
 
 def _held_out_of(
