@@ -180,6 +180,7 @@ def test_check_patches_are_kept_out_of_rehearsal_and_round_trip(tmp_path, instan
     instance_bundle.replay = ReplaySet(replay.images, replay.labels, replay.source, checks=2)
     loaded = load_bundle(save_bundle(instance_bundle, tmp_path / "m.safetensors"))
     assert loaded.replay.checks == 2 and loaded.config["replay"]["checks"] == 2
+    assert loaded.replay.rehearsed == 3
     assert [s.source for s in loaded.replay.samples()] == ["replay 0", "replay 1", "replay 2"]
     checks = loaded.replay.check_samples()
     assert [s.source for s in checks] == ["replay 3", "replay 4"]

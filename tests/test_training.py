@@ -453,7 +453,7 @@ def test_a_fine_tune_that_forgets_is_pulled_back_towards_its_base(trained, toler
     labels = np.stack([p[1] for p in pairs]).astype(np.uint8)
     base.replay = ReplaySet(images, labels, "disks", checks=4)
     checks = base.replay.check_samples()
-    assert len(checks) == 4 and len(base.replay.samples()) == 2
+    assert len(checks) == 4 and len(base.replay.samples()) == 2 == base.replay.rehearsed
     before = _check_score(base, checks)
     assert before > 0.5
     erased = [TrainingSample(s.image, np.zeros_like(s.labels), source="erased") for s in samples(2)]
@@ -482,6 +482,8 @@ def test_a_channel_chosen_for_the_users_image_does_not_apply_to_the_check_patche
     sample = TrainingSample(two_channels, labels, None, "YXC", "second channel")
     _, result = run(iter_finetune(base, [sample], replace(QUICK, steps=2, channel=1)))
     assert result.retention is not None and result.retention.patches == 2
+    # the history counts the rehearsed patches only
+    assert result.bundle.config["training"]["history"][-1]["replay_patches"] == 1
 
 
 def test_versions_are_compared_with_the_options_the_user_segmented_with(trained):

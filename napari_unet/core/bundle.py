@@ -81,13 +81,18 @@ class ReplaySet:
     def plane_axes(self) -> str:
         return "YXC" if self.images.ndim == 4 else "YX"
 
+    @property
+    def rehearsed(self) -> int:
+        """How many patches fine-tuning rehearses (the first ones; the rest are checks)."""
+        return len(self.labels) - self.checks
+
     def samples(self) -> list[TrainingSample]:
         """The patches to rehearse, as fully known training samples."""
-        return self._samples(0, len(self.labels) - self.checks)
+        return self._samples(0, self.rehearsed)
 
     def check_samples(self) -> list[TrainingSample]:
         """The check patches (never rehearsed), as fully known samples."""
-        return self._samples(len(self.labels) - self.checks, len(self.labels))
+        return self._samples(self.rehearsed, len(self.labels))
 
     def _samples(self, start: int, stop: int) -> list[TrainingSample]:
         return [

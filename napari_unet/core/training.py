@@ -611,7 +611,7 @@ def with_base_defaults(settings: TrainSettings, base: Bundle) -> TrainSettings:
         trained_with = bool(runs and runs[-1].get("settings", {}).get("border_weights"))
         settings = replace(settings, border_weights=trained_with)
     if settings.context_weight is None:
-        rehearses = base.replay is not None and bool(base.replay.samples())
+        rehearses = base.replay is not None and base.replay.rehearsed > 0
         weight = 0.0 if rehearses else CONTEXT_WEIGHT_WITHOUT_REPLAY
         settings = replace(settings, context_weight=weight)
     return settings
@@ -869,7 +869,7 @@ def _record(
         "parent": base.name if base.path else None,
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("device",)},
         "samples": [s.source for s in samples],
-        "replay_patches": len(base.replay.labels)
+        "replay_patches": base.replay.rehearsed
         if base.replay is not None and settings.replay_fraction
         else 0,
         "corrected_pixels": int(
