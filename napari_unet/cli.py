@@ -310,8 +310,9 @@ def _add_schedule(parser: argparse.ArgumentParser) -> None:
         "--border-weights",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="the U-Net paper's weight map between touching objects (default: as the base "
-        "model was trained; off from scratch)",
+        help="the U-Net paper's weight map that stresses thin gaps between touching objects "
+        "(semantic models: between regions of one class, e.g. cells across a membrane) "
+        "(default: as the base model was trained; off from scratch)",
     )
     parser.add_argument(
         "--optimizer",

@@ -13,7 +13,13 @@ from napari_unet.core.inference import PredictOptions, predict
 from napari_unet.core.options import TrainSettings
 from napari_unet.core.registry import load_bundle
 from napari_unet.core.samples import TrainingSample
-from napari_unet.core.targets import IGNORE, border_weights, instance_classes, training_target
+from napari_unet.core.targets import (
+    IGNORE,
+    border_weights,
+    class_border_weights,
+    instance_classes,
+    training_target,
+)
 from napari_unet.core.training import TrainStatus, TrainStep, iter_finetune
 from tests.conftest import tiny_bundle
 from tests.synthetic import disks
@@ -355,13 +361,17 @@ def test_degenerate_labels_train(labels):
     assert len(steps) == QUICK.steps and all(np.isfinite(s.loss) for s in steps)
 
 
-def test_semantic_training_and_valid_padding():
+@pytest.mark.parametrize("weights", [False, True], ids=["plain", "border-weights"])
+def test_semantic_training_and_valid_padding(weights):
     image, labels = disks((96, 96))
     bundle = tiny_bundle("semantic", padding="valid")
+    settings = replace(QUICK, border_weights=weights)
     steps, result = run(
-        iter_finetune(bundle, [TrainingSample(image, (labels > 0).astype(np.uint8))], QUICK)
+        iter_finetune(bundle, [TrainingSample(image, (labels > 0).astype(np.uint8))], settings)
     )
     assert result.comparison.metric == "mean IoU" and len(steps) == QUICK.steps
+    assert all(np.isfinite(s.loss) for s in steps)
+    assert result.bundle.config["training"]["history"][-1]["settings"]["border_weights"] is weights
 
 
 def test_border_weights_emphasise_gaps():
@@ -370,6 +380,22 @@ def test_border_weights_emphasise_gaps():
     classes = instance_classes(labels)
     assert weights.shape == labels.shape and weights.dtype == np.float32
     assert weights[classes == 0].max() > 5 * np.median(weights[classes == 0])
+
+
+def test_class_border_weights_match_the_instance_map_for_apart_objects():
+    _, labels = disks((96, 96), n=10, touching=False, seed=3)
+    mask = (labels > 0).astype(np.uint8)
+    np.testing.assert_allclose(class_border_weights(mask, 2), border_weights(labels), rtol=1e-6)
+
+
+def test_class_border_weights_stress_a_membrane_between_two_cells():
+    classes = np.zeros((64, 64), np.uint8)
+    classes[:, 30:32] = 1  # a membrane two pixels wide: cells on either side
+    weights = class_border_weights(classes, 2)
+    balance_membrane, balance_cell = 64 * 64 / (2 * 128), 64 * 64 / (2 * (64 * 64 - 128))
+    gap = 10.0 * np.exp(-((1 + 2) ** 2) / (2 * 5.0**2))  # 1 px to one cell, 2 to the other
+    np.testing.assert_allclose(weights[:, 30:32], balance_membrane + gap, rtol=1e-5)
+    np.testing.assert_allclose(weights[classes == 0], balance_cell, rtol=1e-5)
 
 
 @pytest.mark.parametrize("base_used", [True, False])

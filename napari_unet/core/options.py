@@ -173,7 +173,9 @@ class TrainSettings:
     far from what it knew. ``replay_fraction`` is the share of training patches drawn from the
     base bundle's replay set (patches of its own training data), when it has one: rehearsing
     them keeps the network from forgetting what it did well. ``border_weights`` multiplies
-    the loss by the U-Net paper's weight map between touching objects; None (the default)
+    the loss by the U-Net paper's weight map between touching objects (semantic models: thin
+    gaps between two regions of one class, such as cells on either side of a membrane,
+    :func:`~napari_unet.core.targets.class_border_weights`); None (the default)
     trains with the loss the base model was trained with (its last training run's setting),
     since fine-tuning a model trained with the map without it lets touching objects merge.
     ``weigh_context`` multiplies the context weight of each untouched object (and of the

@@ -62,34 +62,76 @@ def border_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> 
     -------
     ndarray of shape (Y, X), float32
     """
+    foreground = labels > 0
+    weights = _class_balance(foreground.astype(np.uint8), 2)
+    weights[~foreground] += _gap_bonus(labels, w0, sigma)[~foreground]
+    return weights
+
+
+def class_border_weights(
+    classes: np.ndarray, n_classes: int, w0: float = 10.0, sigma: float = 5.0
+) -> np.ndarray:
+    """The paper's weight map for semantic labels: thin gaps between regions of one class.
+
+    Each 4-connected region of a class is an object; a pixel of another class that lies in a
+    thin gap between two regions of the same class (cells of an EM section on either side of
+    a membrane, two nuclei apart by a line of background) gets the bonus of
+    :func:`border_weights`, on top of weights that balance the class frequencies.
+
+    Parameters
+    ----------
+    classes : ndarray of shape (Y, X)
+        Class indices 0..n_classes-1.
+    n_classes : int
+
+    Returns
+    -------
+    ndarray of shape (Y, X), float32
+    """
     from scipy import ndimage as ndi
 
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    foreground = labels > 0
-    weights = np.ones(labels.shape, dtype=np.float32)
-    fraction = foreground.mean()
-    if 0 < fraction < 1:
-        weights[foreground] = 0.5 / fraction
-        weights[~foreground] = 0.5 / (1 - fraction)
-    if ids.size < 2:
-        return weights
-    nearest = np.full(labels.shape, np.inf, dtype=np.float32)
-    second = np.full(labels.shape, np.inf, dtype=np.float32)
+    weights = _class_balance(classes, n_classes)
+    bonus = np.zeros(classes.shape, np.float32)
+    for value in np.unique(classes):
+        regions, _ = ndi.label(classes == value)
+        elsewhere = classes != value
+        bonus[elsewhere] = np.maximum(bonus[elsewhere], _gap_bonus(regions, w0, sigma)[elsewhere])
+    return weights + bonus
+
+
+def _class_balance(classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Weights ``1 / (n * frequency)`` for the n classes present: each class weighs the same."""
+    counts = np.bincount(classes.ravel(), minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    if present.sum() < 2:
+        return np.ones(classes.shape, np.float32)
+    per_class = np.zeros(counts.size, np.float32)
+    per_class[present] = classes.size / (present.sum() * counts[present])
+    return per_class[classes]
+
+
+def _gap_bonus(regions: np.ndarray, w0: float, sigma: float) -> np.ndarray:
+    """``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` with d1, d2 the distances to the nearest and
+    second-nearest region of ``regions`` (ids > 0); 0 where fewer than two are within reach."""
+    from scipy import ndimage as ndi
+
+    bonus = np.zeros(regions.shape, np.float32)
+    if np.unique(regions[regions > 0]).size < 2:
+        return bonus
+    nearest = np.full(regions.shape, np.inf, dtype=np.float32)
+    second = np.full(regions.shape, np.inf, dtype=np.float32)
     reach = int(np.ceil(3 * sigma))
-    for i, box in zip(range(1, int(labels.max()) + 1), ndi.find_objects(labels), strict=False):
+    for i, box in enumerate(ndi.find_objects(regions), start=1):
         if box is None:
             continue
         window = tuple(slice(max(s.start - reach, 0), s.stop + reach) for s in box)
-        distance = ndi.distance_transform_edt(labels[window] != i).astype(np.float32)
+        distance = ndi.distance_transform_edt(regions[window] != i).astype(np.float32)
         n, s2 = nearest[window], second[window]
         s2[...] = np.minimum(s2, np.maximum(n, distance))
         n[...] = np.minimum(n, distance)
-    gap = nearest + second
-    bonus = w0 * np.exp(-(gap**2) / (2 * sigma**2))
-    bonus[~np.isfinite(bonus)] = 0.0
-    weights[~foreground] += bonus[~foreground]
-    return weights
+    finite = np.isfinite(second)
+    bonus[finite] = w0 * np.exp(-((nearest[finite] + second[finite]) ** 2) / (2 * sigma**2))
+    return bonus
 
 
 def training_target(labels: np.ndarray, known: np.ndarray | None, mode: str) -> np.ndarray:

@@ -47,7 +47,13 @@ from napari_unet.core.preprocess import prepare_plane
 from napari_unet.core.retention import RetentionCheck, metric_name, pull_back, scorer
 from napari_unet.core.review import certainty_map, iter_flipped_views
 from napari_unet.core.samples import TrainingSample
-from napari_unet.core.targets import IGNORE, border_weights, check_labels, training_target
+from napari_unet.core.targets import (
+    IGNORE,
+    border_weights,
+    check_labels,
+    class_border_weights,
+    training_target,
+)
 
 MAX_BAD_STEPS = 5
 # the untouched context's weight for a base without replay patches (the default before replay)
@@ -158,8 +164,11 @@ def prepare_sample(
     weights = np.where(known, 1.0, context).astype(np.float32)
     if settings.context_outlines is False and mode == "instances" and sample.known is not None:
         weights[_outline_band(labels) & ~known] = 0.0
-    if settings.border_weights and mode == "instances":
-        weights *= border_weights(labels)
+    if settings.border_weights:
+        if mode == "instances":
+            weights *= border_weights(labels)
+        else:
+            weights *= class_border_weights(labels, len(config["class_names"]))
     target[weights == 0] = IGNORE
     return _Prepared(x, target, weights, np.flatnonzero(known), labels, mode)
 
