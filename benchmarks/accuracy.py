@@ -28,7 +28,9 @@ from train_bundled import DATA, dsb_family_split, dsb_grey, isbi_split  # noqa: 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def evaluate_nuclei(model: str = "nuclei", quick: bool = False) -> dict[str, object]:
+def evaluate_nuclei(
+    model: str = "nuclei", quick: bool = False, only: list[str] | None = None
+) -> dict[str, object]:
     """The nuclei model on the held-out families of the DSB split, at several image scales.
 
     Every held-out image is segmented as it is and rescaled 0.5x, 2x and 3x (linear
@@ -37,6 +39,7 @@ def evaluate_nuclei(model: str = "nuclei", quick: bool = False) -> dict[str, obj
     test-time augmentation. Size bins use the truth's median object diameter in the image as
     segmented; images whose nuclei are under 10 px after rescaling are left out of the bins.
     The CTC HeLa frames are an external test set (nuclei cut by the border left out of both).
+    ``only`` names the variants to run (all of :data:`VARIANTS` by default).
     """
     from skimage.segmentation import clear_border
     from skimage.transform import rescale
@@ -56,16 +59,15 @@ def evaluate_nuclei(model: str = "nuclei", quick: bool = False) -> dict[str, obj
         for source in run.get("samples", [])
     }
     ids = [i for i in split["heldout"] if i not in seen][:: 6 if quick else 1]
+    how = {
+        "estimated": PredictOptions(),
+        "model scale": PredictOptions(diameter=trained),
+        "TTA": PredictOptions(tta=True),
+    }
     variants = {
-        "1x": (1.0, PredictOptions()),
-        "1x at model scale": (1.0, PredictOptions(diameter=trained)),
-        "1x + TTA": (1.0, PredictOptions(tta=True)),
-        "0.5x": (0.5, PredictOptions()),
-        "0.5x at model scale": (0.5, PredictOptions(diameter=trained)),
-        "2x": (2.0, PredictOptions()),
-        "2x at model scale": (2.0, PredictOptions(diameter=trained)),
-        "3x": (3.0, PredictOptions()),
-        "3x at model scale": (3.0, PredictOptions(diameter=trained)),
+        name: (scale, how[kind])
+        for name, (scale, kind) in VARIANTS.items()
+        if only is None or name in only
     }
     rows = []
     for image_id in ids:
@@ -133,6 +135,17 @@ def evaluate_nuclei(model: str = "nuclei", quick: bool = False) -> dict[str, obj
 
 
 SIZE_BINS = ((10, 20), (20, 40), (40, 80), (80, 1000))
+VARIANTS = {  # name: (image scale, size estimated / at the model's scale / TTA)
+    "1x": (1.0, "estimated"),
+    "1x at model scale": (1.0, "model scale"),
+    "1x + TTA": (1.0, "TTA"),
+    "0.5x": (0.5, "estimated"),
+    "0.5x at model scale": (0.5, "model scale"),
+    "2x": (2.0, "estimated"),
+    "2x at model scale": (2.0, "model scale"),
+    "3x": (3.0, "estimated"),
+    "3x at model scale": (3.0, "model scale"),
+}
 
 
 def report_nuclei(rows: list[dict], hela: list[dict], model: str, trained: float) -> None:
@@ -157,8 +170,9 @@ def report_nuclei(rows: list[dict], hela: list[dict], model: str, trained: float
             f"{np.mean([r['ap75'] for r in rs]):8.3f} {speed:6.2f} "
             + "".join(f"{x:>11}" for x in bins)
         )
-    print("\nper kind of image, 1x (size estimated):")
-    ones = [r for r in rows if r["variant"] == "1x"]
+    first = variants[0]
+    print(f"\nper kind of image, {first}:")
+    ones = [r for r in rows if r["variant"] == first]
     for kind in sorted({r["kind"] for r in ones}):
         rs = [r for r in ones if r["kind"] == kind]
         print(f"  {kind:<34} {len(rs):>4} images  AP@0.5 {np.mean([r['ap50'] for r in rs]):.3f}")
@@ -385,7 +399,20 @@ def main() -> int:
         "--em-model", default="em-membranes", help="EM model to measure (name or file)"
     )
     parser.add_argument("--quick", action="store_true", help="nuclei: every sixth image only")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        help="nuclei: only these scales and options (default: all)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="write the JSON here (default: benchmarks/results/accuracy_WHAT.json)",
+    )
     args = parser.parse_args()
+    if args.output and args.what == "all":
+        parser.error("--output needs one of nuclei, em, finetune")
     import torch
 
     print(
@@ -393,7 +420,7 @@ def main() -> int:
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     jobs = {
-        "nuclei": lambda: evaluate_nuclei(args.model, args.quick),
+        "nuclei": lambda: evaluate_nuclei(args.model, args.quick, args.variants),
         "em": lambda: {
             "plain": evaluate_em(args.em_model),
             "tta": evaluate_em(args.em_model, tta=True),
@@ -404,7 +431,7 @@ def main() -> int:
         if args.what in (name, "all"):
             result = job()
             result["date"] = time.strftime("%Y-%m-%d")
-            (RESULTS / f"accuracy_{name}.json").write_text(
+            (args.output or RESULTS / f"accuracy_{name}.json").write_text(
                 json.dumps(result, indent=1, default=str)
             )
     return 0
