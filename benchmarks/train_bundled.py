@@ -6,6 +6,10 @@ settings are below, and the command that ran is printed.
     python benchmarks/train_bundled.py nuclei [--steps N]
     python benchmarks/train_bundled.py em-membranes [--steps N]
     python benchmarks/train_bundled.py nuclei --replay-only
+    python benchmarks/train_bundled.py em-membranes --output FILE --border-weights  # a candidate
+
+Options the script does not know go to ``napari-unet train`` after the recipe's own (a later
+option wins), so a candidate recipe is tried without editing the script.
 
 Training sets are written to a scratch folder as napari-unet training sets, then
 ``napari-unet train --dataset ... --from-scratch`` trains and saves the bundle. For ``nuclei``
@@ -229,7 +233,7 @@ def main() -> int:
         action="store_true",
         help="attach the replay set to the existing nuclei bundle without retraining",
     )
-    args = parser.parse_args()
+    args, train_options = parser.parse_known_args()
     output = args.output or ROOT / "napari_unet" / "models" / f"{args.model}.safetensors"
     if args.replay_only:
         if args.model != "nuclei":
@@ -266,6 +270,7 @@ def main() -> int:
         "--output",
         str(output),
         *extra,
+        *train_options,
     ]
     print("running:", " ".join(command[2:]), flush=True)
     status = subprocess.call(command)
