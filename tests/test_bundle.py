@@ -42,6 +42,19 @@ def test_half_storage_is_smaller_and_close(tmp_path, instance_bundle):
     assert torch.allclose(a, b, atol=1e-2)
 
 
+def test_half_storage_keeps_values_float16_cannot_hold(tmp_path, instance_bundle):
+    # a batch norm's running variance past 65504 (seen after 5000 steps from scratch) would
+    # turn infinite in float16 and the saved model would not load
+    state = instance_bundle.network.state_dict()
+    key = next(k for k in state if k.endswith("running_var"))
+    with torch.no_grad():
+        state[key][0] = 1.5e5
+    path = save_bundle(instance_bundle, tmp_path / "half.safetensors", half=True)
+    loaded = load_bundle(path).network.state_dict()
+    assert loaded[key][0] == 1.5e5
+    assert all(torch.isfinite(v).all() for v in loaded.values() if v.is_floating_point())
+
+
 def test_existing_path_needs_overwrite(tmp_path, instance_bundle):
     path = save_bundle(instance_bundle, tmp_path / "m.safetensors")
     before = path.read_bytes()

@@ -38,6 +38,7 @@ INSTANCE_CLASSES = ["background", "interior", "boundary"]
 DEFAULT_NORMALIZATION = {"low": 1.0, "high": 99.8, "scope": "slice"}
 DEFAULT_INPUT = {"channels": 1, "rgb": "auto"}  # see preprocess.choose_colour_input
 REPLAY_PREFIX = "replay."
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 # dtypes every supported torch (>= 2.2) stores; uint16 is not among them before 2.3
 _REPLAY_DTYPES = (np.uint8, np.int16, np.int32, np.float16, np.float32)
 
@@ -221,7 +222,8 @@ def save_bundle(
     overwrite : bool
         Replace an existing file. Without it an existing path is an error.
     half : bool
-        Store floating-point weights as float16 (half the size).
+        Store floating-point weights as float16 (half the size); a tensor with values
+        beyond float16's range stays float32.
 
     Returns
     -------
@@ -247,8 +249,8 @@ def save_bundle(
     _check_config(config, source=str(path))
     for key, value in bundle.network.state_dict().items():
         value = value.detach().cpu()
-        if half and value.is_floating_point():
-            value = value.half()
+        if half and value.is_floating_point() and value.abs().max() <= FLOAT16_MAX:
+            value = value.half()  # a larger value (a batch norm's variance) stays float32
         tensors[key] = value.contiguous()
     metadata = {METADATA_KEY: json.dumps(config)}
     path.parent.mkdir(parents=True, exist_ok=True)
