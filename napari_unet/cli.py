@@ -242,6 +242,14 @@ def _add_train(commands: Commands) -> None:
     _add_number(
         t, "--base-channels", NEW_MODEL.base_channels, "with --from-scratch: first level's width"
     )
+    t.add_argument(
+        "--object-diameter",
+        type=float,
+        metavar="PX",
+        help="with --from-scratch (instances): the object diameter in pixels the new model "
+        "works at; training and prediction rescale images so their objects have it "
+        "(default: the training labels' median diameter)",
+    )
     _add_schedule(t)
     _add_augmentation(t)
     t.add_argument(
@@ -948,6 +956,17 @@ def run_train(args: argparse.Namespace) -> int:
         channel=args.channel,
     )
     settings.check()  # before any file is read
+    if args.object_diameter is not None and not (
+        args.from_scratch and (args.mode or NEW_MODEL.mode) == "instances"
+    ):
+        raise InputError(
+            "--object-diameter sets the working size of a new instance model (--from-scratch); "
+            "a fine-tuned model keeps its base's"
+        )
+    if args.object_diameter is not None and not 1 <= args.object_diameter <= 1000:
+        raise InputError(
+            f"--object-diameter must be between 1 and 1000 pixels, got {args.object_diameter:g}"
+        )
     samples = collect_samples(args)
     if args.class_names and not (args.from_scratch and args.mode == "semantic"):
         raise InputError(
@@ -962,7 +981,8 @@ def run_train(args: argparse.Namespace) -> int:
             architecture={"depth": args.depth, "base_channels": args.base_channels},
             mode=mode,
             class_names=class_names,
-        )  # an instance model's object diameter is measured from the labels by the trainer
+            object_diameter=args.object_diameter,
+        )  # without it, an instance model's object diameter is measured from the labels
         base = bundle_from_config(config)
     else:
         base = load_bundle(args.init or DEFAULT_MODEL)

@@ -10,7 +10,8 @@ import pytest
 import tifffile
 
 from napari_unet.cli import EXIT_BUG, EXIT_USER, main
-from napari_unet.core.bundle import save_bundle
+from napari_unet.core.bundle import read_bundle_config, save_bundle
+from napari_unet.core.diameter import labels_diameter
 from napari_unet.core.devices import resolve_compute
 from napari_unet.core.io import read_image
 from tests.conftest import tiny_bundle
@@ -455,6 +456,13 @@ def test_evaluate_scores_huge_ids_in_little_memory(tmp_path, capsys):
         (["--from-scratch", "--mode", "semantic"], "needs at least two class names"),
         (["--from-scratch", "--class-names", "a,b"], "names the classes of a new semantic"),
         (["--class-names", "a,b"], "names the classes of a new semantic"),
+        (["--object-diameter", "20"], "a fine-tuned model keeps its base's"),
+        (
+            ["--from-scratch", "--mode", "semantic", "--class-names", "a,b"]
+            + ["--object-diameter", "20"],
+            "working size of a new instance model",
+        ),
+        (["--from-scratch", "--object-diameter", "0"], "between 1 and 1000 pixels, got 0"),
     ],
 )
 def test_train_mistakes_about_classes_are_the_users_not_bugs(tmp_path, capsys, arguments, match):
@@ -465,6 +473,22 @@ def test_train_mistakes_about_classes_are_the_users_not_bugs(tmp_path, capsys, a
     output = ["-o", str(tmp_path / "m.safetensors"), "--steps", "1"]
     assert main(["train", *pair, *arguments, *output]) == EXIT_USER
     assert match in capsys.readouterr().err
+
+
+def test_a_new_model_works_at_the_object_diameter_given(tmp_path):
+    image, labels = disks((64, 64))
+    tifffile.imwrite(tmp_path / "a.tif", image.astype(np.float32))
+    tifffile.imwrite(tmp_path / "l.tif", labels)
+    out = tmp_path / "m.safetensors"
+    pair = ["--image", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "l.tif")]
+    small = ["--depth", "2", "--base-channels", "4", "--patch-size", "32", "--steps", "1"]
+    args = ["train", *pair, "--from-scratch", *small, "--device", "cpu", "-o", str(out)]
+    assert main([*args, "--object-diameter", "12.5"]) == 0
+    assert read_bundle_config(out)["object_diameter"] == 12.5
+    assert main([*args, "--overwrite"]) == 0  # without it: the labels' own median
+    assert read_bundle_config(out)["object_diameter"] == pytest.approx(
+        labels_diameter([labels]).diameter
+    )
 
 
 def test_a_folder_given_as_an_image_says_so(tmp_path, capsys):
