@@ -11,8 +11,8 @@ import tifffile
 
 from napari_unet.cli import EXIT_BUG, EXIT_USER, main
 from napari_unet.core.bundle import read_bundle_config, save_bundle
-from napari_unet.core.diameter import labels_diameter
 from napari_unet.core.devices import resolve_compute
+from napari_unet.core.diameter import labels_diameter
 from napari_unet.core.io import read_image
 from tests.conftest import tiny_bundle
 from tests.synthetic import disks
