@@ -12,8 +12,9 @@ pytestmark = pytest.mark.gui
 
 napari = pytest.importorskip("napari")
 
-from napari_unet.core.bundle import save_bundle  # noqa: E402
+from napari_unet.core.bundle import ReplaySet, save_bundle  # noqa: E402
 from napari_unet.core.registry import load_bundle  # noqa: E402
+from tests.conftest import tiny_bundle  # noqa: E402
 from tests.synthetic import disks  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "napari_unet" / "napari.yaml"
@@ -357,8 +358,6 @@ def _as_after_a_finetune(widget, models_dir):
     The weights are tiny's own, so the new version's output is the old one's. The real run
     is test_docked_finetune_then_resegment_and_keep_previous.
     """
-    from tests.conftest import tiny_bundle
-
     save_bundle(tiny_bundle(), models_dir / "tiny-ft1.safetensors")
     finetune = widget.finetune
     finetune.previous_model, finetune.new_model = finetune.base_combo.currentText(), "tiny-ft1"
@@ -482,8 +481,6 @@ def test_resegment_shows_what_changed_from_the_previous_version(qtbot, docked, p
 
 def _save_version(models_dir, name, parent, verdict="better"):
     """A fine-tuned version's file with the history training writes (see training._record)."""
-    from tests.conftest import tiny_bundle
-
     bundle = tiny_bundle()
     bundle.config["parent"] = parent
     bundle.config["training"] = {
@@ -627,6 +624,15 @@ def test_docked_finetune_then_resegment_and_keep_previous(qtbot, docked, plugin_
     from napari_unet.gui.main_widget import plugin_settings
 
     viewer, widget = docked
+    tiny = tiny_bundle()  # as the bundled nuclei: patches to rehearse and to check retention
+    patches = [disks((64, 64), n=4, seed=seed) for seed in range(4)]
+    tiny.replay = ReplaySet(
+        np.stack([p[0] for p in patches]).astype(np.float32),
+        np.stack([p[1] for p in patches]).astype(np.int16),
+        "synthetic disks",
+        checks=2,
+    )
+    save_bundle(tiny, plugin_dirs / "tiny.safetensors", overwrite=True)
     image, truth = disks((128, 128), n=14, seed=3)
     viewer.add_image(image, name="cells")
     labels = _click_segment(qtbot, viewer, widget, "cells labels")
@@ -642,6 +648,7 @@ def test_docked_finetune_then_resegment_and_keep_previous(qtbot, docked, plugin_
     assert (plugin_dirs / "tiny-ft1.safetensors").is_file()
     # the verdict chose: the new version when it scored better, else the old one stays
     better = " is better on " in finetune.result.text()
+    assert "on 2 patches of the model's own training data" in finetune.result.text()
     assert widget.segment.model == ("tiny-ft1" if better else "tiny")
     assert finetune.resegment_button.isEnabled()
     assert finetune.keep_button.isEnabled() == better and finetune.use_button.isEnabled() != better
