@@ -413,6 +413,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.output and args.what == "all":
         parser.error("--output needs one of nuclei, em, finetune")
+    if args.variants and not args.output:
+        parser.error("--variants needs --output: the full results file would lose its variants")
+    if args.output and not args.output.parent.is_dir():
+        parser.error(f"--output: no folder {args.output.parent}")
     import torch
 
     print(

@@ -8,8 +8,9 @@ settings are below, and the command that ran is printed.
     python benchmarks/train_bundled.py nuclei --replay-only
     python benchmarks/train_bundled.py em-membranes --output FILE --border-weights  # a candidate
 
-Options the script does not know go to ``napari-unet train`` after the recipe's own (a later
-option wins), so a candidate recipe is tried without editing the script.
+Options the script does not know, given after the model's name, go to ``napari-unet train``
+after the recipe's own (a later option wins), so a candidate recipe is tried without editing
+the script.
 
 Training sets are written to a scratch folder as napari-unet training sets, then
 ``napari-unet train --dataset ... --from-scratch`` trains and saves the bundle. For ``nuclei``
@@ -221,13 +222,13 @@ def build_em_set(folder: Path, sections: list[str]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("model", choices=("nuclei", "em-membranes"))
     parser.add_argument("--steps", type=int)
     parser.add_argument(
         "--limit", type=int, help="use only this many training images (quick checks)"
     )
-    parser.add_argument("--output", type=Path)
+    parser.add_argument("--output", "-o", type=Path)
     parser.add_argument(
         "--replay-only",
         action="store_true",
@@ -236,6 +237,8 @@ def main() -> int:
     args, train_options = parser.parse_known_args()
     output = args.output or ROOT / "napari_unet" / "models" / f"{args.model}.safetensors"
     if args.replay_only:
+        if train_options:
+            parser.error(f"--replay-only trains nothing: {' '.join(train_options)} unused")
         if args.model != "nuclei":
             parser.error("only the nuclei model ships a replay set (the EM data's licence)")
         attach_replay(output)

@@ -961,7 +961,7 @@ def run_train(args: argparse.Namespace) -> int:
     ):
         raise InputError(
             "--object-diameter sets the working size of a new instance model (--from-scratch); "
-            "a fine-tuned model keeps its base's"
+            "a fine-tuned model keeps its base's and a semantic model has none"
         )
     if args.object_diameter is not None and not 1 <= args.object_diameter <= 1000:
         raise InputError(

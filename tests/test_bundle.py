@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from napari_unet.core.bundle import FORMAT_VERSION, read_bundle_config, save_bundle
 from napari_unet.core.errors import BundleError
@@ -50,6 +51,9 @@ def test_half_storage_keeps_values_float16_cannot_hold(tmp_path, instance_bundle
     with torch.no_grad():
         state[key][0] = 1.5e5
     path = save_bundle(instance_bundle, tmp_path / "half.safetensors", half=True)
+    with safe_open(str(path), framework="pt") as handle:
+        stored = {k: handle.get_slice(k).get_dtype() for k in handle.keys()}
+    assert stored[key] == "F32" and stored["head.weight"] == "F16"
     loaded = load_bundle(path).network.state_dict()
     assert loaded[key][0] == 1.5e5
     assert all(torch.isfinite(v).all() for v in loaded.values() if v.is_floating_point())

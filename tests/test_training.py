@@ -15,6 +15,7 @@ from napari_unet.core.registry import load_bundle
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import (
     IGNORE,
+    MAX_CLASS_WEIGHT,
     border_weights,
     class_border_weights,
     instance_classes,
@@ -371,6 +372,10 @@ def test_semantic_training_and_valid_padding(weights):
     )
     assert result.comparison.metric == "mean IoU" and len(steps) == QUICK.steps
     assert all(np.isfinite(s.loss) for s in steps)
+    classes = (labels > 0).astype(np.uint8)
+    prepared = training.prepare_sample(TrainingSample(image, classes), bundle.config, settings)
+    expected = class_border_weights(classes, 2) if weights else np.ones(classes.shape)
+    np.testing.assert_allclose(prepared.weights, expected, rtol=1e-6)
     assert result.bundle.config["training"]["history"][-1]["settings"]["border_weights"] is weights
 
 
@@ -380,6 +385,16 @@ def test_border_weights_emphasise_gaps():
     classes = instance_classes(labels)
     assert weights.shape == labels.shape and weights.dtype == np.float32
     assert weights[classes == 0].max() > 5 * np.median(weights[classes == 0])
+
+
+def test_border_weights_of_two_squares_two_pixels_apart():
+    labels = np.zeros((64, 64), np.uint16)
+    labels[10:50, 10:30], labels[10:50, 32:52] = 1, 2
+    weights = border_weights(labels)
+    fraction = 2 * 40 * 20 / 64**2
+    gap = 10.0 * np.exp(-((1 + 2) ** 2) / (2 * 5.0**2))  # 1 px to one square, 2 to the other
+    np.testing.assert_allclose(weights[10:50, 30:32], 0.5 / (1 - fraction) + gap, rtol=1e-5)
+    np.testing.assert_allclose(weights[labels > 0], 0.5 / fraction, rtol=1e-5)
 
 
 def test_class_border_weights_match_the_instance_map_for_apart_objects():
@@ -392,7 +407,8 @@ def test_class_border_weights_stress_a_membrane_between_two_cells():
     classes = np.zeros((64, 64), np.uint8)
     classes[:, 30:32] = 1  # a membrane two pixels wide: cells on either side
     weights = class_border_weights(classes, 2)
-    balance_membrane, balance_cell = 64 * 64 / (2 * 128), 64 * 64 / (2 * (64 * 64 - 128))
+    balance_cell = 64 * 64 / (2 * (64 * 64 - 128))
+    balance_membrane = MAX_CLASS_WEIGHT  # 64 * 64 / (2 * 128) = 16, capped
     gap = 10.0 * np.exp(-((1 + 2) ** 2) / (2 * 5.0**2))  # 1 px to one cell, 2 to the other
     np.testing.assert_allclose(weights[:, 30:32], balance_membrane + gap, rtol=1e-5)
     np.testing.assert_allclose(weights[classes == 0], balance_cell, rtol=1e-5)

@@ -7,6 +7,7 @@ import numpy as np
 from napari_unet.core.errors import TrainingDataError
 
 IGNORE = -100  # torch's default ignore_index for cross-entropy
+MAX_CLASS_WEIGHT = 10.0  # class_border_weights' balance for a class under 1 / (10 n) of the pixels
 
 
 def check_labels(labels: np.ndarray, mode: str, n_classes: int) -> None:
@@ -76,7 +77,8 @@ def class_border_weights(
     Each 4-connected region of a class is an object; a pixel of another class that lies in a
     thin gap between two regions of the same class (cells of an EM section on either side of
     a membrane, two nuclei apart by a line of background) gets the bonus of
-    :func:`border_weights`, on top of weights that balance the class frequencies.
+    :func:`border_weights`, on top of weights that balance the class frequencies (at most
+    :data:`MAX_CLASS_WEIGHT`).
 
     Parameters
     ----------
@@ -90,7 +92,8 @@ def class_border_weights(
     """
     from scipy import ndimage as ndi
 
-    weights = _class_balance(classes, n_classes)
+    # a sparsely painted class would otherwise weigh thousands of times a common one
+    weights = np.minimum(_class_balance(classes, n_classes), MAX_CLASS_WEIGHT)
     bonus = np.zeros(classes.shape, np.float32)
     for value in np.unique(classes):
         regions, _ = ndi.label(classes == value)
