@@ -29,8 +29,10 @@ fine-tuning of it was scored: the size estimate had made large (0.79) and hela (
 the base now handles well, and the report set needs shifts it still handles badly.
 ``--blend`` also scores the weights part of the way from the base to each fine-tuned version.
 
-Held-out means the bundled model's own held-out ids (benchmarks/splits/dsb2018_grey_split.json);
-each of those images serves one scenario or the forgetting check only. Images are at most
+Held-out means the bundled model's own held-out ids (benchmarks/splits/dsb2018_family_split.json
+since the model was retrained on it, 2026-12-07; before, dsb2018_grey_split.json): its grey
+fluorescence ones for the forgetting check and the shifted scenarios, its brightfield and
+colour ones for those scenarios; each image serves one scenario or the forgetting check only. Images are at most
 768 x 768 (centre crops); choices are seeded and printed (ids shortened to 12 characters;
 the JSON has them whole).
 
@@ -51,7 +53,6 @@ with PASS/FAIL lines for the tune and the report scenarios.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import itertools
 import json
@@ -67,7 +68,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-SPLIT = ROOT / "benchmarks" / "splits" / "dsb2018_grey_split.json"
+SPLIT = ROOT / "benchmarks" / "splits" / "dsb2018_family_split.json"  # the bundled model's
 
 SELECTION_SEED = 7  # which images each scenario uses; independent of the training seeds
 OWN_POOL = 12  # held-out DSB ids reserved for the forgetting check (never in a scenario)
@@ -110,12 +111,6 @@ class Scenario:
     others: list[Item]
     axes: str = "YX"
     clear_border: bool = False  # the ground truth omits objects cut by the image border
-
-
-def dsb_index(data: Path) -> dict[str, dict[str, str]]:
-    """Rows of the DSB 2018 ``image_index.tsv`` by image id."""
-    with open(data / "dsb2018_train" / "image_index.tsv") as handle:
-        return {row["id"]: row for row in csv.DictReader(handle, delimiter="\t")}
 
 
 def read_dsb(data: Path, image_id: str, colour: bool = False) -> Item:
@@ -237,10 +232,18 @@ def shuffled(ids: Iterable[str], salt: int) -> list[str]:
     return [ordered[i] for i in order]
 
 
+def heldout_of(kind: str) -> list[str]:
+    """The bundled model's held-out DSB ids of one kind of image (the first part of their
+    family's name: fluorescence, brightfield_gray, color_histology_or_brightfield)."""
+    split = json.loads(SPLIT.read_text())
+    return [i for i in split["heldout"] if split["families"][i].split("/")[0] == kind]
+
+
 def heldout_ids() -> tuple[list[str], dict[str, list[str]]]:
-    """The bundled model's held-out DSB ids, shuffled and dealt out the same way whatever is
-    selected: (forgetting-check pool, candidates of each scenario built from them)."""
-    ids = shuffled(json.loads(SPLIT.read_text())["heldout"], 0)
+    """The bundled model's held-out grey fluorescence DSB ids, shuffled and dealt out the same
+    way whatever is selected: (forgetting-check pool, candidates of each scenario built from
+    them)."""
+    ids = shuffled(heldout_of("fluorescence"), 0)
     rest = ids[OWN_POOL:]
     return ids[:OWN_POOL], {name: rest[k :: len(HELDOUT)] for k, name in enumerate(HELDOUT)}
 
@@ -280,11 +283,10 @@ def scenario_images(data: Path, name: str) -> list[Item]:
         return pick(heldout_ids()[1]["blurred"], lambda i: shift(centre_crop(read_dsb(data, i))))
     if name == "hela":
         return hela_items(data)
-    index = dsb_index(data)
     if name == "brightfield":
-        ids = [i for i, r in index.items() if r["modality_guess"] == "brightfield_gray"]
+        ids = heldout_of("brightfield_gray")
         return pick(shuffled(ids, 1), lambda i: centre_crop(read_dsb(data, i)))
-    ids = [i for i, r in index.items() if r["gray_or_color"] == "color"]
+    ids = heldout_of("color_histology_or_brightfield")
     return pick(shuffled(ids, 2), lambda i: read_dsb(data, i, colour=True))
 
 
