@@ -101,7 +101,7 @@ def test_bioimageio_core_passes_every_weight_format(exported, name):
 def test_package_describes_sizes_halo_preprocessing_and_lineage(exported):
     base, tuned = description(exported["nuclei"]), description(exported["nuclei-ft1"])
     y = base["inputs"][0]["axes"][2]
-    assert y["size"] == {"min": 80, "step": 16} and base["outputs"][0]["axes"][2]["halo"] == 32
+    assert y["size"] == {"min": 144, "step": 16} and base["outputs"][0]["axes"][2]["halo"] == 64
     assert "objects ~20 px across" in y["description"]
     assert base["inputs"][0]["preprocessing"][0]["kwargs"]["min_percentile"] == 1.0
     assert base["outputs"][0]["postprocessing"] == [

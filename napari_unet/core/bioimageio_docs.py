@@ -246,7 +246,8 @@ def readme(
         "## Output and post-processing",
         "The network outputs logits; the package's `softmax` over the channel axis gives "
         f"probabilities for: {classes}. Predict large images in tiles and discard "
-        f"{halo} pixels at each inner tile border (the output `halo`), as napari-unet does.",
+        f"{halo} pixels at each inner tile border (the output `halo`): with that context a "
+        "tile's probabilities match the whole image's.",
         (
             "napari-unet turns the probabilities into objects: interior pixels above "
             f"{threshold:g} form one seed per connected component; seeds grow by watershed "
