@@ -45,8 +45,8 @@ plus any ``--train`` overrides, once per seed. Printed per scenario and seed: AP
 scenario's other images before and after, on a fixed subset of the bundled model's own
 held-out DSB images (does it forget?), the score the fine-tuning run reported (every scalar
 field of its result), whether the reported change agrees in sign with the true one, the
-panel's verdict (better / not better / too few) and whether it contradicts the true change by
-more than 0.01 ("too few" claims nothing, so it never does), and wall times; then a summary
+panel's verdict (better / worse / too close / too few) and whether it contradicts the true
+change by more than 0.01 ("too close" and "too few" claim nothing, so they never do), and wall times; then a summary
 with PASS/FAIL lines for the tune and the report scenarios.
 """
 
@@ -841,11 +841,9 @@ def blend_run(
 
 def verdict_wrong(verdict: str | None, change: float, margin: float = 0.01) -> bool:
     """Whether the panel's verdict contradicts the true change on the other images: "better"
-    while AP fell by more than ``margin``, or "not better" while it rose by more ("too few"
-    is never wrong: it claims nothing)."""
-    return (verdict == "better" and change < -margin) or (
-        verdict == "not better" and change > margin
-    )
+    while AP fell by more than ``margin``, or "worse" while it rose by more ("too close" and
+    "too few" are never wrong: they claim nothing)."""
+    return (verdict == "better" and change < -margin) or (verdict == "worse" and change > margin)
 
 
 def fmt(x: Any, spec: str = ".3f") -> str:
@@ -894,7 +892,8 @@ def scenario_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "signs_agree": sum(r["signs_agree"] is True for r in runs),
         "signs_compared": sum(r["signs_agree"] is not None for r in runs),
         "verdicts": {
-            v: sum(r["verdict"] == v for r in runs) for v in ("better", "not better", "too few")
+            v: sum(r["verdict"] == v for r in runs)
+            for v in ("better", "worse", "too close", "too few")
         },
         "verdicts_wrong": sum(r["verdict_wrong"] for r in runs),
         "runs": len(runs),
@@ -935,7 +934,7 @@ def summarise(runs: list[dict[str, Any]], purpose: str) -> dict[str, Any]:
     print(f"\n--- summary, {purpose} scenarios (gain = AP@0.5 after - before on the other images)")
     print(
         f"{'scenario':<12} {'before':>7} {'gain mean±sd':>13} {'min gain':>8} {'own chg':>8} "
-        f"{'signs agree':>11} {'verdicts b/nb/few':>17} {'wrong':>5} {'kept chg':>8} {'train s':>7}"
+        f"{'signs agree':>11} {'verdicts b/w/tc/tf':>18} {'wrong':>5} {'kept chg':>8} {'train s':>7}"
     )
     for name, s in per.items():
         agree = f"{s['signs_agree']}/{s['signs_compared']}"
@@ -943,7 +942,7 @@ def summarise(runs: list[dict[str, Any]], purpose: str) -> dict[str, Any]:
         print(
             f"{name:<12} {s['before']:7.3f} {s['gain_mean']:+7.3f}±{s['gain_sd']:.3f} "
             f"{s['gain_min']:+8.3f} {s['own_change_mean']:+8.3f} {agree:>11} "
-            f"{verdicts:>17} {s['verdicts_wrong']:>5} {s['kept_change_mean']:+8.3f} "
+            f"{verdicts:>18} {s['verdicts_wrong']:>5} {s['kept_change_mean']:+8.3f} "
             f"{s['train_seconds_mean']:7.1f}"
         )
     print(

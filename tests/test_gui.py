@@ -516,7 +516,7 @@ def test_versions_list_their_provenance_and_delete_after_confirmation(qtbot, doc
     from napari_unet.gui.versions import format_size
 
     first = _save_version(plugin_dirs, "tiny-ft1", "tiny")
-    second = _save_version(plugin_dirs, "tiny-ft2", "tiny-ft1", verdict="not better")
+    second = _save_version(plugin_dirs, "tiny-ft2", "tiny-ft1", verdict="too close")
     _save_version(plugin_dirs, "other-ft1", "other")  # another family
     viewer, widget = docked
     seen = _notifications()
@@ -535,7 +535,7 @@ def test_versions_list_their_provenance_and_delete_after_confirmation(qtbot, doc
     qtbot.waitUntil(lambda: len(rows()) == 2, timeout=2_000)
     size = format_size(first.stat().st_size)
     assert rows() == [
-        ["tiny-ft2", "2025-01-02", "not better 0.50→0.75", format_size(second.stat().st_size)],
+        ["tiny-ft2", "2025-01-02", "too close 0.50→0.75", format_size(second.stat().st_size)],
         ["tiny-ft1", "2025-01-02", "better 0.50→0.75", size],
     ]
     tip = versions.tree.topLevelItem(0).toolTip(0)

@@ -6,9 +6,12 @@ held-out regions: the ones the base model got wrong (the person repainted, added
 them) and the ones it got right (the person left them as predicted). Both versions are judged
 with the same instance metric, AP@0.5 = TP / (TP + FP + FN), summed over the held-out regions.
 
-A higher score on a dozen objects can be one object's luck. The new version is called better
-only when the objects it fixed outnumber those it broke by more than chance would (a one-sided
-sign test over the objects the two versions disagree on, at :data:`SIGNIFICANCE`).
+A difference on a dozen objects can be one object's luck, either way: the objects a person
+left as predicted were not all checked, and a version that fixes one of them counts as breaking
+it. The new version is called better only when the objects it fixed outnumber those it broke by
+more than chance would (a one-sided sign test over the objects the two versions disagree on, at
+:data:`SIGNIFICANCE`), worse only when the broken ones do; anything between is too close to
+tell.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from napari_unet.core.metrics import class_iou, match_objects
 
 MIN_WRONG = 3  # fewer objects the base model got wrong than this: too few to tell
 MIN_OBJECTS = 8  # fewer held-out objects than this: too few to tell
-SIGNIFICANCE = 0.05  # largest chance of seeing as many fixes by luck for a "better" verdict
+SIGNIFICANCE = 0.05  # largest chance of as many fixes (breaks) by luck for "better" ("worse")
 
 
 @dataclass(frozen=True)
@@ -103,23 +106,30 @@ class VersionComparison:
     def chance(self) -> float:
         """How likely as many fixes against breaks are by luck: the one-sided sign-test p-value
         of ``fixed`` among the ``fixed + broken`` objects the versions disagree on."""
-        n = self.fixed + self.broken
-        return sum(math.comb(n, k) for k in range(self.fixed, n + 1)) / 2**n
+        return _at_least(self.fixed, self.fixed + self.broken)
+
+    @property
+    def chance_worse(self) -> float:
+        """How likely as many breaks against fixes are by luck (the other side's p-value)."""
+        return _at_least(self.broken, self.fixed + self.broken)
 
     @property
     def verdict(self) -> str:
-        """``"better"``, ``"not better"`` or ``"too few"`` (not enough held-out corrections).
+        """``"better"``, ``"worse"``, ``"too close"`` or ``"too few"`` (not enough held-out
+        corrections).
 
-        Objects: better when the score is higher and the fixes are unlikely to be luck
-        (:attr:`chance` <= :data:`SIGNIFICANCE`). Pixels: better when the score is higher.
+        Objects: better (worse) when the score is higher (lower) and the fixes (breaks) are
+        unlikely to be luck (:attr:`chance`, :attr:`chance_worse` <= :data:`SIGNIFICANCE`);
+        otherwise too close to tell. Pixels: by the score alone.
         """
         if not self.enough:
             return "too few"
-        if self.new_score <= self.base_score:
-            return "not better"
-        if self.unit == "objects" and self.chance > SIGNIFICANCE:
-            return "not better"
-        return "better"
+        objects = self.unit == "objects"
+        if self.new_score > self.base_score and not (objects and self.chance > SIGNIFICANCE):
+            return "better"
+        if self.new_score < self.base_score and not (objects and self.chance_worse > SIGNIFICANCE):
+            return "worse"
+        return "too close"
 
     def describe(self, base_name: str, new_name: str) -> str:
         """What the user is told: the verdict, both scores and the sample they rest on."""
@@ -135,12 +145,17 @@ class VersionComparison:
             return f"Too few corrections to tell whether {new_name} is better ({sample}). {scores}."
         if self.verdict == "better":
             return f"{new_name} is better on {sample}: {scores}."
-        if self.new_score > self.base_score:
-            return (
-                f"{new_name} is not clearly better than {base_name} on {sample}: {scores}, "
-                "a difference luck could make."
-            )
-        return f"{new_name} is not better than {base_name} on {sample}: {scores}."
+        if self.verdict == "worse":
+            return f"{new_name} is worse than {base_name} on {sample}: {scores}."
+        return (
+            f"Too close to tell whether {new_name} is better than {base_name} on {sample}: "
+            f"{scores}, a difference luck could make."
+        )
+
+
+def _at_least(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2): 1.0 when ``n`` is 0."""
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
 
 
 def held_out_regions(

@@ -36,7 +36,8 @@ class Provenance:
     unit : str or None
         ``"objects"`` or ``"pixels"``.
     verdict : str or None
-        ``"better"``, ``"not better"`` or ``"too few"``; None when nothing was held out.
+        ``"better"``, ``"worse"``, ``"too close"`` or ``"too few"`` (versions saved before
+        2026-12-07 may say ``"not better"``); None when nothing was held out.
     """
 
     parent: str | None = None
