@@ -113,7 +113,9 @@ class Bundle:
     config : dict
         JSON-serialisable description: ``architecture``, ``input``, ``normalization``,
         ``mode``, ``class_names``, ``object_diameter``, ``training``, ``provenance``,
-        ``parent``, ``created``, ``name``, ``package_version``, ``format_version``.
+        ``parent``, ``created``, ``name``, ``package_version``, ``format_version``; optionally
+        ``seed_threshold`` (the interior probability that seeds an object, see
+        :func:`~napari_unet.core.postprocess.instance_labels`).
     path : Path or None
         The file it was loaded from or saved to.
     replay : ReplaySet or None
