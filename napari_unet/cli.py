@@ -164,11 +164,7 @@ def _add_predict(commands: Commands) -> None:
         help="test-time augmentation: average each tile's 8 flips and rotations (8x slower)",
     )
     _add_number(
-        p,
-        "--threshold",
-        PREDICT_DEFAULTS.threshold,
-        "foreground probability of objects (seeds need the model's seed level, if higher)",
-        "P",
+        p, "--threshold", PREDICT_DEFAULTS.threshold, "probability threshold for objects", "P"
     )
     p.add_argument("--min-size", type=int, metavar="PX", help="smallest object kept, in pixels")
     p.add_argument(

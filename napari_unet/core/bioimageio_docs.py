@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.postprocess import seed_level
 from napari_unet.core.preprocess import DEFAULT_RGB_RULE
 
 UNET_CITATION = {
@@ -251,8 +250,7 @@ def readme(
         "tile's probabilities match the whole image's.",
         (
             "napari-unet turns the probabilities into objects: interior pixels above "
-            f"{max(threshold, seed_level(config) or threshold):g} form one seed per connected "
-            "component; seeds grow by watershed "
+            f"{threshold:g} form one seed per connected component; seeds grow by watershed "
             "over `boundary - interior` into the foreground (interior + boundary above "
             f"{threshold:g}); objects under {min_object_size} pixels (5% of a typical object's "
             "area) are removed; in z-stacks objects of neighbouring planes overlapping with "

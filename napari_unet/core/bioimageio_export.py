@@ -36,12 +36,7 @@ from napari_unet.core.errors import InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import Stack, read_image
 from napari_unet.core.options import PredictOptions
-from napari_unet.core.postprocess import (
-    default_min_size,
-    instance_labels,
-    seed_level,
-    semantic_labels,
-)
+from napari_unet.core.postprocess import default_min_size, instance_labels, semantic_labels
 from napari_unet.core.preprocess import iter_planes, normalize, to_model_channels
 
 FORMAT_VERSION = "0.5.12"
@@ -358,7 +353,6 @@ def _package_files(
             probabilities[0],
             threshold=PredictOptions().threshold,
             min_size=default_min_size(config.get("object_diameter")),
-            seed_threshold=seed_level(config),
         )
     else:
         labels = semantic_labels(probabilities[0])
@@ -551,7 +545,6 @@ def _description(
                 "class_names": list(config["class_names"]),
                 "object_diameter": diameter,
                 "threshold": options.threshold,
-                "seed_threshold": seed_level(config),
                 "min_object_size": min_object_size,
                 "normalization": dict(config["normalization"]),
                 "input": dict(config["input"]),

@@ -113,9 +113,7 @@ class Bundle:
     config : dict
         JSON-serialisable description: ``architecture``, ``input``, ``normalization``,
         ``mode``, ``class_names``, ``object_diameter``, ``training``, ``provenance``,
-        ``parent``, ``created``, ``name``, ``package_version``, ``format_version``; optionally
-        ``seed_threshold`` (the interior probability that seeds an object, see
-        :func:`~napari_unet.core.postprocess.instance_labels`).
+        ``parent``, ``created``, ``name``, ``package_version``, ``format_version``.
     path : Path or None
         The file it was loaded from or saved to.
     replay : ReplaySet or None

@@ -39,7 +39,6 @@ from napari_unet.core.postprocess import (
     default_min_size,
     instance_labels,
     link_to_previous,
-    seed_level,
     semantic_labels,
 )
 from napari_unet.core.preprocess import (
@@ -318,13 +317,7 @@ def iter_predict(
     labels = make_labels(labels_shape)
     n_planes = plane_count(stack.data.shape, stack.axes)
     tiler = _PlaneTiler(fallback, network, options, work_shape, len(bundle.class_names), n_planes)
-    to_labels = partial(
-        _plane_labels,
-        mode=mode,
-        threshold=options.threshold,
-        seed_threshold=seed_level(config),
-        shape=plane_shape,
-    )
+    to_labels = partial(_plane_labels, mode=mode, threshold=options.threshold, shape=plane_shape)
     pipeline = LabelPipeline(to_labels, workers)
     store = _LabelStore(labels, labels_axes, mode)
 
@@ -637,22 +630,14 @@ def _resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _plane_labels(
-    probabilities: np.ndarray,
-    *,
-    mode: str,
-    threshold: float,
-    seed_threshold: float | None,
-    min_size: int,
-    shape: tuple,
+    probabilities: np.ndarray, *, mode: str, threshold: float, min_size: int, shape: tuple
 ) -> np.ndarray:
     """Labels of one plane from its class probabilities, resized back to ``shape``."""
     if probabilities.shape[1:] != tuple(shape):
         probabilities = _resize(probabilities, shape)
     if mode == "semantic":
         return semantic_labels(probabilities)
-    return instance_labels(
-        probabilities, threshold=threshold, min_size=min_size, seed_threshold=seed_threshold
-    )
+    return instance_labels(probabilities, threshold=threshold, min_size=min_size)
 
 
 class _LabelStore:

@@ -21,15 +21,11 @@ def default_min_size(object_diameter: float | None) -> int:
 
 
 def instance_labels(
-    probabilities: np.ndarray,
-    *,
-    threshold: float = 0.5,
-    min_size: int = 10,
-    seed_threshold: float | None = None,
+    probabilities: np.ndarray, *, threshold: float = 0.5, min_size: int = 10
 ) -> np.ndarray:
     """Separate objects from background / interior / boundary probabilities.
 
-    Interior pixels above the seed level form one seed per object; seeds grow by watershed
+    Interior pixels above ``threshold`` form one seed per object; seeds grow by watershed
     (over the boundary-minus-interior relief) into the foreground (interior + boundary above
     ``threshold``). Objects smaller than ``min_size`` pixels are removed.
 
@@ -37,15 +33,6 @@ def instance_labels(
     ----------
     probabilities : ndarray of shape (3, Y, X)
         Softmax output: background, interior, boundary.
-    threshold : float
-        Foreground probability.
-    min_size : int
-        Smallest object kept, in pixels.
-    seed_threshold : float, optional
-        Interior probability that starts an object; the seed level is the higher of this and
-        ``threshold``. A model that is sure of the middle of each object but less so of the
-        neck between two touching ones separates them better with a level above 0.5 (a bundle
-        records its own, see :func:`seed_level`). None: ``threshold``.
 
     Returns
     -------
@@ -56,7 +43,7 @@ def instance_labels(
     from skimage.segmentation import watershed
 
     interior, boundary = probabilities[1], probabilities[2]
-    seeds, n_seeds = ndi.label(interior > max(threshold, seed_threshold or threshold))
+    seeds, n_seeds = ndi.label(interior > threshold)
     if n_seeds == 0:
         return np.zeros(interior.shape, dtype=np.uint32)
     seeded = seeds > 0
@@ -68,13 +55,6 @@ def instance_labels(
     grown = watershed(boundary - interior, markers=seeds * front, mask=unassigned | front)
     labels = np.where(seeded, seeds, grown)
     return remove_small(labels, min_size)
-
-
-def seed_level(config: dict) -> float | None:
-    """The interior probability a bundle's objects are seeded at (``config["seed_threshold"]``),
-    None when it records none (the threshold is used)."""
-    level = config.get("seed_threshold")
-    return None if level is None else float(level)
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:

@@ -166,11 +166,6 @@ class SegmentPanel(QWidget):
         self.tile_spin = int_spin(64, 4096, 64)
         self.overlap_spin = float_spin(0.0, 0.5, step=0.025, decimals=4)
         self.threshold_spin = float_spin(0.05, 0.95)
-        self.threshold_spin.setToolTip(
-            "Foreground probability of objects. Each object starts where the model is sure of "
-            "its middle: above the model's own seed level (0.85 for nuclei) or this threshold, "
-            "whichever is higher, so touching objects stay apart."
-        )
         self.min_size_spin = int_spin(0, 100000, special="auto")
         self.diameter_spin = float_spin(0.0, 2000.0, 1.0, decimals=1, special="auto")
         self.diameter_spin.setToolTip(
