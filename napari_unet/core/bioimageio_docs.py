@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.postprocess import SEED_SMOOTHING, seed_sigma
 from napari_unet.core.preprocess import DEFAULT_RGB_RULE
 
 UNET_CITATION = {
@@ -185,6 +186,13 @@ def readme(
         Probability threshold of the post-processing.
     """
     name = config.get("name") or "unnamed"
+    sigma = seed_sigma(config.get("object_diameter"))
+    smoothing = (
+        f" (after a Gaussian smoothing of the interior, sigma {sigma:g} px at the model's "
+        f"scale: {SEED_SMOOTHING:g} of the objects' diameter)"
+        if sigma
+        else ""
+    )
     normalization = config["normalization"]
     low, high = float(normalization.get("low", 1.0)), float(normalization.get("high", 99.8))
     classes = ", ".join(config["class_names"])
@@ -250,8 +258,8 @@ def readme(
         "tile's probabilities match the whole image's.",
         (
             "napari-unet turns the probabilities into objects: interior pixels above "
-            f"{threshold:g} form one seed per connected component; seeds grow by watershed "
-            "over `boundary - interior` into the foreground (interior + boundary above "
+            f"{threshold:g}{smoothing} form one seed per connected component; seeds grow by "
+            "watershed over `boundary - interior` into the foreground (interior + boundary above "
             f"{threshold:g}); objects under {min_object_size} pixels (5% of a typical object's "
             "area) are removed; in z-stacks objects of neighbouring planes overlapping with "
             "IoU >= 0.25 share an id. This step is not part of the bioimage.io spec, so "

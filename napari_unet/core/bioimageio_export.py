@@ -36,7 +36,12 @@ from napari_unet.core.errors import InputError
 from napari_unet.core.generators import run_to_end
 from napari_unet.core.io import Stack, read_image
 from napari_unet.core.options import PredictOptions
-from napari_unet.core.postprocess import default_min_size, instance_labels, semantic_labels
+from napari_unet.core.postprocess import (
+    default_min_size,
+    instance_labels,
+    seed_sigma,
+    semantic_labels,
+)
 from napari_unet.core.preprocess import iter_planes, normalize, to_model_channels
 
 FORMAT_VERSION = "0.5.12"
@@ -353,6 +358,7 @@ def _package_files(
             probabilities[0],
             threshold=PredictOptions().threshold,
             min_size=default_min_size(config.get("object_diameter")),
+            seed_sigma=seed_sigma(config.get("object_diameter")),
         )
     else:
         labels = semantic_labels(probabilities[0])

@@ -39,6 +39,7 @@ from napari_unet.core.postprocess import (
     default_min_size,
     instance_labels,
     link_to_previous,
+    seed_sigma,
     semantic_labels,
 )
 from napari_unet.core.preprocess import (
@@ -317,7 +318,13 @@ def iter_predict(
     labels = make_labels(labels_shape)
     n_planes = plane_count(stack.data.shape, stack.axes)
     tiler = _PlaneTiler(fallback, network, options, work_shape, len(bundle.class_names), n_planes)
-    to_labels = partial(_plane_labels, mode=mode, threshold=options.threshold, shape=plane_shape)
+    to_labels = partial(
+        _plane_labels,
+        mode=mode,
+        threshold=options.threshold,
+        object_diameter=config.get("object_diameter"),
+        shape=plane_shape,
+    )
     pipeline = LabelPipeline(to_labels, workers)
     store = _LabelStore(labels, labels_axes, mode)
 
@@ -630,14 +637,27 @@ def _resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _plane_labels(
-    probabilities: np.ndarray, *, mode: str, threshold: float, min_size: int, shape: tuple
+    probabilities: np.ndarray,
+    *,
+    mode: str,
+    threshold: float,
+    min_size: int,
+    object_diameter: float | None,
+    shape: tuple,
 ) -> np.ndarray:
-    """Labels of one plane from its class probabilities, resized back to ``shape``."""
+    """Labels of one plane from its class probabilities (at the model's scale, where objects
+    are ``object_diameter`` across), resized back to ``shape``."""
+    scale = shape[0] / probabilities.shape[1]
     if probabilities.shape[1:] != tuple(shape):
         probabilities = _resize(probabilities, shape)
     if mode == "semantic":
         return semantic_labels(probabilities)
-    return instance_labels(probabilities, threshold=threshold, min_size=min_size)
+    return instance_labels(
+        probabilities,
+        threshold=threshold,
+        min_size=min_size,
+        seed_sigma=seed_sigma(object_diameter, scale),
+    )
 
 
 class _LabelStore:

@@ -20,8 +20,22 @@ def default_min_size(object_diameter: float | None) -> int:
     return max(4, int(0.05 * np.pi * (object_diameter / 2) ** 2))
 
 
+SEED_SMOOTHING = 0.1  # sigma of the seeds' smoothing, as a share of the objects' diameter
+
+
+def seed_sigma(object_diameter: float | None, scale: float = 1.0) -> float:
+    """Sigma in pixels that smooths the interior before seeding: :data:`SEED_SMOOTHING` of the
+    objects' diameter (``object_diameter`` at the model's scale, times ``scale`` from there to
+    the plane's pixels); 0 (no smoothing) for a model without a diameter."""
+    return SEED_SMOOTHING * object_diameter * scale if object_diameter else 0.0
+
+
 def instance_labels(
-    probabilities: np.ndarray, *, threshold: float = 0.5, min_size: int = 10
+    probabilities: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    min_size: int = 10,
+    seed_sigma: float = 0.0,
 ) -> np.ndarray:
     """Separate objects from background / interior / boundary probabilities.
 
@@ -33,6 +47,16 @@ def instance_labels(
     ----------
     probabilities : ndarray of shape (3, Y, X)
         Softmax output: background, interior, boundary.
+    threshold : float
+        Probability of the seeds and of the foreground.
+    min_size : int
+        Smallest object kept, in pixels.
+    seed_sigma : float
+        Gaussian sigma, in pixels, of a smoothing of the interior before it is cut into seeds
+        (the foreground is not smoothed); 0: none. In a noisy image a network's interior map is
+        speckled, and a speckle that dips under the threshold splits one nucleus into two
+        seeds; a sigma of a tenth of the objects' diameter (:func:`seed_sigma`) closes such
+        dips without joining nuclei that the map keeps apart.
 
     Returns
     -------
@@ -43,7 +67,8 @@ def instance_labels(
     from skimage.segmentation import watershed
 
     interior, boundary = probabilities[1], probabilities[2]
-    seeds, n_seeds = ndi.label(interior > threshold)
+    seed_map = ndi.gaussian_filter(interior, seed_sigma) if seed_sigma > 0 else interior
+    seeds, n_seeds = ndi.label(seed_map > threshold)
     if n_seeds == 0:
         return np.zeros(interior.shape, dtype=np.uint32)
     seeded = seeds > 0
