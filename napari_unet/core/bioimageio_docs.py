@@ -189,7 +189,8 @@ def readme(
     sigma = seed_sigma(config.get("object_diameter"))
     smoothing = (
         f" (after a Gaussian smoothing of the interior, sigma {sigma:g} px at the model's "
-        f"scale: {SEED_SMOOTHING:g} of the objects' diameter)"
+        f"scale: {SEED_SMOOTHING:g} of the objects' diameter, and only where the interior "
+        "beats the boundary)"
         if sigma
         else ""
     )
