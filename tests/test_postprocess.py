@@ -49,12 +49,16 @@ def _speckled_nucleus(seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_smoothed_seeds_keep_a_speckled_nucleus_whole(seed):
-    from napari_unet.core.postprocess import seed_sigma
+    from napari_unet.core.postprocess import seed_smoothing_sigma
 
     probabilities = _speckled_nucleus(seed)
     assert instance_labels(probabilities, min_size=1).max() > 1  # speckles split it
-    sigma = seed_sigma(20.0)
-    assert sigma == 2.0 and seed_sigma(None) == 0.0 and seed_sigma(20.0, scale=3.0) == 6.0
+    sigma = seed_smoothing_sigma(20.0)
+    assert (
+        sigma == 2.0
+        and seed_smoothing_sigma(None) == 0.0
+        and seed_smoothing_sigma(20.0, scale=3.0) == 6.0
+    )
     assert instance_labels(probabilities, min_size=1, seed_sigma=sigma).max() == 1
 
 
@@ -63,9 +67,9 @@ def test_smoothed_seeds_keep_touching_nuclei_apart(seed):
     """The smoothing must not join many nuclei that the boundary class keeps apart: on a field
     of 30 touching disks (about 14 px across, their gaps blurred) at most 2 merge at a tenth of
     the diameter, since no seed grows where the boundary wins."""
-    from napari_unet.core.postprocess import seed_sigma
+    from napari_unet.core.postprocess import seed_smoothing_sigma
 
     probabilities = _blurred_probabilities(seed)
     plain = int(instance_labels(probabilities).max())
-    smoothed = int(instance_labels(probabilities, seed_sigma=seed_sigma(14.0)).max())
+    smoothed = int(instance_labels(probabilities, seed_sigma=seed_smoothing_sigma(14.0)).max())
     assert plain - 2 <= smoothed <= plain + 1

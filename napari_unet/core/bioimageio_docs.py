@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.postprocess import SEED_SMOOTHING, seed_sigma
+from napari_unet.core.postprocess import SEED_SMOOTHING, seed_smoothing_sigma
 from napari_unet.core.preprocess import DEFAULT_RGB_RULE
 
 UNET_CITATION = {
@@ -186,7 +186,7 @@ def readme(
         Probability threshold of the post-processing.
     """
     name = config.get("name") or "unnamed"
-    sigma = seed_sigma(config.get("object_diameter"))
+    sigma = seed_smoothing_sigma(config.get("object_diameter"))
     smoothing = (
         f" (after a Gaussian smoothing of the interior, sigma {sigma:g} px at the model's "
         f"scale: {SEED_SMOOTHING:g} of the objects' diameter, and only where the interior "

@@ -39,7 +39,7 @@ from napari_unet.core.options import PredictOptions
 from napari_unet.core.postprocess import (
     default_min_size,
     instance_labels,
-    seed_sigma,
+    seed_smoothing_sigma,
     semantic_labels,
 )
 from napari_unet.core.preprocess import iter_planes, normalize, to_model_channels
@@ -358,7 +358,7 @@ def _package_files(
             probabilities[0],
             threshold=PredictOptions().threshold,
             min_size=default_min_size(config.get("object_diameter")),
-            seed_sigma=seed_sigma(config.get("object_diameter")),
+            seed_sigma=seed_smoothing_sigma(config.get("object_diameter")),
         )
     else:
         labels = semantic_labels(probabilities[0])

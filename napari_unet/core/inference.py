@@ -39,7 +39,7 @@ from napari_unet.core.postprocess import (
     default_min_size,
     instance_labels,
     link_to_previous,
-    seed_sigma,
+    seed_smoothing_sigma,
     semantic_labels,
 )
 from napari_unet.core.preprocess import (
@@ -656,7 +656,7 @@ def _plane_labels(
         probabilities,
         threshold=threshold,
         min_size=min_size,
-        seed_sigma=seed_sigma(object_diameter, scale),
+        seed_sigma=seed_smoothing_sigma(object_diameter, scale),
     )
 
 

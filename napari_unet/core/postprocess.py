@@ -23,7 +23,7 @@ def default_min_size(object_diameter: float | None) -> int:
 SEED_SMOOTHING = 0.1  # sigma of the seeds' smoothing, as a share of the objects' diameter
 
 
-def seed_sigma(object_diameter: float | None, scale: float = 1.0) -> float:
+def seed_smoothing_sigma(object_diameter: float | None, scale: float = 1.0) -> float:
     """Sigma in pixels that smooths the interior before seeding: :data:`SEED_SMOOTHING` of the
     objects' diameter (``object_diameter`` at the model's scale, times ``scale`` from there to
     the plane's pixels); 0 (no smoothing) for a model without a diameter."""
@@ -56,7 +56,7 @@ def instance_labels(
         which then only cover pixels where the interior beats the boundary (the foreground is
         not smoothed); 0: the interior as it is. In a noisy image a network's interior map is
         speckled, and a speckle that dips under the threshold splits one nucleus into two
-        seeds; a sigma of a tenth of the objects' diameter (:func:`seed_sigma`) closes such
+        seeds; a sigma of a tenth of the objects' diameter (:func:`seed_smoothing_sigma`) closes such
         dips, while the gap between two touching objects, where the boundary wins, stays.
 
     Returns
