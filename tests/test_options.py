@@ -54,6 +54,8 @@ def test_impossible_prediction_settings_are_refused(change, match):
         ({"batch_size": 0}, "batch size"),
         ({"optimizer": "lion"}, "optimizer 'lion' is not valid"),
         ({"replay_fraction": 1.0}, "replay fraction"),
+        ({"finetuned_share": 0.0}, "fine-tuned share"),
+        ({"finetuned_share": 1.5}, "fine-tuned share"),
         ({"context_weight": -1.0}, "context weight"),
         ({"precision": "int4"}, "precision"),
     ],

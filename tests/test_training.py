@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_unet.core import training
-from napari_unet.core.bundle import clone_bundle, save_bundle
+from napari_unet.core.bundle import clone_bundle, network_state, save_bundle
 from napari_unet.core.errors import InputError, TrainingDataError
 from napari_unet.core.heldout import HeldOut, held_out_regions
 from napari_unet.core.inference import PredictOptions, predict
@@ -260,6 +260,29 @@ def test_training_is_deterministic():
     a = run(iter_finetune(tiny_bundle(), samples(2), QUICK))[0]
     b = run(iter_finetune(tiny_bundle(), samples(2), QUICK))[0]
     assert [s.loss for s in a] == pytest.approx([s.loss for s in b], rel=1e-4)
+
+
+def test_a_trained_base_keeps_part_of_the_change_and_random_weights_all_of_it(trained):
+    base = trained[1].bundle  # trained from scratch: its config records that run
+    assert (
+        training.with_base_defaults(TrainSettings(), base).finetuned_share
+        == training.FINETUNED_SHARE
+    )
+    assert training.with_base_defaults(TrainSettings(), tiny_bundle()).finetuned_share == 1.0
+    settings = replace(QUICK, retention_tolerance=None)
+    whole = run(iter_finetune(base, samples(2, seed=5), replace(settings, finetuned_share=1.0)))
+    part = run(iter_finetune(base, samples(2, seed=5), settings))
+    recorded = part[1].bundle.config["training"]["history"][-1]["settings"]
+    assert recorded["finetuned_share"] == training.FINETUNED_SHARE
+    base_state = network_state(base.network)
+    whole_state, part_state = (network_state(r[1].bundle.network) for r in (whole, part))
+    moved = 0
+    for key, b in base_state.items():
+        if b.is_floating_point():
+            halfway = b + training.FINETUNED_SHARE * (whole_state[key] - b)
+            torch.testing.assert_close(part_state[key], halfway, rtol=1e-3, atol=1e-5)
+            moved += int(not torch.equal(part_state[key], b))
+    assert moved > 0
 
 
 @pytest.mark.parametrize("stop_at", [1, 3, 7])

@@ -185,6 +185,17 @@ class TrainSettings:
     ``context_outlines`` False leaves the outlines of the untouched objects out of the loss
     (a band of about 4 pixels): a person who leaves an object accepts that it is there, not
     every pixel of its outline, and a model's outlines can be off in the same way everywhere.
+    ``finetuned_share`` is how far from the base's weights towards the trained ones the new
+    version lies (a weight-space average, WiSE-FT, Wortsman et al. 2022): a few corrections
+    on one plane pull a network too far, and part of the way keeps most of what they teach
+    while losing less elsewhere. On the tuning scenarios of ``benchmarks/finetune_gain.py``
+    (five shifts, four seeds) half of the way gained more than all of it (+0.027 against
+    +0.021 AP@0.5 on the scenarios' other images), lost less in the worst scenario (-0.010
+    against -0.023) and forgot less (-0.002 against -0.020 on the model's own held-out
+    images; benchmarks/RESULTS.md). 1 keeps the trained weights. None (the default) is
+    :data:`~napari_unet.core.training.FINETUNED_SHARE` for a base with a training run in its
+    history and 1 for one without (random weights, trained from scratch: no base to stay
+    near).
     ``retention_tolerance`` guards what the base knew: when the base bundle ships check patches
     of its own training data (:attr:`~napari_unet.core.bundle.ReplaySet.checks`), both versions
     segment them after training, and if the new weights lose more than this much AP@0.5 (mean
@@ -222,6 +233,7 @@ class TrainSettings:
     anchor_weight: float = 0.0
     replay_fraction: float = 0.25
     freeze_norm: bool = False
+    finetuned_share: float | None = None
     retention_tolerance: float | None = 0.02
 
     def check(self) -> None:
@@ -243,6 +255,8 @@ class TrainSettings:
             _in_range("context weight", self.context_weight, 0.0, 100.0)
         _in_range("anchor weight", self.anchor_weight, 0.0, 1e6)
         _in_range("replay fraction", self.replay_fraction, 0.0, 0.95)
+        if self.finetuned_share is not None:
+            _in_range("fine-tuned share", self.finetuned_share, 0.0, 1.0, low_open=True)
         if self.retention_tolerance is not None:
             _in_range("retention tolerance", self.retention_tolerance, 0.0, 1.0)
         low, high = self.augment.zoom

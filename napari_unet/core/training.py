@@ -16,6 +16,7 @@ Inside napari, run it through :mod:`napari_unet.core.training_process` (a child 
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import math
 import queue
@@ -44,7 +45,13 @@ from napari_unet.core.heldout import (
 from napari_unet.core.inference import predict
 from napari_unet.core.options import PredictOptions, TrainSettings
 from napari_unet.core.preprocess import prepare_plane
-from napari_unet.core.retention import RetentionCheck, metric_name, pull_back, scorer
+from napari_unet.core.retention import (
+    RetentionCheck,
+    blended_state,
+    metric_name,
+    pull_back,
+    scorer,
+)
 from napari_unet.core.review import certainty_map, iter_flipped_views
 from napari_unet.core.samples import TrainingSample
 from napari_unet.core.targets import (
@@ -58,6 +65,9 @@ from napari_unet.core.targets import (
 MAX_BAD_STEPS = 5
 # the untouched context's weight for a base without replay patches (the default before replay)
 CONTEXT_WEIGHT_WITHOUT_REPLAY = 0.3
+# how far from a trained base towards the fine-tuned weights the new version lies
+# (TrainSettings.finetuned_share; chosen on benchmarks/finetune_gain.py's tuning scenarios)
+FINETUNED_SHARE = 0.5
 _HOLD_OUT_MARGIN = 16  # pixels around a held-out region that are not trained on either
 
 
@@ -546,6 +556,7 @@ def iter_finetune(
     torch.manual_seed(settings.seed)
     replay = _replay_items(base, settings)
     validation = _Validation(data.samples, data.held, bundle.config, options)
+    kept = _KeptShare(base.network, settings.finetuned_share)
     trainer = _Trainer(bundle.network, settings)
     start = time.perf_counter()
     initial_score = None
@@ -569,7 +580,8 @@ def iter_finetune(
                     True,
                 )
             elif not skipped and trainer.checkpoint(step) and validation:
-                val_score = validation.compare(validation.predict(trainer.network)).new_score
+                version = kept.version(trainer.network)
+                val_score = validation.compare(validation.predict(version)).new_score
             history.append({"step": step, "loss": loss, "val_score": val_score})
             request = yield TrainStep(
                 step=step,
@@ -587,7 +599,7 @@ def iter_finetune(
                 break
     finally:
         prefetcher.close()
-    network = trainer.network.eval()
+    network = kept.version(trainer.network).eval()
     retention = None
     checks = _check_patches(base, settings)
     if checks:
@@ -607,13 +619,32 @@ def iter_finetune(
     return TrainResult(bundle, history, stopped, reason, comparison, retention)
 
 
+class _KeptShare:
+    """What a run saves of its trained weights: ``share`` of the way from the base's
+    (:attr:`TrainSettings.finetuned_share`, a weight-space average as in WiSE-FT)."""
+
+    def __init__(self, base: torch.nn.Module, share: float) -> None:
+        self.share = share
+        self.base_state = network_state(base) if share < 1.0 else {}
+
+    def version(self, network: torch.nn.Module) -> torch.nn.Module:
+        """``network`` itself when the whole change is kept, else an averaged copy."""
+        if self.share >= 1.0:
+            return network
+        kept = copy.deepcopy(network)
+        kept.load_state_dict(blended_state(self.base_state, network_state(network), self.share))
+        return kept
+
+
 def with_base_defaults(settings: TrainSettings, base: Bundle) -> TrainSettings:
     """``settings`` with what depends on the base decided (values given are kept).
 
     ``border_weights`` None follows the base model's last training run recorded in its config
     (off when it has none); ``context_weight`` None is 0 when the base carries replay patches
     to rehearse (they teach the background) and :data:`CONTEXT_WEIGHT_WITHOUT_REPLAY` when it
-    does not, where the context is the network's only view of the untouched background.
+    does not, where the context is the network's only view of the untouched background;
+    ``finetuned_share`` None is :data:`FINETUNED_SHARE` when the base's config records a
+    training run and 1 when it records none (random weights: no base to stay near).
     """
     if settings.border_weights is None:
         runs = base.config.get("training", {}).get("history", [])
@@ -623,6 +654,9 @@ def with_base_defaults(settings: TrainSettings, base: Bundle) -> TrainSettings:
         rehearses = base.replay is not None and base.replay.rehearsed > 0
         weight = 0.0 if rehearses else CONTEXT_WEIGHT_WITHOUT_REPLAY
         settings = replace(settings, context_weight=weight)
+    if settings.finetuned_share is None:
+        trained = bool(base.config.get("training", {}).get("history"))
+        settings = replace(settings, finetuned_share=FINETUNED_SHARE if trained else 1.0)
     return settings
 
 
