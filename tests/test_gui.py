@@ -224,6 +224,34 @@ def test_saved_corrections_come_back_and_settings_persist(qtbot, dock):
     third.close_workers()
 
 
+def test_the_schedule_follows_new_defaults_unless_the_user_chose_it(dock):
+    from napari_unet.core.options import TrainSettings
+    from napari_unet.gui.main_widget import UnetWidget
+
+    viewer, widget = dock
+    finetune, defaults = widget.finetune, TrainSettings()
+    store = finetune.settings
+    # 100 steps saved by an older version, without the default it was saved against
+    store.setValue("finetune/steps", 100)
+    store.remove("finetune/steps_default")
+    finetune._restore_settings()
+    assert finetune.steps_spin.value() == defaults.steps
+    # 100 steps saved when 100 was the default: the user left it, so today's default applies
+    store.setValue("finetune/steps_default", 100)
+    finetune._restore_settings()
+    assert finetune.steps_spin.value() == defaults.steps
+    # what the user changed is kept, what they left follows the defaults
+    finetune.steps_spin.setValue(80)
+    finetune.lr_spin.setValue(2e-4)
+    finetune._save_settings()
+    store.sync()
+    fresh = UnetWidget(viewer)
+    assert fresh.finetune.steps_spin.value() == 80
+    assert fresh.finetune.lr_spin.value() == pytest.approx(2e-4)
+    assert fresh.finetune.val_spin.value() == pytest.approx(defaults.val_fraction)
+    fresh.close_workers()
+
+
 def test_finetune_creates_version_and_stop_keeps_a_model(qtbot, dock, plugin_dirs):
     viewer, widget = dock
     image, truth = disks((128, 128), n=14, seed=3)

@@ -262,7 +262,7 @@ def test_training_is_deterministic():
     assert [s.loss for s in a] == pytest.approx([s.loss for s in b], rel=1e-4)
 
 
-def test_a_trained_base_keeps_part_of_the_change_and_random_weights_all_of_it(trained):
+def test_a_trained_base_keeps_part_of_the_change_and_random_weights_all_of_it(trained, monkeypatch):
     base = trained[1].bundle  # trained from scratch: its config records that run
     assert (
         training.with_base_defaults(TrainSettings(), base).finetuned_share
@@ -271,6 +271,14 @@ def test_a_trained_base_keeps_part_of_the_change_and_random_weights_all_of_it(tr
     assert training.with_base_defaults(TrainSettings(), tiny_bundle()).finetuned_share == 1.0
     settings = replace(QUICK, retention_tolerance=None)
     whole = run(iter_finetune(base, samples(2, seed=5), replace(settings, finetuned_share=1.0)))
+    judged = []  # the weights of every network the held-out labels were predicted with
+    predict_held_out = training._Validation.predict
+
+    def spy(validation, network):
+        judged.append(network_state(network))
+        return predict_held_out(validation, network)
+
+    monkeypatch.setattr(training._Validation, "predict", spy)
     part = run(iter_finetune(base, samples(2, seed=5), settings))
     recorded = part[1].bundle.config["training"]["history"][-1]["settings"]
     assert recorded["finetuned_share"] == training.FINETUNED_SHARE
@@ -283,6 +291,10 @@ def test_a_trained_base_keeps_part_of_the_change_and_random_weights_all_of_it(tr
             torch.testing.assert_close(part_state[key], halfway, rtol=1e-3, atol=1e-5)
             moved += int(not torch.equal(part_state[key], b))
     assert moved > 0
+    # the last step's held-out score judged the version that was saved, not the trained weights
+    last_step = judged[-2]  # then the final comparison
+    for key, value in part_state.items():
+        torch.testing.assert_close(last_step[key], value)
 
 
 @pytest.mark.parametrize("stop_at", [1, 3, 7])

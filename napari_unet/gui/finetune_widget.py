@@ -192,23 +192,38 @@ class FinetunePanel(QWidget):
         viewer.layers.events.removed.connect(self._layer_removed)
 
     # ----- settings and pickers ---------------------------------------------------------------
-    def _restore_settings(self) -> None:
+    def _schedule_fields(self) -> list[tuple[str, Any, Any]]:
+        """(settings key, spin box, today's default) of each remembered schedule field."""
         from napari_unet.core.options import TrainSettings
 
         defaults = TrainSettings()
+        return [
+            ("finetune/steps", self.steps_spin, defaults.steps),
+            ("finetune/lr", self.lr_spin, defaults.learning_rate),
+            ("finetune/patch", self.patch_spin, defaults.patch_size),
+            ("finetune/val", self.val_spin, defaults.val_fraction),
+        ]
+
+    def _restore_settings(self) -> None:
+        """Set the fields to the values the user chose before. A field saved at the default of
+        its day follows today's default (defaults change as they are measured again), and so
+        does a value saved without the default it was saved against (older settings)."""
         s = self.settings
-        self.steps_spin.setValue(int(s.value("finetune/steps", defaults.steps)))
-        self.lr_spin.setValue(float(s.value("finetune/lr", defaults.learning_rate)))
-        self.patch_spin.setValue(int(s.value("finetune/patch", defaults.patch_size)))
-        self.val_spin.setValue(float(s.value("finetune/val", defaults.val_fraction)))
+        for key, spin, default in self._schedule_fields():
+            kind = type(default)
+            saved, saved_default = s.value(key), s.value(f"{key}_default")
+            chosen = saved is not None and saved_default is not None
+            if chosen and kind(saved) != kind(saved_default):
+                spin.setValue(kind(saved))
+            else:
+                spin.setValue(default)
         self.augment_check.setChecked(str(s.value("finetune/augment", "true")) == "true")
 
     def _save_settings(self) -> None:
         s = self.settings
-        s.setValue("finetune/steps", self.steps_spin.value())
-        s.setValue("finetune/lr", self.lr_spin.value())
-        s.setValue("finetune/patch", self.patch_spin.value())
-        s.setValue("finetune/val", self.val_spin.value())
+        for key, spin, default in self._schedule_fields():
+            s.setValue(key, spin.value())
+            s.setValue(f"{key}_default", spin.valueFromText(spin.textFromValue(default)))
         s.setValue("finetune/augment", "true" if self.augment_check.isChecked() else "false")
 
     def refresh_models(self, select: str | None = None) -> None:
