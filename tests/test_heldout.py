@@ -6,6 +6,7 @@ from napari_unet.core.heldout import (
     MIN_OBJECTS,
     MIN_WRONG,
     ObjectCounts,
+    VersionComparison,
     compare_classes,
     compare_instances,
     count_objects,
@@ -118,3 +119,10 @@ def test_one_object_of_luck_is_not_called_better():
     base13 = squares(GRID[5:13])
     five = compare_instances([truth13], [base13], [truth13], [np.ones((100, 100), bool)])
     assert (five.fixed, five.broken) == (5, 0) and five.verdict == "better"
+
+
+def test_one_object_is_counted_as_one():
+    one = VersionComparison("AP@0.5", 0.0, 1.0, n_items=1, n_wrong=1, unit="objects", fixed=1)
+    text = one.describe("nuclei", "nuclei-ft1")
+    assert "(1 held-out object, 1 of which nuclei got wrong)" in text
+    assert "(1 object fixed, 0 broken)" in text

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_unet.core.metrics import class_iou, match_objects
+from napari_unet.core.wording import counted
 
 MIN_WRONG = 3  # fewer objects the base model got wrong than this: too few to tell
 MIN_OBJECTS = 8  # fewer held-out objects than this: too few to tell
@@ -133,14 +134,13 @@ class VersionComparison:
 
     def describe(self, base_name: str, new_name: str) -> str:
         """What the user is told: the verdict, both scores and the sample they rest on."""
-        sample = (
-            f"{self.n_items} held-out {self.unit}, {self.n_wrong} of which {base_name} got wrong"
-        )
+        held = counted(self.n_items, f"held-out {self.unit.removesuffix('s')}")
+        sample = f"{held}, {self.n_wrong} of which {base_name} got wrong"
         scores = (
             f"{self.metric} {base_name} {self.base_score:.2f} -> {new_name} {self.new_score:.2f}"
         )
         if self.unit == "objects":
-            scores += f" ({self.fixed} objects fixed, {self.broken} broken)"
+            scores += f" ({counted(self.fixed, 'object')} fixed, {self.broken} broken)"
         if self.verdict == "too few":
             return f"Too few corrections to tell whether {new_name} is better ({sample}). {scores}."
         if self.verdict == "better":

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from napari_unet.core.wording import counted
+
 
 @dataclass(frozen=True)
 class Provenance:
@@ -125,10 +127,11 @@ class Provenance:
                 if self.base_score is None or self.new_score is None
                 else f": {self.metric or 'score'} {self.base_score:.3f} → {self.new_score:.3f}"
             )
+            unit = (self.unit or "items").removesuffix("s")
             held = (
                 ""
                 if self.n_items is None
-                else f" on {self.n_items} held-out {self.unit or 'items'}"
+                else f" on {counted(self.n_items, f'held-out {unit}')}"
                 + ("" if self.n_wrong is None else f" ({self.n_wrong} the parent got wrong)")
             )
             lines.append(f"{self.verdict}{scores}{held}")

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet.core.io import Stack
+from napari_unet.core.wording import counted
 from napari_unet.gui.controls import button_row
 from napari_unet.gui.export_dialog import ExportChoice, ask_export
 from napari_unet.gui.workers import Job, JobRunner, stage_step
@@ -185,13 +186,13 @@ class VersionsPanel(QWidget):
         self._selection_changed()
         family_bytes = sum(_size(path) for path in self.paths.values())
         text = (
-            f"{family}: {_plural(len(self.paths), 'version')}, {format_size(family_bytes)} on disk."
+            f"{family}: {counted(len(self.paths), 'version')}, {format_size(family_bytes)} on disk."
             if self.paths
             else f"No fine-tuned versions of {family or 'this model'} yet."
         )
         if len(versions) != len(self.paths):
             all_bytes = sum(_size(e.path) for e in versions)
-            text += f" All yours: {_plural(len(versions), 'version')}, {format_size(all_bytes)}."
+            text += f" All yours: {counted(len(versions), 'version')}, {format_size(all_bytes)}."
         self.total.setText(text)
         self.total.setToolTip(f"in {user_models_dir()}")
 
@@ -307,10 +308,6 @@ class VersionsPanel(QWidget):
         self.deleted.emit(name)
         show_info(f"Deleted {name} ({size}).")
         return True
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _size(path: Path) -> int:
