@@ -64,6 +64,6 @@ def test_the_panel_says_what_was_kept():
         return RetentionCheck("AP@0.5", 24, 0.75, 0.63, share, kept, 0.02)
 
     assert check(1.0, 0.63).describe().startswith("Kept what it knew")
-    assert "keeps 50% of the change (0.74)" in check(0.5, 0.74).describe()
+    assert "moved back to 50% of their change (0.74)" in check(0.5, 0.74).describe()
     assert "keeps the previous weights" in check(0.0, 0.75).describe()
     assert "0.75 before, 0.63 after fine-tuning" in check(0.5, 0.74).describe()

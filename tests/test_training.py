@@ -534,7 +534,9 @@ def test_a_fine_tune_that_forgets_is_pulled_back_towards_its_base(trained, toler
     before = _check_score(base, checks)
     assert before > 0.5
     erased = [TrainingSample(s.image, np.zeros_like(s.labels), source="erased") for s in samples(2)]
-    settings = replace(QUICK, steps=30, replay_fraction=0.0, retention_tolerance=tolerance)
+    settings = replace(
+        QUICK, steps=30, replay_fraction=0.0, retention_tolerance=tolerance, finetuned_share=1.0
+    )  # the check alone: the average with the base comes after it
     _, tuned = run(iter_finetune(base, erased, settings))
     after = _check_score(tuned.bundle, checks)
     record = tuned.bundle.config["training"]["history"][-1]["retention"]
@@ -547,6 +549,30 @@ def test_a_fine_tune_that_forgets_is_pulled_back_towards_its_base(trained, toler
     assert check.tuned_score < before - 0.3 and check.share < 1.0
     assert after == pytest.approx(check.kept_score) and after >= before - tolerance
     assert record["share"] == check.share and record["patches"] == 4
+
+
+def test_the_retention_check_judges_the_trained_weights_before_the_average(trained, monkeypatch):
+    from napari_unet.core.bundle import ReplaySet
+
+    base = clone_bundle(trained[1].bundle)
+    pairs = [disks((64, 64), seed=40 + i) for i in range(6)]
+    images = np.stack([np.clip(p[0], 0, 255) for p in pairs]).astype(np.uint8)
+    labels = np.stack([p[1] for p in pairs]).astype(np.uint8)
+    base.replay = ReplaySet(images, labels, "disks", checks=4)
+    settings = replace(QUICK, replay_fraction=0.0)
+    whole = replace(settings, finetuned_share=1.0, retention_tolerance=None)
+    trained_alone = run(iter_finetune(base, samples(2), whole))
+    judged = []
+    check = training.pull_back
+
+    def spy(network, *args):
+        judged.append(network_state(network))
+        return check(network, *args)
+
+    monkeypatch.setattr(training, "pull_back", spy)
+    run(iter_finetune(base, samples(2), settings))  # the default average for a trained base
+    for key, value in network_state(trained_alone[1].bundle.network).items():
+        torch.testing.assert_close(judged[0][key], value)
 
 
 def test_a_channel_chosen_for_the_users_image_does_not_apply_to_the_check_patches():

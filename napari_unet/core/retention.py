@@ -72,8 +72,9 @@ class RetentionCheck:
                 "keeps the previous weights."
             )
         return (
-            f"The corrections made it forget some of what it knew ({scores}); the new version "
-            f"keeps {self.share:.0%} of the change ({self.kept_score:.2f})."
+            f"The corrections made it forget some of what it knew ({scores}); the fine-tuned "
+            f"weights were moved back to {self.share:.0%} of their change "
+            f"({self.kept_score:.2f}) before the new version was made from them."
         )
 
 
