@@ -68,9 +68,10 @@ def instance_labels(
     from skimage.segmentation import watershed
 
     interior, boundary = probabilities[1], probabilities[2]
-    seed_area = interior > threshold
     if seed_sigma > 0:  # fill speckles inside an object; keep the gaps where boundary wins
         seed_area = (ndi.gaussian_filter(interior, seed_sigma) > threshold) & (boundary < interior)
+    else:
+        seed_area = interior > threshold
     seeds, n_seeds = ndi.label(seed_area)
     if n_seeds == 0:
         return np.zeros(interior.shape, dtype=np.uint32)

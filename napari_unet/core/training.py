@@ -649,8 +649,8 @@ def with_base_defaults(settings: TrainSettings, base: Bundle) -> TrainSettings:
     ``finetuned_share`` None is :data:`FINETUNED_SHARE` when the base's config records a
     training run and 1 when it records none (random weights: no base to stay near).
     """
+    runs = base.config.get("training", {}).get("history", [])
     if settings.border_weights is None:
-        runs = base.config.get("training", {}).get("history", [])
         trained_with = bool(runs and runs[-1].get("settings", {}).get("border_weights"))
         settings = replace(settings, border_weights=trained_with)
     if settings.context_weight is None:
@@ -658,8 +658,7 @@ def with_base_defaults(settings: TrainSettings, base: Bundle) -> TrainSettings:
         weight = 0.0 if rehearses else CONTEXT_WEIGHT_WITHOUT_REPLAY
         settings = replace(settings, context_weight=weight)
     if settings.finetuned_share is None:
-        trained = bool(base.config.get("training", {}).get("history"))
-        settings = replace(settings, finetuned_share=FINETUNED_SHARE if trained else 1.0)
+        settings = replace(settings, finetuned_share=FINETUNED_SHARE if runs else 1.0)
     return settings
 
 
