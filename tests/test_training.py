@@ -516,19 +516,24 @@ def _check_score(bundle, patches):
     )
 
 
+def _check_replay():
+    """Six disk patches, the last four of them check patches (never rehearsed)."""
+    from napari_unet.core.bundle import ReplaySet
+
+    pairs = [disks((64, 64), seed=40 + i) for i in range(6)]
+    images = np.stack([np.clip(p[0], 0, 255) for p in pairs]).astype(np.uint8)
+    labels = np.stack([p[1] for p in pairs]).astype(np.uint8)
+    return ReplaySet(images, labels, "disks", checks=4)
+
+
 @pytest.mark.parametrize("tolerance", [0.05, None])
 def test_a_fine_tune_that_forgets_is_pulled_back_towards_its_base(trained, tolerance):
     """Taught that a plane of disks holds no object, the network forgets the disks of its
     training data; the check patches (never rehearsed) catch it, and the new version keeps only
     as much of the change as stays within the tolerance there (None: the check is off)."""
-    from napari_unet.core.bundle import ReplaySet
-
     _, result = trained
     base = clone_bundle(result.bundle)
-    pairs = [disks((64, 64), seed=40 + i) for i in range(6)]
-    images = np.stack([np.clip(p[0], 0, 255) for p in pairs]).astype(np.uint8)
-    labels = np.stack([p[1] for p in pairs]).astype(np.uint8)
-    base.replay = ReplaySet(images, labels, "disks", checks=4)
+    base.replay = _check_replay()
     checks = base.replay.check_samples()
     assert len(checks) == 4 and len(base.replay.samples()) == 2 == base.replay.rehearsed
     before = _check_score(base, checks)
@@ -552,13 +557,9 @@ def test_a_fine_tune_that_forgets_is_pulled_back_towards_its_base(trained, toler
 
 
 def test_the_retention_check_judges_the_trained_weights_before_the_average(trained, monkeypatch):
-    from napari_unet.core.bundle import ReplaySet
 
     base = clone_bundle(trained[1].bundle)
-    pairs = [disks((64, 64), seed=40 + i) for i in range(6)]
-    images = np.stack([np.clip(p[0], 0, 255) for p in pairs]).astype(np.uint8)
-    labels = np.stack([p[1] for p in pairs]).astype(np.uint8)
-    base.replay = ReplaySet(images, labels, "disks", checks=4)
+    base.replay = _check_replay()
     settings = replace(QUICK, replay_fraction=0.0)
     whole = replace(settings, finetuned_share=1.0, retention_tolerance=None)
     trained_alone = run(iter_finetune(base, samples(2), whole))
