@@ -126,3 +126,15 @@ def test_one_object_is_counted_as_one():
     text = one.describe("nuclei", "nuclei-ft1")
     assert "(1 held-out object, 1 of which nuclei got wrong)" in text
     assert "(1 object fixed, 0 broken)" in text
+
+
+def test_an_empty_held_out_part_gives_no_scores():
+    truth = np.zeros((100, 100), np.uint16)
+    false = squares([GRID[0]])  # the new version finds an object where there is none
+    result = compare_instances([truth], [truth], [false], [np.ones(truth.shape, bool)])
+    assert result.n_items == 0 and result.verdict == "too few"
+    text = result.describe("a", "b")
+    assert (
+        text
+        == "Too few corrections to tell whether b is better: the held-out part of your labels holds no object."
+    )

@@ -68,3 +68,18 @@ def test_missing_or_malformed_history():
     assert bare.result() == "not compared"
     assert bare.lines()[-1] == "not compared with its parent (nothing held out)"
     assert bare.lines()[1] == "? steps, seed ?"
+
+
+def test_scores_on_no_held_out_object_are_not_shown():
+    nothing = Provenance(
+        parent="nuclei",
+        metric="AP@0.5",
+        base_score=1.0,
+        new_score=1.0,
+        n_items=0,
+        n_wrong=0,
+        unit="objects",
+        verdict="too few",
+    )
+    assert nothing.result() == "too few"
+    assert nothing.lines()[-1] == "too few on 0 held-out objects (0 the parent got wrong)"

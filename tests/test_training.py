@@ -642,3 +642,19 @@ def test_training_planes_are_brought_to_the_models_object_size():
     assert training.at_model_scale(whole, config, factors) is whole
     semantic = tiny_bundle("semantic").config
     assert training.at_model_scale(sample, semantic, {}) is sample
+
+
+def test_held_out_labels_without_objects_give_no_scores():
+    """Held-out planes with no object would score both versions 1.00 for finding nothing:
+    no curve dots, and a verdict without scores."""
+    empty = [
+        TrainingSample(image, np.zeros_like(labels), source=f"empty{i}")
+        for i, (image, labels) in enumerate(disks((96, 96), seed=i) for i in range(4))
+    ]
+    steps, result = run(iter_finetune(tiny_bundle(), empty, replace(QUICK, steps=8)))
+    assert result.comparison.n_items == 0
+    assert [s.val_score for s in steps] == [None] * 8
+    assert steps[0].initial_score is None
+    text = result.comparison.describe("a", "b")
+    assert text.endswith("the held-out part of your labels holds no object.")
+    assert "1.00" not in text and "0.00" not in text

@@ -133,7 +133,16 @@ class VersionComparison:
         return "too close"
 
     def describe(self, base_name: str, new_name: str) -> str:
-        """What the user is told: the verdict, both scores and the sample they rest on."""
+        """What the user is told: the verdict, both scores and the sample they rest on.
+
+        A held-out part without a single object (or pixel) gives no scores: both versions
+        would score a perfect 1.00 for finding nothing where there is nothing.
+        """
+        if not self.n_items:
+            return (
+                f"Too few corrections to tell whether {new_name} is better: the held-out part "
+                f"of your labels holds no {self.unit.removesuffix('s')}."
+            )
         held = counted(self.n_items, f"held-out {self.unit.removesuffix('s')}")
         sample = f"{held}, {self.n_wrong} of which {base_name} got wrong"
         scores = (

@@ -96,11 +96,17 @@ class Provenance:
         """The date without the time (``"2025-01-31"``), or ``""``."""
         return (self.date or "")[:10]
 
+    @property
+    def scored(self) -> bool:
+        """Whether the scores mean something: both recorded, on at least one held-out item
+        (with none, both versions score 1.00 for finding nothing)."""
+        return self.base_score is not None and self.new_score is not None and self.n_items != 0
+
     def result(self) -> str:
         """The comparison in a few characters, e.g. ``"better 0.62→0.71"``."""
         if self.verdict is None:
             return "not compared"
-        if self.base_score is None or self.new_score is None:
+        if not self.scored:
             return self.verdict
         return f"{self.verdict} {self.base_score:.2f}→{self.new_score:.2f}"
 
@@ -123,9 +129,9 @@ class Provenance:
             lines.append("not compared with its parent (nothing held out)")
         else:
             scores = (
-                ""
-                if self.base_score is None or self.new_score is None
-                else f": {self.metric or 'score'} {self.base_score:.3f} → {self.new_score:.3f}"
+                f": {self.metric or 'score'} {self.base_score:.3f} → {self.new_score:.3f}"
+                if self.scored
+                else ""
             )
             unit = (self.unit or "items").removesuffix("s")
             held = (

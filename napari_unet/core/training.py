@@ -559,11 +559,14 @@ def iter_finetune(
     kept = _KeptShare(base.network, settings.finetuned_share)
     trainer = _Trainer(bundle.network, settings)
     start = time.perf_counter()
-    initial_score = None
+    initial_score, scored = None, False
     if validation:
         yield TrainStatus("scoring the base model on the held-out labels")
         validation.base_labels = validation.predict(trainer.network)
-        initial_score = validation.compare(validation.base_labels).base_score
+        before = validation.compare(validation.base_labels)
+        # held-out labels without an object score 1.00 for finding nothing: no curve to follow
+        scored = before.n_items > 0
+        initial_score = before.base_score if scored else None
     history: list[dict[str, Any]] = []
     reason, stopped = "finished", False
     prefetcher = trainer.prefetcher(data.train, replay)
@@ -579,7 +582,7 @@ def iter_finetune(
                     f"stopped after {MAX_BAD_STEPS} non-finite losses in a row; kept the last good weights",
                     True,
                 )
-            elif not skipped and trainer.checkpoint(step) and validation:
+            elif not skipped and trainer.checkpoint(step) and scored:
                 version = kept.version(trainer.network)
                 val_score = validation.compare(validation.predict(version)).new_score
             history.append({"step": step, "loss": loss, "val_score": val_score})
