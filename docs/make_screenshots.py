@@ -50,12 +50,54 @@ def show_in_dock(child):
     area.ensureWidgetVisible(child)
 
 
+N_FIXES = 4  # places of the Correct next list the script corrects
+
+
+def fix(labels, item) -> bool:
+    """Correct one listed object the way its reason suggests; whether anything changed.
+
+    A merged object is cut in two where the distance to its edge has two peaks (a user erases
+    across the neck and fills one half with a new label); a split one is joined with the
+    neighbour it touches most; a false one is erased. Outlines are left alone.
+    """
+    import numpy as np
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    from napari_unet.core.review import FALSE, MERGED, SPLIT
+
+    data = np.asarray(labels.data)
+    mask = data == item.label
+    if item.reason == FALSE:
+        labels.data_setitem(np.nonzero(mask), 0)
+        return True
+    if item.reason == MERGED:
+        distance = ndi.distance_transform_edt(mask)
+        peaks = peak_local_max(distance, min_distance=5, num_peaks=2, labels=mask.astype(int))
+        if len(peaks) < 2:
+            return False
+        markers = np.zeros(mask.shape, int)
+        markers[tuple(peaks.T)] = (1, 2)
+        halves = watershed(-distance, markers, mask=mask)
+        labels.data_setitem(np.nonzero(halves == 2), int(data.max()) + 1)
+        return True
+    if item.reason == SPLIT:
+        ring = ndi.binary_dilation(mask, iterations=2) & ~mask
+        neighbours, counts = np.unique(data[ring], return_counts=True)
+        counts, neighbours = counts[neighbours > 0], neighbours[neighbours > 0]
+        if not len(neighbours):
+            return False
+        labels.data_setitem(np.nonzero(data == neighbours[np.argmax(counts)]), item.label)
+        return True
+    return False
+
+
 def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
     from napari_unet.gui.demo import open_demo
-    from napari_unet.gui.view import viewer_camera
 
     viewer = napari.Viewer(title="napari-unet")
     viewer.window.resize(1280, 800)
@@ -78,15 +120,13 @@ def main() -> None:
     viewer.screenshot(str(HERE / "images" / "correct_next.png"), canvas_only=False)
     viewer.layers.selection.active = labels
 
-    # a correction with the layer's own paint API: paint one nucleus over
-    labels.mode = "paint"
-    labels.brush_size = 12
-    labels.selected_label = int(labels.data.max()) + 1
-    for column in range(300, 330, 4):
-        labels.paint((250, column), labels.selected_label)
-    camera = viewer_camera(viewer)
-    camera.zoom = 2.5
-    camera.center = (250, 315)
+    # correct the first places on the list as a user would, with the calls the brush and the
+    # eraser make (Labels.data_setitem): split what looks merged, join what looks split,
+    # erase what looks false
+    fixed = [fix(labels, item) for item in widget.correct_next.items[:N_FIXES]]
+    if not any(fixed):
+        raise RuntimeError("none of the first places on the Correct next list could be fixed")
+    widget.correct_next.go_to(max(i for i, done in enumerate(fixed) if done))
     widget.tabs.setCurrentWidget(widget.finetune)
     settle(app)
     widget.finetune.refresh_planes()
@@ -96,7 +136,6 @@ def main() -> None:
     widget.finetune.steps_spin.setValue(40)
     widget.finetune.start()
     wait(app, lambda: not widget.finetune.runner.running)
-    camera.zoom = 1.0
     viewer.reset_view()
     settle(app)  # let the layout grow to the result text
     show_in_dock(widget.finetune.use_button)
