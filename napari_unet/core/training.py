@@ -83,7 +83,8 @@ class TrainStep:
     """Progress of training after one optimiser step.
 
     ``val_score`` (at validation steps) and ``initial_score`` (the base model's) are the
-    held-out score of :class:`~napari_unet.core.heldout.VersionComparison`.
+    held-out score of :class:`~napari_unet.core.heldout.VersionComparison`; both are None
+    when nothing was held out or the held-out labels hold no object.
     """
 
     step: int
