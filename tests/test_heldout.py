@@ -132,7 +132,7 @@ def test_an_empty_held_out_part_gives_no_scores():
     truth = np.zeros((100, 100), np.uint16)
     false = squares([GRID[0]])  # the new version finds an object where there is none
     result = compare_instances([truth], [truth], [false], [np.ones(truth.shape, bool)])
-    assert result.n_items == 0 and result.verdict == "too few"
+    assert result.n_items == 0 and not result.scored and result.verdict == "too few"
     text = result.describe("a", "b")
     assert (
         text

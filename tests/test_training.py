@@ -557,7 +557,6 @@ def test_a_fine_tune_that_forgets_is_pulled_back_towards_its_base(trained, toler
 
 
 def test_the_retention_check_judges_the_trained_weights_before_the_average(trained, monkeypatch):
-
     base = clone_bundle(trained[1].bundle)
     base.replay = _check_replay()
     settings = replace(QUICK, replay_fraction=0.0)

@@ -98,6 +98,12 @@ class VersionComparison:
     broken: int = 0
 
     @property
+    def scored(self) -> bool:
+        """Whether the scores mean something: the held-out part holds at least one object (or
+        pixel); with none, both versions score a perfect 1.00 for finding nothing."""
+        return self.n_items > 0
+
+    @property
     def enough(self) -> bool:
         """Whether the held-out sample is large enough to tell the versions apart."""
         low_wrong, low_items = (MIN_WRONG, MIN_OBJECTS) if self.unit == "objects" else (200, 2000)
@@ -133,12 +139,9 @@ class VersionComparison:
         return "too close"
 
     def describe(self, base_name: str, new_name: str) -> str:
-        """What the user is told: the verdict, both scores and the sample they rest on.
-
-        A held-out part without a single object (or pixel) gives no scores: both versions
-        would score a perfect 1.00 for finding nothing where there is nothing.
-        """
-        if not self.n_items:
+        """What the user is told: the verdict, both scores (when :attr:`scored`) and the
+        sample they rest on."""
+        if not self.scored:
             return (
                 f"Too few corrections to tell whether {new_name} is better: the held-out part "
                 f"of your labels holds no {self.unit.removesuffix('s')}."

@@ -565,8 +565,7 @@ def iter_finetune(
         yield TrainStatus("scoring the base model on the held-out labels")
         validation.base_labels = validation.predict(trainer.network)
         before = validation.compare(validation.base_labels)
-        # held-out labels without an object score 1.00 for finding nothing: no curve to follow
-        scored = before.n_items > 0
+        scored = before.scored  # held-out labels without an object: no curve to follow
         initial_score = before.base_score if scored else None
     history: list[dict[str, Any]] = []
     reason, stopped = "finished", False
