@@ -13,6 +13,7 @@ from napari_unet.core.review import (
     MERGED,
     MISSED,
     OUTLINE,
+    PINCHED,
     SPLIT,
     Uncertain,
     iter_review,
@@ -233,3 +234,39 @@ def test_certainty_is_per_object_and_counts_misses():
     assert np.all(certainty[labels == 2] == 0.0)
     assert np.all(certainty[20:30, 25:35] == 0.5)  # one view of two finds it
     assert certainty[35, 35] == 1.0
+
+
+def _disks(centres: list[tuple[int, int]], radius: int = 8) -> np.ndarray:
+    """One label per disk, in the order given; later disks overwrite earlier ones."""
+    rows, cols = np.mgrid[:120, :160]
+    labels = np.zeros((120, 160), np.uint32)
+    for k, (r, c) in enumerate(centres, start=1):
+        labels[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = k
+    return labels
+
+
+def test_a_large_object_pinched_at_a_waist_is_listed_even_when_every_view_repeats_it():
+    centres = [(15, 15), (15, 50), (15, 85), (60, 15), (60, 50), (100, 120)]
+    labels = _disks([*centres, (60, 100), (60, 114)])  # the last two: one nucleus pair
+    labels[labels == 8] = 7  # ... merged into one object, as a model that is sure of it would
+    ellipse = (np.mgrid[:120, :160][0] - 100) ** 2 / 64 + (np.mgrid[:120, :160][1] - 40) ** 2 / 400
+    labels[ellipse <= 1] = 9  # long but convex: not pinched
+
+    items = rank_plane(labels, [labels.copy() for _ in range(3)])
+
+    assert [(item.label, item.reason) for item in items] == [(7, PINCHED)]
+    assert 0.2 <= items[0].score <= 1.0
+    # too few objects to know the plane's typical shape: shape alone lists nothing
+    few = np.where(np.isin(labels, [1, 2, 7]), labels, 0)
+    assert rank_plane(few, [few.copy()]) == []
+
+
+def test_a_pinched_object_the_views_also_doubt_keeps_the_higher_score():
+    labels = _disks([(15, 15), (15, 50), (15, 85), (60, 15), (60, 50), (60, 100), (60, 114)])
+    labels[labels == 7] = 6
+    view = labels.copy()
+    view[labels == 6] = 0  # one view of one misses the pair entirely: disagreement 1.0
+
+    (item,) = rank_plane(labels, [view])
+
+    assert (item.label, item.reason, item.score) == (6, FALSE, 1.0)
