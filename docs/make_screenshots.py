@@ -5,8 +5,9 @@
 (PyQt6: napari shows a deprecation notice over the canvas under PyQt5.) The window is 1280 x 800,
 napari's smallest common size, where the dock shares napari's left column.
 
-Writes docs/images/segment.png, correct_next.png, correct.png, finetune.png and changes.png, then
-big_image.png (only that one with ``big``). Uses temporary folders for models and training sets
+Writes docs/images/segment.png (the sample image as it is), then correct_next.png, correct.png,
+finetune.png and changes.png (the sample out of focus, where the model makes more mistakes to
+correct), then big_image.png (only that one with ``big``). Uses temporary folders for models and training sets
 so your own are untouched.
 """
 
@@ -50,7 +51,8 @@ def show_in_dock(child):
     area.ensureWidgetVisible(child)
 
 
-N_FIXES = 4  # places of the Correct next list the script corrects
+N_FIXES = 8  # places of the Correct next list the script corrects
+BLUR_SIGMA = 3.0  # the out-of-focus copy of the sample the loop is shown on
 
 
 def fix(labels, item) -> bool:
@@ -65,14 +67,14 @@ def fix(labels, item) -> bool:
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
-    from napari_unet.core.review import FALSE, MERGED, SPLIT
+    from napari_unet.core.review import FALSE, MERGED, PINCHED, SPLIT
 
     data = np.asarray(labels.data)
     mask = data == item.label
     if item.reason == FALSE:
         labels.data_setitem(np.nonzero(mask), 0)
         return True
-    if item.reason == MERGED:
+    if item.reason in (MERGED, PINCHED):
         distance = ndi.distance_transform_edt(mask)
         peaks = peak_local_max(distance, min_distance=5, num_peaks=2, labels=mask.astype(int))
         if len(peaks) < 2:
@@ -95,7 +97,9 @@ def fix(labels, item) -> bool:
 
 def main() -> None:
     import napari
+    import numpy as np
     from qtpy.QtWidgets import QApplication
+    from scipy import ndimage as ndi
 
     from napari_unet.gui.demo import open_demo
 
@@ -109,6 +113,17 @@ def main() -> None:
     labels = viewer.layers["nuclei labels"]
     labels.opacity = 0.6
     viewer.screenshot(str(HERE / "images" / "segment.png"), canvas_only=False)
+
+    # the loop on a harder image: the sample out of focus (a Gaussian blur of BLUR_SIGMA px, as
+    # finetune_gain.py's "blurred"), where the model merges and misses more
+    image = viewer.layers["nuclei"]
+    image.data = ndi.gaussian_filter(image.data.astype(np.float32), BLUR_SIGMA)
+    viewer.layers.remove(labels)
+    widget.segment.run()
+    wait(app, lambda: not widget.segment.runner.running)
+    settle(app)
+    labels = viewer.layers["nuclei labels"]
+    labels.opacity = 0.6
 
     # Correct next: the places the model is least sure of, the first one shown (key N)
     widget.correct_next_section.expand(animate=False)
