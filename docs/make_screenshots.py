@@ -7,8 +7,8 @@ napari's smallest common size, where the dock shares napari's left column.
 
 Writes docs/images/segment.png (the sample image as it is), then correct_next.png, correct.png,
 finetune.png and changes.png (the sample out of focus, where the model makes more mistakes to
-correct), then big_image.png (only that one with ``big``). Uses temporary folders for models and training sets
-so your own are untouched.
+correct), then big_image.png (only that one with ``big``). Uses temporary folders for models
+and training sets so your own are untouched.
 """
 
 from __future__ import annotations

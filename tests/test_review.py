@@ -270,3 +270,16 @@ def test_a_pinched_object_the_views_also_doubt_keeps_the_higher_score():
     (item,) = rank_plane(labels, [view])
 
     assert (item.label, item.reason, item.score) == (6, FALSE, 1.0)
+
+
+def test_degenerate_objects_do_not_break_the_shape_cue():
+    labels = np.zeros((50, 50), np.uint32)
+    labels[1, 1] = 1  # a single pixel
+    labels[5, 2:20] = 2  # a line: its convex hull has no area
+    labels[10:12, 10:12] = 3
+    labels[20, 20] = 4
+    labels[30:40, 30] = 5
+    labels[45, 45:47] = 6
+    labels[40:48, 2:10] = 7
+
+    assert rank_plane(labels, [labels.copy()]) == []

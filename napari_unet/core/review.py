@@ -19,8 +19,9 @@ views agree with the segmentation; where they do not, a person should look first
   scenarios of ``benchmarks/finetune_gain.py`` (benchmarks/RESULTS.md).
 
 Only the objects of the plane are compared, so ranks are within a plane; items of several
-planes are merged by score. The scoring (:func:`rank_plane`) needs numpy and SciPy only; the
-predictions (:func:`iter_review`) import the inference engine (torch) when they run.
+planes are merged by score. The scoring (:func:`rank_plane`) needs numpy, SciPy and
+scikit-image only; the predictions (:func:`iter_review`) import the inference engine (torch)
+when they run.
 """
 
 from __future__ import annotations
