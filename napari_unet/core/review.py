@@ -121,11 +121,13 @@ def rank_plane(
     n = len(views)
     pinched = _pinch_scores(labels, area)
     items = []
-    for k in np.flatnonzero(area):
-        score, reason = float(tally.disagreement[k] / n), tally.reason(k)
-        if pinched.get(k, 0.0) > score:
+    for k in np.flatnonzero(area[1:]) + 1:
+        disagreement = float(tally.disagreement[k] / n)
+        if pinched.get(k, 0.0) > disagreement:
             score, reason = pinched[k], PINCHED
-        if k > 0 and score >= min_score:
+        else:
+            score, reason = disagreement, tally.reason(k)
+        if score >= min_score:
             items.append(_object_item(labels, k, plane, score, reason))
     items += _miss_items(miss_votes / n, plane, min_score)
     area_of = {id(item): _bbox_area(item.bbox) for item in items}
@@ -209,7 +211,7 @@ def _pinch_scores(labels: np.ndarray, area: np.ndarray) -> dict[int, float]:
     return {
         region.label: float(min(1.0, PINCH_WEIGHT * drop))
         for region, drop in zip(regions, typical_solidity - solidity, strict=True)
-        if region.area >= typical_area and drop >= PINCH
+        if area[region.label] >= typical_area and drop >= PINCH
     }
 
 
@@ -391,10 +393,11 @@ def iter_flipped_views(
 def certainty_map(labels: np.ndarray, views: list[np.ndarray]) -> np.ndarray:
     """How sure the model is of each pixel of ``labels``, 0 to 1, judged by flipped ``views``.
 
-    A pixel of an object gets ``1 -`` the object's score of :func:`rank_plane` (the mean over
-    the views of ``1 -`` its best IoU); a background pixel gets ``1 -`` the share of views that
-    find an object there that the labels lack. Whole objects share one value, so their
-    outlines are not singled out.
+    A pixel of an object gets ``1 -`` the object's flip disagreement in :func:`rank_plane` (the
+    mean over the views of ``1 -`` its best IoU; the shape cue does not enter: it is a doubt
+    about the segmentation, not about the model's consistency); a background pixel gets ``1 -``
+    the share of views that find an object there that the labels lack. Whole objects share
+    one value, so their outlines are not singled out.
 
     Parameters
     ----------
