@@ -28,6 +28,7 @@ from napari_unet.core.options import (
     PredictOptions,
     TrainSettings,
 )
+from napari_unet.core.seed_level import DEFAULT_LEVEL, SURE_LEVEL
 
 PREDICT_DEFAULTS = PredictOptions()
 TRAIN_DEFAULTS = TrainSettings()
@@ -163,8 +164,14 @@ def _add_predict(commands: Commands) -> None:
         action="store_true",
         help="test-time augmentation: average each tile's 8 flips and rotations (8x slower)",
     )
-    _add_number(
-        p, "--threshold", PREDICT_DEFAULTS.threshold, "probability threshold for objects", "P"
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help="probability level that cuts objects apart and from the background (default: "
+        f"chosen for each plane, {SURE_LEVEL:g} where the network is sure of most of what it "
+        f"finds, {DEFAULT_LEVEL:g} otherwise; a package from other software: "
+        f"{DEFAULT_LEVEL:g}); what was used is printed after each image",
     )
     p.add_argument("--min-size", type=int, metavar="PX", help="smallest object kept, in pixels")
     p.add_argument(
@@ -553,6 +560,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from napari_unet.core.generators import run_to_end
     from napari_unet.core.inference import Progress, iter_predict
     from napari_unet.core.registry import load_bundle
+    from napari_unet.core.seed_level import describe_levels
     from napari_unet.core.zarr_io import check_zarr_output, is_zarr
 
     distributed = bool(args.scheduler or args.scheduler_file)
@@ -627,7 +635,8 @@ def run_predict(args: argparse.Namespace) -> int:
             f"{path} -> {target} ({result.axes} {tuple(result.labels.shape)}, {count} {what}, {result.compute})"
         )
         sizes = describe_sizes(result.stats["sizes"], bundle.config.get("object_diameter"))
-        for line in (result.stats["colour_input"], sizes):
+        levels = describe_levels(result.stats["levels"])
+        for line in (result.stats["colour_input"], sizes, levels):
             if line:
                 print(f"  {line}")
     return 0
@@ -770,6 +779,7 @@ def _predict_on_dask(
         model_bytes,
     )
     from napari_unet.core.generators import run_to_end
+    from napari_unet.core.seed_level import describe_levels
 
     model = model_bytes(bundle)
     with (
@@ -826,8 +836,9 @@ def _predict_on_dask(
         f"{stats['blocks']} blocks of {stats['block_size']} px + {stats['halo']} px halo, "
         f"{stats['resumed']} resumed; merge {stats['merge_seconds']:.1f} s)"
     )
-    if stats["colour_input"]:
-        print(f"  {stats['colour_input']}")
+    for line in (stats["colour_input"], describe_levels(stats["levels"])):
+        if line:
+            print(f"  {line}")
     return 0
 
 

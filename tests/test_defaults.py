@@ -26,7 +26,6 @@ SHOWN = {
         "--tile-size": PREDICT.tile_size,
         "--overlap": PREDICT.overlap,
         "--batch-size": PREDICT.batch_size,
-        "--threshold": PREDICT.threshold,
         "--format": LABEL_FORMATS[0],
     },
     "train": {
@@ -133,11 +132,11 @@ def test_the_widgets_start_from_the_same_defaults(panels):
     segment, finetune = panels
     assert segment.tile_spin.value() == PREDICT.tile_size
     assert segment.overlap_spin.value() == pytest.approx(PREDICT.overlap)
-    assert segment.threshold_spin.value() == pytest.approx(PREDICT.threshold)
     assert segment.link_check.isChecked() is PREDICT.link_z
     assert segment.tta_check.isChecked() is PREDICT.tta
     assert segment.device_combo.currentData() == PREDICT.device
-    # mode, min size, diameter, channel and colour rule are automatic (None) as in the core
+    # mode, threshold, min size, diameter, channel and colour rule are automatic (None) as in
+    # the core
     assert segment.options() == PREDICT
     assert finetune.steps_spin.value() == TRAIN.steps
     assert finetune.lr_spin.value() == pytest.approx(TRAIN.learning_rate)

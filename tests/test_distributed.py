@@ -128,7 +128,9 @@ def test_blocks_give_the_single_process_labels(client, tmp_path, monkeypatch, la
     labels = _volume()
     image = _image(labels)
     bundle, model = _bundle_bytes(tmp_path)
-    reference = _reference(image, bundle, OPTIONS, SmoothOracle()).labels
+    single = _reference(image, bundle, OPTIONS, SmoothOracle())
+    reference, reference_levels = single.labels, {p.level for p in single.stats["levels"]}
+    assert len(reference_levels) == 1  # every plane alike: one level can give the same labels
     blocks = plan_blocks((3, 192, 256), BLOCK, 0)
     assert len(blocks) == 12
     # objects cross faces and corners, and the reference found them all
@@ -158,6 +160,9 @@ def test_blocks_give_the_single_process_labels(client, tmp_path, monkeypatch, la
     assert result.stats["objects"] == labels.max()
     assert result.stats["blocks"] == (12 if z_block is None else 24)
     assert result.stats["halo"] >= 2 * 16
+    # one level for every block, chosen on a window as the single process chooses per plane
+    (level,) = result.stats["levels"]
+    assert level.sure is not None and level.level == reference_levels.pop()
     discard_work(output)
     assert not work_folder(output).exists()
 
@@ -265,7 +270,7 @@ def test_a_block_failing_twice_fails_the_run_with_its_place(client, tmp_path):
     _, model = _bundle_bytes(tmp_path, high=99.9)  # the outlier stays far above 1
     attempts = tmp_path / "attempts"
     bad = SmoothOracle(attempts=str(attempts))
-    options = OPTIONS
+    options = dataclasses.replace(OPTIONS, threshold=0.5)  # given: no look at a window before the blocks
     with pytest.raises(
         EngineError, match=r"block \(0, 0, 0\): rows 0-127, columns 0-127 failed twice"
     ):

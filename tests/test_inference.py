@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -172,6 +174,40 @@ def test_object_count_in_stats(instance_bundle):
     image, _ = disks((96, 96), seed=1)
     result = predict(np.stack([image, image]), instance_bundle, FAST, axes="ZYX")
     assert result.stats["objects"] == len(np.unique(result.labels)) - 1
+
+
+def test_each_plane_is_cut_at_the_level_its_own_probabilities_call_for(instance_bundle):
+    """Of two planes of disks, the network is sure of the first (interior 0.97) and not of the
+    second (0.65): the first is cut at the higher level, the second at 0.5, where its dim
+    disks exist; a level the user gives holds for both."""
+    from napari_unet.core.seed_level import DEFAULT_LEVEL, SURE_LEVEL
+
+    image, truth = disks((64, 64), seed=2)
+    calls = []
+
+    def predictor(batch):
+        confidence = 0.97 if not calls else 0.65
+        calls.append(len(batch))
+        inside = (batch[:, 0] > 0.5).astype(np.float32)
+        interior = confidence * inside
+        boundary = 0.98 * inside - interior
+        return np.stack([1.0 - interior - boundary, interior, boundary], axis=1)
+
+    options = PredictOptions(tile_size=64, overlap=0.0, blending="none", diameter=20.0)
+    stack = np.stack([image, image])
+    result = run_to_end(
+        iter_predict(stack, instance_bundle, options, axes="ZYX", predictor=predictor)
+    )
+    assert len(calls) == 2  # one tile per plane, in order
+    assert [p.level for p in result.stats["levels"]] == [SURE_LEVEL, DEFAULT_LEVEL]
+    assert result.stats["levels"][0].sure > 0.9 and result.stats["levels"][1].sure == 0.0
+    assert result.labels[1].max() > 0  # at the higher level the dim plane would be empty
+    calls.clear()
+    given = replace(options, threshold=0.6, link_z=False)
+    result = run_to_end(
+        iter_predict(stack, instance_bundle, given, axes="ZYX", predictor=predictor)
+    )
+    assert [(p.level, p.sure) for p in result.stats["levels"]] == [(0.6, None), (0.6, None)]
 
 
 class ShortOfMemory:

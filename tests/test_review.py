@@ -104,6 +104,9 @@ def _cells(with_pair: bool = True) -> np.ndarray:
     return image
 
 
+AT_THE_NECK = PredictOptions(threshold=0.5)  # the level the pair's neck is built around
+
+
 class Tilted:
     """A pixel-wise predictor whose interior probability rises by ``tilt`` from the left to the
     right of each tile: objects far from 0.5 do not notice; the neck of the pair joins it on
@@ -123,12 +126,12 @@ class Tilted:
 def test_a_deliberately_ambiguous_object_ranks_first(instance_bundle):
     image = _cells()
     predictor = Tilted(0.1)
-    labels = predict(image, instance_bundle, PredictOptions(), predictor=predictor).labels
+    labels = predict(image, instance_bundle, AT_THE_NECK, predictor=predictor).labels
     assert len(np.unique(labels)) - 1 == 4  # the pair is one object, as segmented
     pair = int(labels[60, 140])
 
     steps = []
-    generator = iter_review(image, labels, instance_bundle, PredictOptions(), predictor=predictor)
+    generator = iter_review(image, labels, instance_bundle, AT_THE_NECK, predictor=predictor)
     while True:
         try:
             steps.append(next(generator))
@@ -147,13 +150,13 @@ def test_a_deliberately_ambiguous_object_ranks_first(instance_bundle):
 
 def test_a_flip_symmetric_model_leaves_nothing_to_check(instance_bundle):
     image = _cells()
-    labels = predict(image, instance_bundle, PredictOptions(), predictor=Tilted(0.0)).labels
-    assert review(image, labels, instance_bundle, PredictOptions(), predictor=Tilted(0.0)) == []
+    labels = predict(image, instance_bundle, AT_THE_NECK, predictor=Tilted(0.0)).labels
+    assert review(image, labels, instance_bundle, AT_THE_NECK, predictor=Tilted(0.0)) == []
 
 
 def test_only_the_chosen_planes_of_a_stack_are_predicted(instance_bundle):
     stack = np.stack([_cells(with_pair=False), _cells()])
-    options = PredictOptions()
+    options = AT_THE_NECK
     labels = predict(stack, instance_bundle, options, axes="ZYX", predictor=Tilted(0.1)).labels
     counting = Tilted(0.1)
 
@@ -191,7 +194,7 @@ def test_stop_ranks_with_the_views_done_so_far(instance_bundle):
     import threading
 
     image = _cells()
-    labels = predict(image, instance_bundle, PredictOptions(), predictor=Tilted(0.1)).labels
+    labels = predict(image, instance_bundle, AT_THE_NECK, predictor=Tilted(0.1)).labels
     stop = threading.Event()
     predictor = Tilted(0.1)
     generator = iter_review(

@@ -14,6 +14,7 @@ import numpy as np
 
 from napari_unet.core.postprocess import SEED_SMOOTHING, seed_smoothing_sigma
 from napari_unet.core.preprocess import DEFAULT_RGB_RULE
+from napari_unet.core.seed_level import DEFAULT_LEVEL, SURE_INTERIOR, SURE_LEVEL, SURE_SHARE
 
 UNET_CITATION = {
     "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image "
@@ -163,7 +164,6 @@ def readme(
     step: int,
     test_source: str,
     min_object_size: int,
-    threshold: float,
 ) -> str:
     """The package's README.md: use, pre- and post-processing, provenance and validation.
 
@@ -182,8 +182,6 @@ def readme(
         Where the test tensors come from.
     min_object_size : int
         Smallest object kept by napari-unet's post-processing, in pixels.
-    threshold : float
-        Probability threshold of the post-processing.
     """
     name = config.get("name") or "unnamed"
     sigma = seed_smoothing_sigma(config.get("object_diameter"))
@@ -258,10 +256,13 @@ def readme(
         f"{halo} pixels at each inner tile border (the output `halo`): with that context a "
         "tile's probabilities match the whole image's.",
         (
-            "napari-unet turns the probabilities into objects: interior pixels above "
-            f"{threshold:g}{smoothing} form one seed per connected component; seeds grow by "
+            "napari-unet turns the probabilities into objects: interior pixels above a level L"
+            f"{smoothing} form one seed per connected component; seeds grow by "
             "watershed over `boundary - interior` into the foreground (interior + boundary above "
-            f"{threshold:g}); objects under {min_object_size} pixels (5% of a typical object's "
+            f"L); L is {SURE_LEVEL:g} in a plane where at least {100 * SURE_SHARE:.0f}% of the "
+            f"foreground (interior + boundary above {DEFAULT_LEVEL:g}) has an interior above "
+            f"{SURE_INTERIOR:g}, else {DEFAULT_LEVEL:g}, unless the user gives it; objects "
+            f"under {min_object_size} pixels (5% of a typical object's "
             "area) are removed; in z-stacks objects of neighbouring planes overlapping with "
             "IoU >= 0.25 share an id. This step is not part of the bioimage.io spec, so "
             "other software shows the probabilities."

@@ -43,6 +43,13 @@ from napari_unet.core.postprocess import (
     semantic_labels,
 )
 from napari_unet.core.preprocess import iter_planes, normalize, to_model_channels
+from napari_unet.core.seed_level import (
+    DEFAULT_LEVEL,
+    SURE_INTERIOR,
+    SURE_LEVEL,
+    SURE_SHARE,
+    choose_level,
+)
 
 FORMAT_VERSION = "0.5.12"
 RDF_NAME = "rdf.yaml"
@@ -356,7 +363,7 @@ def _package_files(
     if config["mode"] == "instances":
         labels = instance_labels(
             probabilities[0],
-            threshold=PredictOptions().threshold,
+            threshold=choose_level(probabilities[0], PredictOptions().threshold).level,
             min_size=default_min_size(config.get("object_diameter")),
             seed_sigma=seed_smoothing_sigma(config.get("object_diameter")),
         )
@@ -408,7 +415,6 @@ def _description(
     if pixel_size_um is None and found is not None:
         pixel_size_um = found[1].pixel_size_um
     step = 2 ** int(architecture["depth"])
-    options = PredictOptions()
     halo = HALO
     min_size = (2 * halo // step + 1) * step  # the smallest size left with pixels after the halo
     diameter = config.get("object_diameter")
@@ -423,7 +429,6 @@ def _description(
         step=step,
         test_source=test_source,
         min_object_size=min_object_size,
-        threshold=options.threshold,
     )
     files["README.md"] = text.encode()
     scale = {"scale": pixel_size_um, "unit": "micrometer"} if pixel_size_um else {}
@@ -550,7 +555,12 @@ def _description(
                 "mode": config["mode"],
                 "class_names": list(config["class_names"]),
                 "object_diameter": diameter,
-                "threshold": options.threshold,
+                "threshold_rule": {  # the level of each plane (core/seed_level.py)
+                    "sure_interior": SURE_INTERIOR,
+                    "sure_share": SURE_SHARE,
+                    "sure_level": SURE_LEVEL,
+                    "default_level": DEFAULT_LEVEL,
+                },
                 "min_object_size": min_object_size,
                 "normalization": dict(config["normalization"]),
                 "input": dict(config["input"]),

@@ -28,6 +28,7 @@ from napari_unet.core.inference import Progress
 from napari_unet.core.io import Stack
 from napari_unet.core.postprocess import default_min_size, remove_small
 from napari_unet.core.preprocess import CHANNEL_AXES, iter_planes, plane_count, stack_axes_of
+from napari_unet.core.seed_level import DEFAULT_LEVEL
 
 SAFE_FORMATS = ("torchscript",)
 CODE_FORMATS = ("pytorch_state_dict",)
@@ -205,7 +206,7 @@ def iter_predict_package(
     package: ForeignPackage,
     *,
     channel: int | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     min_size: int | None = None,
     device: str = "auto",
 ) -> Generator[Progress, None, PackageResult]:
@@ -219,8 +220,11 @@ def iter_predict_package(
         From :func:`open_package`.
     channel : int, optional
         The channel to give a single-channel model from a multichannel image.
-    threshold : float
-        Probability above which a single-channel probability output is foreground.
+    threshold : float or None
+        Probability above which a single-channel probability output is foreground; None:
+        :data:`~napari_unet.core.seed_level.DEFAULT_LEVEL` (0.5). The choice from the
+        network's confidence that napari-unet's own models get needs their interior and
+        boundary classes, which another package's output does not have.
     min_size : int, optional
         Smallest object kept from a probability output, in pixels (default: 10).
     device : {"auto", "cpu", "cuda", "mps"}
@@ -266,6 +270,7 @@ def iter_predict_package(
     outputs: list[np.ndarray] = []
     next_id = 0
     smallest = default_min_size(None) if min_size is None else min_size
+    level = DEFAULT_LEVEL if threshold is None else threshold
     with pipeline:
         for done, (_, plane, plane_axes) in enumerate(iter_planes(stack.data, stack.axes), 1):
             pixels = _as_model_input(_pad_plane(plane, padded), plane_axes, axes, channel)
@@ -283,7 +288,7 @@ def iter_predict_package(
             (output,) = sample.members.values()
             values = _crop_plane(_as_plane_output(output.data, package), plane_size, padded)
             if package.kind == "objects":
-                values = remove_small(_connected(values > threshold), smallest)
+                values = remove_small(_connected(values > level), smallest)
                 values = np.where(values > 0, values + np.uint32(next_id), 0).astype(np.uint32)
                 next_id = max(next_id, int(values.max()))
             outputs.append(values)

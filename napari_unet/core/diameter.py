@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_unet.core.wording import value_range
+
 SAMPLE_EDGE = 512  # edge of the window looked at first, in pixels
 MIN_OBJECTS = 3  # fewer foreground objects than this give no estimate
 NO_RESCALE = (0.8, 1.25)  # scale factors in this band leave the plane as it is
@@ -254,7 +256,7 @@ def describe_sizes(sizes: list[PlaneSize], trained_diameter: float | None) -> st
         return f"{reason}: segmented at the model's scale ({trained_diameter:.0f} px)"
     diameters = [s.diameter for s in known]
     factors = [s.factor for s in sizes]
-    size = _span(diameters, "{:.0f}") + " px across"
+    size = value_range(diameters, "{:.0f}") + " px across"
     if known[0].source == "given":
         origin = "as given"
     else:
@@ -265,13 +267,6 @@ def describe_sizes(sizes: list[PlaneSize], trained_diameter: float | None) -> st
     scaled = (
         "image not rescaled"
         if all(f == 1.0 for f in factors)
-        else "image scaled " + _span(factors, "{:.2f}") + "x"
+        else "image scaled " + value_range(factors, "{:.2f}") + "x"
     )
     return f"objects about {size} ({origin}; the model expects {trained_diameter:.0f} px): {scaled}"
-
-
-def _span(values: list[float], fmt: str) -> str:
-    low, high = min(values), max(values)
-    if fmt.format(low) == fmt.format(high):
-        return fmt.format(float(np.median(values)))
-    return f"{fmt.format(low)}-{fmt.format(high)}"

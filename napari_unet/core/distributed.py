@@ -63,6 +63,7 @@ from napari_unet.core.preprocess import (
     labels_axes_of,
     to_model_channels,
 )
+from napari_unet.core.seed_level import PlaneLevel
 from napari_unet.core.tiling import aligned_margin, core_size, round_up
 from napari_unet.core.version import __version__
 
@@ -163,7 +164,8 @@ class DistributedPrediction:
         ``blocks``, ``block_size``, ``z_block`` (planes per block; None: all), ``halo``,
         ``resumed`` (blocks already done),
         ``objects``, ``merged_pairs``, ``predict_seconds``, ``merge_seconds``, ``diameter``,
-        ``colour_input`` (the sentence of the colour input every block used; None for grey).
+        ``levels`` (the one :class:`~napari_unet.core.seed_level.PlaneLevel` of every block of an
+        instance segmentation; none in semantic mode), ``colour_input`` (the sentence of the colour input every block used; None for grey).
     """
 
     labels: Any
@@ -539,13 +541,20 @@ def iter_predict_blocks(
     with dask.config.set(scheduler="threads"):  # a lazy image's first plane is read here
         colour = decide_colour(stack, bundle.config, options)
     ranges = _plane_ranges(client, stack, source, bundle.config, options.channel, colour)
-    # one object diameter for every block: the one given, else one estimated on the whole
-    # image's most structured window, else the trained one (no rescale)
+    # one object diameter and one level for every block: those given, else those the engine
+    # chooses on the whole image's most structured window; else the trained diameter (no
+    # rescale)
     diameter = options.diameter
-    if diameter is None and mode == "instances":
-        diameter = _estimate_diameter(
-            client, stack, ranges, bundle, options, plugin, predictor, colour
-        )
+    levels: list[PlaneLevel] = []  # the one level of every block, listed as iter_predict's
+    if mode == "instances":
+        given = options.threshold
+        level = None if given is None else PlaneLevel(given, None)
+        if diameter is None or level is None:
+            diameter, level = _look_at_window(
+                client, stack, ranges, bundle, options, plugin, predictor, colour
+            )
+        levels = [level]
+        options = dataclasses.replace(options, threshold=level.level)
     diameter = diameter or bundle.config.get("object_diameter")
     options = dataclasses.replace(options, diameter=diameter)
     memory = _worker_memory(client)
@@ -641,6 +650,7 @@ def iter_predict_blocks(
             "predict_seconds": predicted - started,
             "merge_seconds": merged - predicted,
             "diameter": diameter,
+            "levels": levels,
             "colour_input": None if colour is None else describe_colour_input(colour),
         },
     )
@@ -918,7 +928,7 @@ def _channel_ranges(
     return channel_ranges(x, config["normalization"])
 
 
-def _estimate_diameter(
+def _look_at_window(
     client: Client,
     stack: Stack,
     ranges: dict[tuple[int, ...], np.ndarray],
@@ -927,10 +937,11 @@ def _estimate_diameter(
     plugin: BundlePlugin,
     predictor: Callable[[np.ndarray], np.ndarray] | None,
     colour: ColourChoice | None,
-) -> float | None:
-    """The object diameter of the middle plane's most structured window, estimated by the
-    engine itself (:func:`~napari_unet.core.inference.iter_predict` with no diameter) on a
-    worker; None when no object is found."""
+) -> tuple[float | None, PlaneLevel]:
+    """The object diameter and the level of the middle plane's most structured window, as
+    the engine itself chooses them (:func:`~napari_unet.core.inference.iter_predict`) on a
+    worker: each the one ``options`` give, else the one chosen (a diameter of None when no
+    object is found)."""
     import dask
 
     from napari_unet.core.diameter import sample_window
@@ -944,7 +955,7 @@ def _estimate_diameter(
     rows, cols = sample_window(normalize(x, bundle.config["normalization"], ranges[index]))
     window = plane[rows, cols]
     future = client.submit(
-        _size_of_window,
+        _choices_of_window,
         window,
         plane_axes,
         ranges[index],
@@ -958,7 +969,7 @@ def _estimate_diameter(
     return future.result()
 
 
-def _size_of_window(
+def _choices_of_window(
     window: np.ndarray,
     axes: str,
     ranges: np.ndarray,
@@ -966,7 +977,7 @@ def _size_of_window(
     plugin: str,
     predictor: Callable[[np.ndarray], np.ndarray] | None,
     colour: ColourChoice | None,
-) -> float | None:
+) -> tuple[float | None, PlaneLevel]:
     from napari_unet.core.generators import run_to_end
 
     bundle = get_worker().plugins[plugin].bundle
@@ -974,13 +985,13 @@ def _size_of_window(
         iter_predict(
             Stack(window, axes),
             bundle,
-            dataclasses.replace(options, diameter=None),
+            options,
             predictor=predictor,
             plane_ranges={(): ranges},
             colour=colour,
         )
     )
-    return result.stats["sizes"][0].diameter
+    return result.stats["sizes"][0].diameter, result.stats["levels"][0]
 
 
 def _segment_block(

@@ -55,6 +55,7 @@ from napari_unet.core.preprocess import (
     read_plane,
 )
 from napari_unet.core.resources import check_fits
+from napari_unet.core.seed_level import DEFAULT_LEVEL, PlaneLevel, choose_level
 from napari_unet.core.tiling import (
     AxisPlan,
     Predictor,
@@ -94,9 +95,10 @@ class Prediction:
         ``tiles``, ``processed_pixel_ratio`` (network input pixels / image pixels), ``planes``,
         ``look_pixel_ratio`` (the same for the looks of the size estimate), ``sizes`` (one
         :class:`~napari_unet.core.diameter.PlaneSize` per plane), ``scale_factor`` (their
-        median), ``objects``, ``colour_input`` (how a colour image became the model's
-        input, a sentence from :func:`~napari_unet.core.preprocess.describe_colour_input`;
-        None for a grey image).
+        median), ``levels`` (one :class:`~napari_unet.core.seed_level.PlaneLevel` per plane
+        of an instance segmentation), ``objects``, ``colour_input`` (how a colour image
+        became the model's input, a sentence from
+        :func:`~napari_unet.core.preprocess.describe_colour_input`; None for a grey image).
     """
 
     labels: Any
@@ -321,12 +323,12 @@ def iter_predict(
     to_labels = partial(
         _plane_labels,
         mode=mode,
-        threshold=options.threshold,
         object_diameter=config.get("object_diameter"),
         shape=plane_shape,
     )
     pipeline = LabelPipeline(to_labels, workers)
     store = _LabelStore(labels, labels_axes, mode)
+    levels: list[PlaneLevel] = []
 
     def store_finished(drain: bool = False) -> Generator[Progress, None, None]:
         for finished in pipeline.collect(drain=drain):
@@ -358,7 +360,12 @@ def iter_predict(
                         )
                     x = _resize(x, shape)
                 probabilities = yield from tiler.predict(x, planes_left)
-            pipeline.submit(index, probabilities, min_size=sizer.min_size(size))
+            settings: dict[str, Any] = {"min_size": sizer.min_size(size)}
+            if mode == "instances":
+                level = choose_level(probabilities, options.threshold)
+                levels.append(level)
+                settings["threshold"] = level.level
+            pipeline.submit(index, probabilities, **settings)
             yield from store_finished()
         yield from store_finished(drain=True)
     finally:
@@ -388,6 +395,7 @@ def iter_predict(
             "post_workers": workers,
             "scale_factor": float(np.median([s.factor for s in sizer.sizes])),
             "sizes": sizer.sizes,
+            "levels": levels,
             "objects": next_id - 1 if mode == "instances" else None,
             "colour_input": colour_input,
         },
@@ -592,14 +600,15 @@ class _PlaneSizer:
         sample = x[(slice(None), *sample_window(x))]
         whole = sample.shape == x.shape
         first = yield from tiler.predict(sample, planes_left, look=not whole)
-        found = measure_diameter(first, self.options.threshold)
+        look_level = self.options.threshold or DEFAULT_LEVEL
+        found = measure_diameter(first, look_level)
         factor = 1.0 if found.diameter is None else rescale_factor(self.trained, found.diameter)
         if factor == 1.0:
             size = self._estimated(found)
         else:
             closer = _resize(sample, _scaled(sample.shape[1:], factor))
             second = measure_diameter(
-                (yield from tiler.predict(closer, planes_left, look=True)), self.options.threshold
+                (yield from tiler.predict(closer, planes_left, look=True)), look_level
             )
             if factor > 1.0 and not confirms_enlargement(found, second):
                 size = PlaneSize(1.0, None, "unconfirmed", found.objects)
@@ -640,13 +649,14 @@ def _plane_labels(
     probabilities: np.ndarray,
     *,
     mode: str,
-    threshold: float,
     min_size: int,
+    threshold: float = DEFAULT_LEVEL,
     object_diameter: float | None,
     shape: tuple,
 ) -> np.ndarray:
     """Labels of one plane from its class probabilities (at the model's scale, where objects
-    are ``object_diameter`` across), resized back to ``shape``."""
+    are ``object_diameter`` across), resized back to ``shape``; instances are cut at the
+    probability ``threshold``."""
     scale = shape[0] / probabilities.shape[1]
     if probabilities.shape[1:] != tuple(shape):
         probabilities = _resize(probabilities, shape)

@@ -75,8 +75,10 @@ class PredictOptions:
         Overlap between neighbouring tiles as a fraction of the tile (context margin is half).
     batch_size : int
         Tiles per forward pass.
-    threshold : float
-        Probability threshold for instance seeds and foreground.
+    threshold : float or None
+        Probability level of instance seeds and foreground; None chooses it for each plane
+        from how sure the network is of what it found (:mod:`napari_unet.core.seed_level`:
+        0.7 where it is sure, 0.5 otherwise).
     min_size : int or None
         Smallest object kept, in pixels; None derives it from the object diameter.
     link_z : bool
@@ -114,7 +116,7 @@ class PredictOptions:
     tile_size: int = 1024
     overlap: float = 0.0625
     batch_size: int = 1
-    threshold: float = 0.5
+    threshold: float | None = None
     min_size: int | None = None
     link_z: bool = True
     diameter: float | None = None
@@ -138,7 +140,8 @@ class PredictOptions:
         _in_range("tile size", self.tile_size, 16, 8192, integer=True)
         _in_range("overlap", self.overlap, 0.0, 0.5)
         _in_range("batch size", self.batch_size, 1, 256, integer=True)
-        _in_range("threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
+        if self.threshold is not None:
+            _in_range("threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
         if self.min_size is not None:
             _in_range("minimum object size", self.min_size, 0, 10**8, integer=True)
         if self.diameter is not None:

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import QLineEdit
 
 from napari_unet.core.io import LAZY_BYTES, Stack
 from napari_unet.core.options import PredictOptions
+from napari_unet.core.seed_level import describe_levels
 from napari_unet.gui.controls import collapsible_form, int_spin
 from napari_unet.gui.layers import METADATA_KEY, layer_key
 from napari_unet.gui.workers import Job, JobEnd, worker_thread_count
@@ -283,9 +284,11 @@ class BlockSegmenter:
         layer.data = _on_disk(outcome.labels, folder)
         stats = outcome.stats
         found = f"{stats['objects']} objects" if stats["objects"] is not None else "classes"
+        levels = describe_levels(stats["levels"])
         self.status(
             f"{layer.name}: {found}, {stats['blocks']} blocks of {stats['block_size']} px "
             f"(+{stats['halo']} px halo), on disk until the layer is removed."
+            + (f"\n{levels[0].upper()}{levels[1:]}." if levels else "")
         )
 
     def finished(self, end: JobEnd) -> None:

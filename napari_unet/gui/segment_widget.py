@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 from napari_unet.core.diameter import describe_sizes
 from napari_unet.core.io import Stack
 from napari_unet.core.options import DEFAULT_MODEL, RGB_CHOICES, PredictOptions
+from napari_unet.core.seed_level import DEFAULT_LEVEL, SURE_LEVEL, describe_levels
 from napari_unet.gui.block_segment import BlockSegmenter, full_resolution
 from napari_unet.gui.controls import (
     button_row,
@@ -165,7 +166,13 @@ class SegmentPanel(QWidget):
         self.colour_combo = colour_combo()
         self.tile_spin = int_spin(64, 4096, 64)
         self.overlap_spin = float_spin(0.0, 0.5, step=0.025, decimals=4)
-        self.threshold_spin = float_spin(0.05, 0.95)
+        self.threshold_spin = float_spin(0.0, 0.95, special="auto")
+        self.threshold_spin.setToolTip(
+            "Probability level that cuts objects apart and from the background. 'auto' "
+            f"chooses it for each plane: {SURE_LEVEL:g} where the network is sure of most of "
+            f"what it finds (parts touching objects), {DEFAULT_LEVEL:g} otherwise (keeps dim "
+            "objects whole in a noisy image)."
+        )
         self.min_size_spin = int_spin(0, 100000, special="auto")
         self.diameter_spin = float_spin(0.0, 2000.0, 1.0, decimals=1, special="auto")
         self.diameter_spin.setToolTip(
@@ -372,7 +379,9 @@ class SegmentPanel(QWidget):
         self.channel_spin.setValue(-1 if defaults.channel is None else defaults.channel)
         self.tile_spin.setValue(int(s.value("segment/tile", defaults.tile_size)))
         self.overlap_spin.setValue(float(s.value("segment/overlap", defaults.overlap)))
-        self.threshold_spin.setValue(float(s.value("segment/threshold", defaults.threshold)))
+        # "segment/level", not the old "segment/threshold": that key holds the 0.5 every
+        # earlier version saved, which would hide the automatic choice
+        self.threshold_spin.setValue(float(s.value("segment/level", defaults.threshold or 0.0)))
         self.min_size_spin.setValue(int(s.value("segment/min_size", 0)))
         linked = str(s.value("segment/link_z", str(defaults.link_z).lower()))
         self.link_check.setChecked(linked == "true")
@@ -382,7 +391,7 @@ class SegmentPanel(QWidget):
         s.setValue("segment/model", self.model)
         s.setValue("segment/tile", self.tile_spin.value())
         s.setValue("segment/overlap", self.overlap_spin.value())
-        s.setValue("segment/threshold", self.threshold_spin.value())
+        s.setValue("segment/level", self.threshold_spin.value())
         s.setValue("segment/min_size", self.min_size_spin.value())
         s.setValue("segment/link_z", "true" if self.link_check.isChecked() else "false")
 
@@ -392,7 +401,7 @@ class SegmentPanel(QWidget):
             mode=None if mode == "model's mode" else mode,
             tile_size=self.tile_spin.value(),
             overlap=self.overlap_spin.value(),
-            threshold=self.threshold_spin.value(),
+            threshold=self.threshold_spin.value() or None,
             min_size=self.min_size_spin.value() or None,
             link_z=self.link_check.isChecked(),
             diameter=self.diameter_spin.value() or None,
@@ -530,10 +539,11 @@ class SegmentPanel(QWidget):
         prediction = segmented.prediction
         labels_layer = self._write_labels(request, prediction, segmented.diameter)
         sizes = describe_sizes(prediction.stats.get("sizes", []), segmented.diameter)
+        levels = describe_levels(prediction.stats.get("levels", []))
         colour = prediction.stats.get("colour_input")
         self.status.setText(
             f"{labels_layer.name}: {self._describe(prediction)} ({prediction.compute}).\n"
-            + "".join(f"{line[0].upper()}{line[1:]}.\n" for line in (colour, sizes) if line)
+            + "".join(f"{line[0].upper()}{line[1:]}.\n" for line in (colour, sizes, levels) if line)
             + "Correct mistakes with the brush, eraser and fill, then fine-tune."
         )
         self.progress_bar.setValue(self.progress_bar.maximum())
