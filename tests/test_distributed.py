@@ -270,7 +270,9 @@ def test_a_block_failing_twice_fails_the_run_with_its_place(client, tmp_path):
     _, model = _bundle_bytes(tmp_path, high=99.9)  # the outlier stays far above 1
     attempts = tmp_path / "attempts"
     bad = SmoothOracle(attempts=str(attempts))
-    options = dataclasses.replace(OPTIONS, threshold=0.5)  # given: no look at a window before the blocks
+    options = dataclasses.replace(
+        OPTIONS, threshold=0.5
+    )  # given: no look at a window before the blocks
     with pytest.raises(
         EngineError, match=r"block \(0, 0, 0\): rows 0-127, columns 0-127 failed twice"
     ):
