@@ -168,10 +168,10 @@ def _add_predict(commands: Commands) -> None:
         "--threshold",
         type=float,
         metavar="P",
-        help="probability level that cuts objects apart and from the background (default: "
-        f"chosen for each plane, {SURE_LEVEL:g} where the network is sure of most of what it "
-        f"finds, {DEFAULT_LEVEL:g} otherwise; a package from other software: "
-        f"{DEFAULT_LEVEL:g}); what was used is printed after each image",
+        help="probability level of the objects' seeds and foreground (default: foreground "
+        f"{DEFAULT_LEVEL:g}, seeds chosen for each plane: {SURE_LEVEL:g} where the network is "
+        f"sure of much of what it finds, {DEFAULT_LEVEL:g} otherwise; a package from other "
+        f"software: {DEFAULT_LEVEL:g}); what was used is printed after each image",
     )
     p.add_argument("--min-size", type=int, metavar="PX", help="smallest object kept, in pixels")
     p.add_argument(

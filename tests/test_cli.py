@@ -60,7 +60,7 @@ def test_predict_writes_labels_with_scale(tmp_path, model, capsys):
     size, level = out.splitlines()[-2:]
     assert "14 px" in size  # the object size used is said (an untrained model finds nothing
     # to measure: "too few objects to estimate their size ... (14 px)"), then the level
-    assert level.strip().startswith("objects cut at probability 0.5: the network is sure of")
+    assert level.strip().startswith("objects seeded at probability 0.5: the network is sure of")
     # existing output without --overwrite: an error before any work
     assert (
         main(

@@ -41,14 +41,18 @@ def test_the_share_of_sure_foreground_is_counted_as_defined():
     assert sure_share(_probabilities(np.zeros((5, 5)), np.zeros((5, 5)))) == 0.0
 
 
-def test_a_sure_plane_is_cut_higher_and_its_touching_pair_parts():
-    """Sure cores joined by a waist of 0.6: at 0.5 they are one object, at the chosen level
-    two, and the chosen level is the higher one because most of the foreground is sure."""
+def test_a_sure_plane_is_seeded_higher_and_its_touching_pair_parts_whole():
+    """Sure cores joined by a waist of 0.6: seeded at 0.5 they are one object, at the chosen
+    level two, and the chosen level is the higher one because most of the foreground is sure;
+    the foreground stays at 0.5, so the two keep the pair's whole extent."""
     probabilities = _pair_with_a_neck(core=0.96, neck=0.6)
     chosen = choose_level(probabilities, None)
     assert chosen.sure >= SURE_SHARE and chosen.level == SURE_LEVEL
+    assert chosen.foreground == DEFAULT_LEVEL
     assert instance_labels(probabilities, threshold=DEFAULT_LEVEL).max() == 1
-    assert instance_labels(probabilities, threshold=chosen.level).max() == 2
+    parted = instance_labels(probabilities, threshold=chosen.foreground, seed_level=chosen.level)
+    assert parted.max() == 2
+    assert np.array_equal(parted > 0, probabilities[1] + probabilities[2] > DEFAULT_LEVEL)
 
 
 def test_an_unsure_plane_keeps_the_default_and_its_dim_object():
@@ -58,18 +62,21 @@ def test_an_unsure_plane_keeps_the_default_and_its_dim_object():
     chosen = choose_level(probabilities, None)
     assert chosen.sure == 0.0 and chosen.level == DEFAULT_LEVEL
     assert instance_labels(probabilities, threshold=chosen.level).max() >= 1
-    assert instance_labels(probabilities, threshold=SURE_LEVEL).max() == 0
+    assert instance_labels(probabilities, seed_level=SURE_LEVEL).max() == 0
 
 
 def test_a_given_level_is_kept_and_said_to_be_given():
     probabilities = _pair_with_a_neck(core=0.96, neck=0.6)
-    assert choose_level(probabilities, 0.42) == PlaneLevel(0.42, None)
-    assert describe_levels([PlaneLevel(0.42, None)]) == "objects cut at probability 0.42, as given"
+    given = choose_level(probabilities, 0.42)
+    assert given == PlaneLevel(0.42, None) and given.foreground == 0.42  # seeds and foreground
+    assert describe_levels([given]) == "objects seeded at probability 0.42, as given"
 
 
 def test_the_sentence_names_the_level_and_why():
     one = describe_levels([PlaneLevel(SURE_LEVEL, 0.46)])
-    assert one.startswith(f"objects cut at probability {SURE_LEVEL:g}: the network is sure of 46%")
+    assert one.startswith(
+        f"objects seeded at probability {SURE_LEVEL:g}: the network is sure of 46%"
+    )
     stack = describe_levels([PlaneLevel(DEFAULT_LEVEL, 0.1), PlaneLevel(SURE_LEVEL, 0.4)])
     assert f"{DEFAULT_LEVEL:g}-{SURE_LEVEL:g}" in stack and "10-40%" in stack
     assert describe_levels([]) == ""

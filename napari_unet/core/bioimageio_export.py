@@ -361,9 +361,11 @@ def _package_files(
     state = io.BytesIO()
     torch.save(network.state_dict(), state)
     if config["mode"] == "instances":
+        level = choose_level(probabilities[0], PredictOptions().threshold)
         labels = instance_labels(
             probabilities[0],
-            threshold=choose_level(probabilities[0], PredictOptions().threshold).level,
+            threshold=level.foreground,
+            seed_level=level.level,
             min_size=default_min_size(config.get("object_diameter")),
             seed_sigma=seed_smoothing_sigma(config.get("object_diameter")),
         )

@@ -545,7 +545,7 @@ def iter_predict_blocks(
     # chooses on the whole image's most structured window; else the trained diameter (no
     # rescale)
     diameter = options.diameter
-    levels: list[PlaneLevel] = []  # the one level of every block, listed as iter_predict's
+    level = None  # the one level every block's objects are cut apart at (instances only)
     if mode == "instances":
         given = options.threshold
         level = None if given is None else PlaneLevel(given, None)
@@ -553,8 +553,6 @@ def iter_predict_blocks(
             diameter, level = _look_at_window(
                 client, stack, ranges, bundle, options, plugin, predictor, colour
             )
-        levels = [level]
-        options = dataclasses.replace(options, threshold=level.level)
     diameter = diameter or bundle.config.get("object_diameter")
     options = dataclasses.replace(options, diameter=diameter)
     memory = _worker_memory(client)
@@ -580,6 +578,7 @@ def iter_predict_blocks(
         "halo": halo,
         "model": hashlib.sha256(model).hexdigest(),
         "options": repr(options),
+        "level": repr(level),
         "predictor": repr(predictor),
     }
     token = hashlib.sha256(json.dumps([plan, str(output)]).encode()).hexdigest()[:12]
@@ -601,6 +600,7 @@ def iter_predict_blocks(
             mode,
             predictor,
             colour,
+            level,
             key=f"napari-unet-block-{'-'.join(map(str, block.grid))}-{token}",
             retries=1,
             pure=False,
@@ -650,7 +650,7 @@ def iter_predict_blocks(
             "predict_seconds": predicted - started,
             "merge_seconds": merged - predicted,
             "diameter": diameter,
-            "levels": levels,
+            "levels": [] if level is None else [level],
             "colour_input": None if colour is None else describe_colour_input(colour),
         },
     )
@@ -1004,6 +1004,7 @@ def _segment_block(
     mode: str,
     predictor: Callable[[np.ndarray], np.ndarray] | None,
     colour: ColourChoice | None,
+    level: PlaneLevel | None,
 ) -> int:
     """Segment one block on a worker, store its own pixels and its frame; return its count
     of objects (of classes present, in semantic mode)."""
@@ -1019,6 +1020,7 @@ def _segment_block(
             predictor=predictor,
             plane_ranges=_window_ranges(ranges, source.axes, block.outer[0]),
             colour=colour,
+            fixed_level=level,
         )
     )
     others = "".join(a for a in result.axes if a not in "ZYX")

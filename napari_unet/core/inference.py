@@ -244,6 +244,7 @@ def iter_predict(
     plane_ranges: Mapping[tuple[int, ...], np.ndarray] | None = None,
     make_labels: LabelMaker = labels_in_memory,
     colour: ColourChoice | None = None,
+    fixed_level: PlaneLevel | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """Segment every plane of an image.
 
@@ -270,6 +271,10 @@ def iter_predict(
         How a colour image becomes the model's input, decided for the whole image (a block
         of a larger image gets the whole image's choice); by default :func:`decide_colour`
         on the first plane.
+    fixed_level : PlaneLevel, optional
+        The level every plane's objects are cut apart at, decided for the whole image (a
+        block of a larger image gets the whole image's); by default chosen for each plane
+        (:func:`~napari_unet.core.seed_level.choose_level`).
 
     Yields
     ------
@@ -362,9 +367,9 @@ def iter_predict(
                 probabilities = yield from tiler.predict(x, planes_left)
             settings: dict[str, Any] = {"min_size": sizer.min_size(size)}
             if mode == "instances":
-                level = choose_level(probabilities, options.threshold)
+                level = fixed_level or choose_level(probabilities, options.threshold)
                 levels.append(level)
-                settings["threshold"] = level.level
+                settings.update(threshold=level.foreground, seed_level=level.level)
             pipeline.submit(index, probabilities, **settings)
             yield from store_finished()
         yield from store_finished(drain=True)
@@ -651,12 +656,13 @@ def _plane_labels(
     mode: str,
     min_size: int,
     threshold: float = DEFAULT_LEVEL,
+    seed_level: float | None = None,
     object_diameter: float | None,
     shape: tuple,
 ) -> np.ndarray:
     """Labels of one plane from its class probabilities (at the model's scale, where objects
-    are ``object_diameter`` across), resized back to ``shape``; instances are cut at the
-    probability ``threshold``."""
+    are ``object_diameter`` across), resized back to ``shape``; instances are seeded above
+    ``seed_level`` (None: ``threshold``) and grown into the foreground above ``threshold``."""
     scale = shape[0] / probabilities.shape[1]
     if probabilities.shape[1:] != tuple(shape):
         probabilities = _resize(probabilities, shape)
@@ -665,6 +671,7 @@ def _plane_labels(
     return instance_labels(
         probabilities,
         threshold=threshold,
+        seed_level=seed_level,
         min_size=min_size,
         seed_sigma=seed_smoothing_sigma(object_diameter, scale),
     )

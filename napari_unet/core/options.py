@@ -76,9 +76,9 @@ class PredictOptions:
     batch_size : int
         Tiles per forward pass.
     threshold : float or None
-        Probability level of instance seeds and foreground; None chooses it for each plane
-        from how sure the network is of what it found (:mod:`napari_unet.core.seed_level`:
-        0.7 where it is sure, 0.5 otherwise).
+        Probability level of instance seeds and foreground; None keeps the foreground at 0.5
+        and chooses the seeds' level for each plane from how sure the network is of what it
+        found (:mod:`napari_unet.core.seed_level`: 0.7 where it is sure, 0.5 otherwise).
     min_size : int or None
         Smallest object kept, in pixels; None derives it from the object diameter.
     link_z : bool

@@ -34,12 +34,13 @@ def instance_labels(
     probabilities: np.ndarray,
     *,
     threshold: float = 0.5,
+    seed_level: float | None = None,
     min_size: int = 10,
     seed_sigma: float = 0.0,
 ) -> np.ndarray:
     """Separate objects from background / interior / boundary probabilities.
 
-    Interior pixels above ``threshold`` form one seed per object; seeds grow by watershed
+    Interior pixels above ``seed_level`` form one seed per object; seeds grow by watershed
     (over the boundary-minus-interior relief) into the foreground (interior + boundary above
     ``threshold``). Objects smaller than ``min_size`` pixels are removed.
 
@@ -48,7 +49,10 @@ def instance_labels(
     probabilities : ndarray of shape (3, Y, X)
         Softmax output: background, interior, boundary.
     threshold : float
-        Probability of the seeds and of the foreground.
+        Probability of the foreground.
+    seed_level : float or None
+        Interior probability of the seeds; None: ``threshold``. A higher level parts touching
+        objects joined by a waist of middling interior probability.
     min_size : int
         Smallest object kept, in pixels.
     seed_sigma : float
@@ -68,10 +72,11 @@ def instance_labels(
     from skimage.segmentation import watershed
 
     interior, boundary = probabilities[1], probabilities[2]
+    level = threshold if seed_level is None else seed_level
     if seed_sigma > 0:  # fill speckles inside an object; keep the gaps where boundary wins
-        seed_area = (ndi.gaussian_filter(interior, seed_sigma) > threshold) & (boundary < interior)
+        seed_area = (ndi.gaussian_filter(interior, seed_sigma) > level) & (boundary < interior)
     else:
-        seed_area = interior > threshold
+        seed_area = interior > level
     seeds, n_seeds = ndi.label(seed_area)
     if n_seeds == 0:
         return np.zeros(interior.shape, dtype=np.uint32)

@@ -1,15 +1,18 @@
-"""The probability level that cuts a plane into objects, chosen from how sure the network is.
+"""The probability level that cuts a plane's objects apart, chosen from how sure the network is.
 
 Instance labels grow from seeds where the interior probability passes a level into the
-foreground above the same level (:func:`napari_unet.core.postprocess.instance_labels`). No one
-level suits every image (``benchmarks/RESULTS.md``, "the instance threshold"): where the network
-is sure of the nuclei, a higher level parts touching nuclei that a soft or out-of-focus image
-joins at 0.5; where it is not, as in a dim, noisy image, a higher level breaks nuclei into
-pieces and loses the dim ones. The network itself tells the two apart: the share of a plane's
-foreground (interior + boundary above 0.5) where the interior probability exceeds
-:data:`SURE_INTERIOR`. A plane where that share reaches :data:`SURE_SHARE` is cut at
-:data:`SURE_LEVEL`, any other at :data:`DEFAULT_LEVEL`. The rule was chosen on images of the
-``nuclei`` model's training families under seven shifts (``benchmarks/seed_level.py``).
+foreground (:func:`napari_unet.core.postprocess.instance_labels`). No one seed level suits every
+image (``benchmarks/RESULTS.md``, "the instance threshold"): where the network is sure of the
+nuclei, a higher level parts touching nuclei that a soft or crowded image joins at 0.5; where
+it is not, as in a dim, noisy image, a higher level breaks nuclei into pieces and loses the dim
+ones. The network itself tells the two apart: the share of a plane's foreground (interior +
+boundary above 0.5) where the interior probability exceeds :data:`SURE_INTERIOR`. A plane where
+that share reaches :data:`SURE_SHARE` is seeded at :data:`SURE_LEVEL`, any other at
+:data:`DEFAULT_LEVEL`; the foreground stays at :data:`DEFAULT_LEVEL`, so objects keep their
+extent (raising it too shrank them and lost dim ones: -0.04 AP on the CTC HeLa frames, and
+fine-tuned versions lost 0.05-0.07 on the base's own images). A level the user gives holds for
+seeds and foreground alike. The rule was chosen on images of the ``nuclei`` model's training
+families under seven shifts (``benchmarks/seed_level.py``).
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ DEFAULT_LEVEL = 0.5  # the level of any other plane (and of the size estimate's 
 
 @dataclass(frozen=True)
 class PlaneLevel:
-    """The level one plane was cut at, and why.
+    """The level one plane's objects were cut apart at, and why.
 
     Attributes
     ----------
     level : float
-        Probability level of the seeds and of the foreground.
+        Interior probability of the seeds.
     sure : float or None
         Share of the plane's foreground the network is sure of, from which the level was
         chosen; None when the user gave the level.
@@ -42,6 +45,11 @@ class PlaneLevel:
 
     level: float
     sure: float | None
+
+    @property
+    def foreground(self) -> float:
+        """Probability of the foreground: the level the user gave, else :data:`DEFAULT_LEVEL`."""
+        return self.level if self.sure is None else DEFAULT_LEVEL
 
 
 def sure_share(probabilities: np.ndarray) -> float:
@@ -72,13 +80,13 @@ def choose_level(probabilities: np.ndarray, given: float | None) -> PlaneLevel:
 def describe_levels(levels: Sequence[PlaneLevel]) -> str:
     """One sentence for the user: the level the planes were cut at and why.
 
-    Examples: ``"objects cut at probability 0.7: the network is sure of 46% of the
-    foreground (0.5 where under 25%)"``; ``"objects cut at probability 0.6, as given"``; for
-    stacks, the range over planes.
+    Examples: ``"objects seeded at probability 0.7: the network is sure of 46% of the
+    foreground (0.5 where under 25%)"``; ``"objects seeded at probability 0.6, as given"``;
+    for stacks, the range over planes.
     """
     if not levels:
         return ""
-    cut = f"objects cut at probability {value_range([p.level for p in levels], '{:g}')}"
+    cut = f"objects seeded at probability {value_range([p.level for p in levels], '{:g}')}"
     shares = [p.sure for p in levels if p.sure is not None]
     if not shares:
         return f"{cut}, as given"

@@ -168,10 +168,10 @@ class SegmentPanel(QWidget):
         self.overlap_spin = float_spin(0.0, 0.5, step=0.025, decimals=4)
         self.threshold_spin = float_spin(0.0, 0.95, special="auto")
         self.threshold_spin.setToolTip(
-            "Probability level that cuts objects apart and from the background. 'auto' "
-            f"chooses it for each plane: {SURE_LEVEL:g} where the network is sure of most of "
-            f"what it finds (parts touching objects), {DEFAULT_LEVEL:g} otherwise (keeps dim "
-            "objects whole in a noisy image)."
+            "Probability level of the objects' seeds and foreground. 'auto' keeps the "
+            f"foreground at {DEFAULT_LEVEL:g} and chooses the seeds' level for each plane: "
+            f"{SURE_LEVEL:g} where the network is sure of much of what it finds (parts touching "
+            f"objects), {DEFAULT_LEVEL:g} otherwise (keeps dim objects whole in a noisy image)."
         )
         self.min_size_spin = int_spin(0, 100000, special="auto")
         self.diameter_spin = float_spin(0.0, 2000.0, 1.0, decimals=1, special="auto")
