@@ -36,8 +36,8 @@ def evaluate_nuclei(
     Every held-out image is segmented as it is and rescaled 0.5x, 2x and 3x (linear
     interpolation; labels by nearest pixel), with the object size estimated (the default) and
     at the model's own scale (``diameter`` = the trained one: no adaptation); at 1x also with
-    test-time augmentation and at the fixed level 0.5 instead of the level chosen per plane
-    (``core/seed_level.py``). Size bins use the truth's median object diameter in the image as
+    test-time augmentation and with the seeds' level chosen per plane (``threshold`` None,
+    ``core/seed_level.py``) instead of the fixed 0.5. Size bins use the truth's median object diameter in the image as
     segmented; images whose nuclei are under 10 px after rescaling are left out of the bins.
     The CTC HeLa frames are an external test set (nuclei cut by the border left out of both).
     ``only`` names the variants to run (all of :data:`VARIANTS` by default).
@@ -50,7 +50,6 @@ def evaluate_nuclei(
     from napari_unet.core.io import read_image
     from napari_unet.core.metrics import instance_scores
     from napari_unet.core.registry import load_bundle
-    from napari_unet.core.seed_level import DEFAULT_LEVEL
 
     bundle = load_bundle(model)
     trained = bundle.config["object_diameter"]
@@ -65,7 +64,7 @@ def evaluate_nuclei(
         "estimated": PredictOptions(),
         "model scale": PredictOptions(diameter=trained),
         "TTA": PredictOptions(tta=True),
-        "level 0.5": PredictOptions(threshold=DEFAULT_LEVEL),
+        "level auto": PredictOptions(threshold=None),
     }
     variants = {
         name: (scale, how[kind])
@@ -116,7 +115,7 @@ def evaluate_nuclei(
         for name, options in (
             ("auto", PredictOptions()),
             ("model scale", PredictOptions(diameter=trained)),
-            ("level 0.5", PredictOptions(threshold=DEFAULT_LEVEL)),
+            ("level auto", PredictOptions(threshold=None)),
         ):
             result = predict(image, bundle, options)
             hela.append(
@@ -141,7 +140,7 @@ def evaluate_nuclei(
 SIZE_BINS = ((10, 20), (20, 40), (40, 80), (80, 1000))
 VARIANTS = {  # name: (image scale, size estimated / at the model's scale / TTA / fixed level)
     "1x": (1.0, "estimated"),
-    "1x at level 0.5": (1.0, "level 0.5"),
+    "1x, level auto": (1.0, "level auto"),
     "1x at model scale": (1.0, "model scale"),
     "1x + TTA": (1.0, "TTA"),
     "0.5x": (0.5, "estimated"),

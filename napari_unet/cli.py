@@ -166,12 +166,14 @@ def _add_predict(commands: Commands) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=float,
-        metavar="P",
-        help="probability level of the objects' seeds and foreground (default: foreground "
-        f"{DEFAULT_LEVEL:g}, seeds chosen for each plane: {SURE_LEVEL:g} where the network is "
-        f"sure of much of what it finds, {DEFAULT_LEVEL:g} otherwise; a package from other "
-        f"software: {DEFAULT_LEVEL:g}); what was used is printed after each image",
+        type=_level,
+        default=PREDICT_DEFAULTS.threshold,
+        metavar="P|auto",
+        help="probability level of the objects' seeds and foreground; auto keeps the "
+        f"foreground at {DEFAULT_LEVEL:g} and chooses the seeds' level for each plane "
+        f"({SURE_LEVEL:g} where the network is sure of much of what it finds, "
+        f"{DEFAULT_LEVEL:g} otherwise) and prints it (a package from other software: "
+        f"{DEFAULT_LEVEL:g}) (default: %(default)s)",
     )
     p.add_argument("--min-size", type=int, metavar="PX", help="smallest object kept, in pixels")
     p.add_argument(
@@ -471,6 +473,16 @@ def _add_number(
         metavar=metavar,
         help=f"{text} (default: %(default)s)",
     )
+
+
+def _level(text: str) -> float | None:
+    """``--threshold``'s value: a number, or None for ``auto``."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:

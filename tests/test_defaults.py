@@ -26,6 +26,7 @@ SHOWN = {
         "--tile-size": PREDICT.tile_size,
         "--overlap": PREDICT.overlap,
         "--batch-size": PREDICT.batch_size,
+        "--threshold": PREDICT.threshold,
         "--format": LABEL_FORMATS[0],
     },
     "train": {
@@ -135,8 +136,8 @@ def test_the_widgets_start_from_the_same_defaults(panels):
     assert segment.link_check.isChecked() is PREDICT.link_z
     assert segment.tta_check.isChecked() is PREDICT.tta
     assert segment.device_combo.currentData() == PREDICT.device
-    # mode, threshold, min size, diameter, channel and colour rule are automatic (None) as in
-    # the core
+    assert segment.threshold_spin.value() == pytest.approx(PREDICT.threshold)
+    # mode, min size, diameter, channel and colour rule are automatic (None) as in the core
     assert segment.options() == PREDICT
     assert finetune.steps_spin.value() == TRAIN.steps
     assert finetune.lr_spin.value() == pytest.approx(TRAIN.learning_rate)

@@ -39,6 +39,7 @@ OPTIONS = PredictOptions(
     min_size=3,
     blending="none",
     diameter=16.0,
+    threshold=None,  # "auto": one level for every block, chosen on a window
     device="cpu",
     precision="fp32",
 )

@@ -193,7 +193,9 @@ def test_each_plane_is_cut_at_the_level_its_own_probabilities_call_for(instance_
         boundary = 0.98 * inside - interior
         return np.stack([1.0 - interior - boundary, interior, boundary], axis=1)
 
-    options = PredictOptions(tile_size=64, overlap=0.0, blending="none", diameter=20.0)
+    options = PredictOptions(
+        tile_size=64, overlap=0.0, blending="none", diameter=20.0, threshold=None
+    )
     stack = np.stack([image, image])
     result = run_to_end(
         iter_predict(stack, instance_bundle, options, axes="ZYX", predictor=predictor)

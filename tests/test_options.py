@@ -90,6 +90,23 @@ def test_the_cli_refuses_them_before_reading_anything(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_threshold_is_a_number_or_auto(capsys):
+    from napari_unet.cli import build_parser
+
+    def parsed(value: str) -> float | None:
+        return (
+            build_parser()
+            .parse_args(["predict", "a.tif", "-o", "out", "--threshold", value])
+            .threshold
+        )
+
+    assert parsed("auto") is None and parsed("AUTO") is None and parsed("0.6") == 0.6
+    with pytest.raises(SystemExit) as exit_:
+        parsed("high")
+    assert exit_.value.code == EXIT_USER
+    assert "not a number or 'auto': 'high'" in capsys.readouterr().err
+
+
 def test_a_channel_that_a_grey_image_lacks_is_refused_not_ignored():
     import numpy as np
 

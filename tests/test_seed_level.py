@@ -69,7 +69,7 @@ def test_a_given_level_is_kept_and_said_to_be_given():
     probabilities = _pair_with_a_neck(core=0.96, neck=0.6)
     given = choose_level(probabilities, 0.42)
     assert given == PlaneLevel(0.42, None) and given.foreground == 0.42  # seeds and foreground
-    assert describe_levels([given]) == "objects seeded at probability 0.42, as given"
+    assert describe_levels([given]) == ""  # a level the user set needs no explanation
 
 
 def test_the_sentence_names_the_level_and_why():

@@ -256,13 +256,12 @@ def readme(
         f"{halo} pixels at each inner tile border (the output `halo`): with that context a "
         "tile's probabilities match the whole image's.",
         (
-            "napari-unet turns the probabilities into objects: interior pixels above a level L"
-            f"{smoothing} form one seed per connected component; seeds grow by "
+            "napari-unet turns the probabilities into objects: interior pixels above "
+            f"{DEFAULT_LEVEL:g}{smoothing} form one seed per connected component; seeds grow by "
             "watershed over `boundary - interior` into the foreground (interior + boundary above "
-            f"{DEFAULT_LEVEL:g}); L is {SURE_LEVEL:g} in a plane where at least "
-            f"{100 * SURE_SHARE:.0f}% of the foreground has an interior above {SURE_INTERIOR:g}, "
-            f"else {DEFAULT_LEVEL:g} (a level the user gives holds for seeds and foreground); "
-            "objects "
+            f"{DEFAULT_LEVEL:g}); with the threshold `auto` the seeds' level is {SURE_LEVEL:g} "
+            f"in a plane where at least {100 * SURE_SHARE:.0f}% of the foreground has an "
+            f"interior above {SURE_INTERIOR:g}; objects "
             f"under {min_object_size} pixels (5% of a typical object's "
             "area) are removed; in z-stacks objects of neighbouring planes overlapping with "
             "IoU >= 0.25 share an id. This step is not part of the bioimage.io spec, so "

@@ -557,7 +557,8 @@ def _description(
                 "mode": config["mode"],
                 "class_names": list(config["class_names"]),
                 "object_diameter": diameter,
-                "threshold_rule": {  # the level of each plane (core/seed_level.py)
+                "threshold": PredictOptions().threshold,
+                "threshold_auto": {  # the seeds' level per plane (core/seed_level.py)
                     "sure_interior": SURE_INTERIOR,
                     "sure_share": SURE_SHARE,
                     "sure_level": SURE_LEVEL,

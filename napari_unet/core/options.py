@@ -76,9 +76,11 @@ class PredictOptions:
     batch_size : int
         Tiles per forward pass.
     threshold : float or None
-        Probability level of instance seeds and foreground; None keeps the foreground at 0.5
-        and chooses the seeds' level for each plane from how sure the network is of what it
-        found (:mod:`napari_unet.core.seed_level`: 0.7 where it is sure, 0.5 otherwise).
+        Probability level of instance seeds and foreground; None ("auto") keeps the
+        foreground at 0.5 and chooses the seeds' level for each plane from how sure the
+        network is of what it found (:mod:`napari_unet.core.seed_level`: 0.7 where it is
+        sure, 0.5 otherwise). Not the default: it gains on most images, but a fine-tuned
+        version, less sure than its base, loses part of that gain (benchmarks/RESULTS.md).
     min_size : int or None
         Smallest object kept, in pixels; None derives it from the object diameter.
     link_z : bool
@@ -116,7 +118,7 @@ class PredictOptions:
     tile_size: int = 1024
     overlap: float = 0.0625
     batch_size: int = 1
-    threshold: float | None = None
+    threshold: float | None = 0.5
     min_size: int | None = None
     link_z: bool = True
     diameter: float | None = None

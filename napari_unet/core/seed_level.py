@@ -12,7 +12,10 @@ that share reaches :data:`SURE_SHARE` is seeded at :data:`SURE_LEVEL`, any other
 extent (raising it too shrank them and lost dim ones: -0.04 AP on the CTC HeLa frames, and
 fine-tuned versions lost 0.05-0.07 on the base's own images). A level the user gives holds for
 seeds and foreground alike. The rule was chosen on images of the ``nuclei`` model's training
-families under seven shifts (``benchmarks/seed_level.py``).
+families under seven shifts (``benchmarks/seed_level.py``). It is an option (``threshold``
+None, "auto"), not the default: a fine-tuned version is less sure than its base, so fewer of
+its planes get the higher level, and the gain the base had from it shows as a loss of the
+fine-tune (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -80,16 +83,14 @@ def choose_level(probabilities: np.ndarray, given: float | None) -> PlaneLevel:
 def describe_levels(levels: Sequence[PlaneLevel]) -> str:
     """One sentence for the user: the level the planes were cut at and why.
 
-    Examples: ``"objects seeded at probability 0.7: the network is sure of 46% of the
-    foreground (0.5 where under 25%)"``; ``"objects seeded at probability 0.6, as given"``;
-    for stacks, the range over planes.
+    Example: ``"objects seeded at probability 0.7: the network is sure of 46% of the
+    foreground (0.5 where under 25%)"``; for stacks, the range over planes. Empty when no
+    level was chosen (the level was set).
     """
-    if not levels:
-        return ""
-    cut = f"objects seeded at probability {value_range([p.level for p in levels], '{:g}')}"
     shares = [p.sure for p in levels if p.sure is not None]
     if not shares:
-        return f"{cut}, as given"
+        return ""
+    cut = f"objects seeded at probability {value_range([p.level for p in levels], '{:g}')}"
     sure = value_range([100 * s for s in shares], "{:.0f}")
     return (
         f"{cut}: the network is sure of {sure}% of the foreground "

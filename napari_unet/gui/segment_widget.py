@@ -168,7 +168,7 @@ class SegmentPanel(QWidget):
         self.overlap_spin = float_spin(0.0, 0.5, step=0.025, decimals=4)
         self.threshold_spin = float_spin(0.0, 0.95, special="auto")
         self.threshold_spin.setToolTip(
-            "Probability level of the objects' seeds and foreground. 'auto' keeps the "
+            "Probability level of the objects' seeds and foreground. 'auto' (the lowest value) keeps the "
             f"foreground at {DEFAULT_LEVEL:g} and chooses the seeds' level for each plane: "
             f"{SURE_LEVEL:g} where the network is sure of much of what it finds (parts touching "
             f"objects), {DEFAULT_LEVEL:g} otherwise (keeps dim objects whole in a noisy image)."
