@@ -79,8 +79,9 @@ class PredictOptions:
         Probability level of instance seeds and foreground; None ("auto") keeps the
         foreground at 0.5 and chooses the seeds' level for each plane from how sure the
         network is of what it found (:mod:`napari_unet.core.seed_level`: 0.7 where it is
-        sure, 0.5 otherwise). Not the default: it gains on most images, but a fine-tuned
-        version, less sure than its base, loses part of that gain (benchmarks/RESULTS.md).
+        sure, 0.5 otherwise). Not the default: it gains on most images, but a version
+        fine-tuned on corrections gained nothing from it where its base did, so
+        fine-tuning then showed as a loss (benchmarks/RESULTS.md).
     min_size : int or None
         Smallest object kept, in pixels; None derives it from the object diameter.
     link_z : bool

@@ -10,12 +10,12 @@ boundary above 0.5) where the interior probability exceeds :data:`SURE_INTERIOR`
 that share reaches :data:`SURE_SHARE` is seeded at :data:`SURE_LEVEL`, any other at
 :data:`DEFAULT_LEVEL`; the foreground stays at :data:`DEFAULT_LEVEL`, so objects keep their
 extent (raising it too shrank them and lost dim ones: -0.04 AP on the CTC HeLa frames, and
-fine-tuned versions lost 0.05-0.07 on the base's own images). A level the user gives holds for
+fine-tuned versions lost 0.03-0.07 on the base's own images). A level the user gives holds for
 seeds and foreground alike. The rule was chosen on images of the ``nuclei`` model's training
 families under seven shifts (``benchmarks/seed_level.py``). It is an option (``threshold``
-None, "auto"), not the default: a fine-tuned version is less sure than its base, so fewer of
-its planes get the higher level, and the gain the base had from it shows as a loss of the
-fine-tune (``benchmarks/RESULTS.md``).
+None, "auto"), not the default: a version fine-tuned on a user's corrections gained nothing
+from it where its base did (the same AP at this rule and at 0.5), so next to a base that
+uses it, fine-tuning showed as a loss (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
