@@ -991,3 +991,32 @@ def test_a_colour_image_shows_the_colour_choice_and_says_what_was_used(qtbot, do
     assert panel.colour_combo.isHidden() and colour_label.isHidden()
     _click_segment(qtbot, viewer, widget, "grey labels")
     assert "grey labels" in panel.status.text() and "Colour" not in panel.status.text()
+
+
+def test_threshold_auto_seeds_each_plane_and_says_so(qtbot, docked):
+    """The Threshold's lowest setting, 'auto', segments with the seed level chosen for the
+    plane and the status line says which and why; the foreground stays that of 0.5, so auto
+    only moves the seeds: objects part, or lose a seed that never reached the level."""
+    from napari_unet.gui.sample_data import nuclei_2d
+
+    viewer, widget = docked
+    layer = viewer.add_image(nuclei_2d()[0][0][:256, :256], name="nuclei")
+    widget.segment.model_combo.setCurrentText("nuclei")
+    assert widget.segment.threshold_spin.value() == pytest.approx(0.5)  # the default
+    fixed = np.asarray(_segment_layer(qtbot, widget, layer).data).copy()
+    assert "seeded at probability" not in widget.segment.status.text()
+    spin = widget.segment.threshold_spin
+    spin.setValue(spin.minimum())
+    assert spin.text() == "auto" and widget.segment.options().threshold is None
+    viewer.layers.remove(f"{layer.name} labels")
+    auto = np.asarray(_segment_layer(qtbot, widget, layer).data)
+    status = widget.segment.status.text()
+    found = re.search(r"seeded at probability ([\d.]+): the network is sure of (\d+)%", status)
+    assert found, status
+    level, sure = float(found.group(1)), int(found.group(2))
+    assert level == (0.7 if sure >= 25 else 0.5)
+    # seeds move, the foreground does not: nothing outside the 0.5 objects, nearly all of them
+    assert np.all(fixed[auto > 0] > 0) and np.mean((auto > 0) == (fixed > 0)) > 0.98
+    pairs = np.unique(np.stack([auto.ravel(), fixed.ravel()]), axis=1).shape[1]
+    same_objects = pairs == len(np.unique(auto)) == len(np.unique(fixed))
+    assert same_objects == (level == 0.5)  # a higher level cut the plane otherwise
