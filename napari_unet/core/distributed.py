@@ -164,8 +164,9 @@ class DistributedPrediction:
         ``blocks``, ``block_size``, ``z_block`` (planes per block; None: all), ``halo``,
         ``resumed`` (blocks already done),
         ``objects``, ``merged_pairs``, ``predict_seconds``, ``merge_seconds``, ``diameter``,
-        ``levels`` (the one :class:`~napari_unet.core.seed_level.PlaneLevel` of every block of an
-        instance segmentation; none in semantic mode), ``colour_input`` (the sentence of the colour input every block used; None for grey).
+        ``levels`` (the one :class:`~napari_unet.core.seed_level.PlaneLevel` of every block
+        of an instance segmentation; none in semantic mode), ``colour_input`` (the sentence
+        of the colour input every block used; None for grey).
     """
 
     labels: Any

@@ -168,8 +168,8 @@ class SegmentPanel(QWidget):
         self.overlap_spin = float_spin(0.0, 0.5, step=0.025, decimals=4)
         self.threshold_spin = float_spin(0.0, 0.95, special="auto")
         self.threshold_spin.setToolTip(
-            "Probability level of the objects' seeds and foreground. 'auto' (the lowest value) keeps the "
-            f"foreground at {DEFAULT_LEVEL:g} and chooses the seeds' level for each plane: "
+            "Probability level of the objects' seeds and foreground. 'auto' (the lowest value) "
+            f"keeps the foreground at {DEFAULT_LEVEL:g} and chooses the seeds' level for each plane: "
             f"{SURE_LEVEL:g} where the network is sure of much of what it finds (parts touching "
             f"objects), {DEFAULT_LEVEL:g} otherwise (keeps dim objects whole in a noisy image)."
         )
@@ -379,9 +379,8 @@ class SegmentPanel(QWidget):
         self.channel_spin.setValue(-1 if defaults.channel is None else defaults.channel)
         self.tile_spin.setValue(int(s.value("segment/tile", defaults.tile_size)))
         self.overlap_spin.setValue(float(s.value("segment/overlap", defaults.overlap)))
-        # "segment/level", not the old "segment/threshold": that key holds the 0.5 every
-        # earlier version saved, which would hide the automatic choice
-        self.threshold_spin.setValue(float(s.value("segment/level", defaults.threshold or 0.0)))
+        level = s.value("segment/threshold", defaults.threshold)
+        self.threshold_spin.setValue(float(level or 0.0))  # 0.0 shows "auto"
         self.min_size_spin.setValue(int(s.value("segment/min_size", 0)))
         linked = str(s.value("segment/link_z", str(defaults.link_z).lower()))
         self.link_check.setChecked(linked == "true")
@@ -391,7 +390,7 @@ class SegmentPanel(QWidget):
         s.setValue("segment/model", self.model)
         s.setValue("segment/tile", self.tile_spin.value())
         s.setValue("segment/overlap", self.overlap_spin.value())
-        s.setValue("segment/level", self.threshold_spin.value())
+        s.setValue("segment/threshold", self.threshold_spin.value())
         s.setValue("segment/min_size", self.min_size_spin.value())
         s.setValue("segment/link_z", "true" if self.link_check.isChecked() else "false")
 
