@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import finetune_gain as scenarios  # noqa: E402  (the shifts and the DSB reader)
-from seed_smoothing import DATA, training_grey_ids  # noqa: E402
+from seed_smoothing import drawn_items  # noqa: E402
 
 from napari_unet.core.inference import predict  # noqa: E402
 from napari_unet.core.metrics import instance_scores  # noqa: E402
@@ -70,22 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=float, nargs="+", default=[DEFAULT_LEVEL, 0.7])
     args = parser.parse_args(argv)
     bundle = load_bundle(args.model)
-    ids = training_grey_ids()
     print(f"{args.model}; AP@0.5 at fixed levels and chosen (change against {args.levels[0]:g})")
-    for draw in args.draws:
-        picked = [ids[i] for i in np.random.default_rng(draw).permutation(len(ids))[: args.images]]
-        for name, shift in SHIFTS.items():
-            items = [shift(scenarios.read_dsb(DATA, i), k) for k, i in enumerate(picked)]
-            found, sure, chosen = scores(bundle, items, args.levels)
-            change = found[None] - found[args.levels[0]]
-            fixed = "  ".join(f"{level:g}: {found[level].mean():.3f}" for level in args.levels)
-            print(
-                f"draw {draw}, {len(items)} images, {name}: sure {sure.mean():.2f} ± "
-                f"{sure.std():.2f}; {fixed}; chosen: {found[None].mean():.3f} "
-                f"({change.mean():+.3f}, {(change > 0.005).sum()} up / "
-                f"{(change < -0.005).sum()} down; {(chosen > DEFAULT_LEVEL).sum()} images higher)",
-                flush=True,
-            )
+    for draw, name, items in drawn_items(args.draws, args.images, SHIFTS):
+        found, sure, chosen = scores(bundle, items, args.levels)
+        change = found[None] - found[args.levels[0]]
+        fixed = "  ".join(f"{level:g}: {found[level].mean():.3f}" for level in args.levels)
+        print(
+            f"draw {draw}, {len(items)} images, {name}: sure {sure.mean():.2f} ± "
+            f"{sure.std():.2f}; {fixed}; chosen: {found[None].mean():.3f} "
+            f"({change.mean():+.3f}, {(change > 0.005).sum()} up / "
+            f"{(change < -0.005).sum()} down; {(chosen > DEFAULT_LEVEL).sum()} images higher)",
+            flush=True,
+        )
     return 0
 
 

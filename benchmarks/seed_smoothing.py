@@ -55,6 +55,16 @@ def training_grey_ids() -> list[str]:
     return [i for i in json.loads(SPLIT.read_text())["train"] if i in grey]
 
 
+def drawn_items(draws: list[int], images: int, shifts: dict = SHIFTS):
+    """For each draw (a random seed) and shift: the draw, the shift's name and the draw's
+    ``images`` grey training images under that shift."""
+    ids = training_grey_ids()
+    for draw in draws:
+        chosen = [ids[i] for i in np.random.default_rng(draw).permutation(len(ids))[:images]]
+        for name, shift in shifts.items():
+            yield draw, name, [shift(scenarios.read_dsb(DATA, i), k) for k, i in enumerate(chosen)]
+
+
 def scores_by_share(bundle, items, shares: list[float]) -> dict[float, np.ndarray]:
     """AP@0.5 of every item at every smoothing share, as ``predict`` segments it."""
     scores: dict[float, list[float]] = {share: [] for share in shares}
@@ -98,22 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shipped = postprocess.SEED_SMOOTHING
     bundle = load_bundle(args.model)
-    ids = training_grey_ids()
     print(f"{args.model}; shipped share {shipped:g}; AP@0.5 (change against no smoothing)")
-    for draw in args.draws:
-        chosen = [ids[i] for i in np.random.default_rng(draw).permutation(len(ids))[: args.images]]
-        for name, shift in SHIFTS.items():
-            items = [shift(scenarios.read_dsb(DATA, i), k) for k, i in enumerate(chosen)]
-            scores = scores_by_share(bundle, items, args.shares)
-            reference = scores[args.shares[0]]
-            cells = []
-            for share, values in scores.items():
-                change = values - reference
-                cells.append(
-                    f"{share:g}: {values.mean():.3f} ({change.mean():+.3f}, "
-                    f"{(change > 0.005).sum()} up / {(change < -0.005).sum()} down)"
-                )
-            print(f"draw {draw}, {len(chosen)} images {name}: " + "  ".join(cells), flush=True)
+    for draw, name, items in drawn_items(args.draws, args.images):
+        scores = scores_by_share(bundle, items, args.shares)
+        reference = scores[args.shares[0]]
+        cells = []
+        for share, values in scores.items():
+            change = values - reference
+            cells.append(
+                f"{share:g}: {values.mean():.3f} ({change.mean():+.3f}, "
+                f"{(change > 0.005).sum()} up / {(change < -0.005).sum()} down)"
+            )
+        print(f"draw {draw}, {len(items)} images {name}: " + "  ".join(cells), flush=True)
     if args.time:
         paired_timing(bundle, shipped)
     return 0
