@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_gain.py [--set tune|report|stress|all] [--scenarios NAME ...]
         [--seeds 0 1 2] [--steps N] [--train KEY=VALUE ...] [--others N] [--own N]
-        [--quick] [--json PATH] [--data DIR] [--blend SHARE ...]
+        [--quick] [--json PATH] [--data DIR] [--blend SHARE ...] [--threshold P|auto]
 
 The acceptance measurement for "fine-tuning on a user's corrections never makes the model
 worse and usually makes it better". Each SCENARIO is a domain shift, built from
@@ -41,7 +41,8 @@ colour ones for those scenarios; each image serves one scenario or the forgettin
 the JSON has them whole).
 
 For every scenario the base model segments the user image with the GUI's defaults
-(``PredictOptions()``); a simulated user repaints the ~15 worst true nuclei (missed, split,
+(``PredictOptions()``; ``--threshold`` changes the threshold of every segmentation, the
+fine-tuning run's own comparison included); a simulated user repaints the ~15 worst true nuclei (missed, split,
 merged) and erases ~5 false positives, and the known-mask is what the GUI computes from the
 edits (:func:`napari_unet.gui.corrections.edited_regions`, 16-px margin). The model is then
 fine-tuned on that one plane with ``TrainSettings()`` (the panel's defaults, augmentation on)
@@ -351,11 +352,22 @@ def own_items(data: Path, n: int) -> list[Item]:
 
 
 # ----- scoring ------------------------------------------------------------------------------
-def predict_labels(bundle: Any, image: np.ndarray, axes: str) -> np.ndarray:
-    """Instance labels with the GUI's default prediction settings."""
-    from napari_unet.core.inference import PredictOptions, predict
+PREDICT = None  # the PredictOptions of every segmentation; main sets them from --threshold
 
-    return predict(image, bundle, PredictOptions(), axes=axes).labels
+
+def predict_options() -> Any:
+    """The options every segmentation of the benchmark uses: the GUI's defaults unless
+    ``--threshold`` changed them."""
+    from napari_unet.core.options import PredictOptions
+
+    return PREDICT or PredictOptions()
+
+
+def predict_labels(bundle: Any, image: np.ndarray, axes: str) -> np.ndarray:
+    """Instance labels with the benchmark's prediction settings (:func:`predict_options`)."""
+    from napari_unet.core.inference import predict
+
+    return predict(image, bundle, predict_options(), axes=axes).labels
 
 
 def ap50(prediction: np.ndarray, truth: np.ndarray, clear_border: bool = False) -> float:
@@ -654,7 +666,7 @@ def finetune(
         source=f"{scenario.name}/{scenario.user.id}",
     )
     start = time.perf_counter()
-    result = run_to_end(iter_finetune(base, [sample], settings))
+    result = run_to_end(iter_finetune(base, [sample], settings, predict_options=predict_options()))
     return result, time.perf_counter() - start
 
 
@@ -1009,6 +1021,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SHARE",
         help="also score the weights SHARE of the way from the base to each fine-tuned version",
     )
+    parser.add_argument(
+        "--threshold",
+        default="0.5",
+        metavar="P|auto",
+        help="the prediction's threshold for every segmentation, the base's, the simulated "
+        "user's and the fine-tuned versions' (auto: the seed level chosen per plane)",
+    )
     args = parser.parse_args(argv)
     args.others = min(args.others or (QUICK_OTHERS if args.quick else DEFAULT_OTHERS), MAX_OTHERS)
     args.own = min(args.own or (QUICK_OWN if args.quick else DEFAULT_OWN), OWN_POOL)
@@ -1038,6 +1057,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0 (the PASS/FAIL lines are the verdict)."""
     args = parse_args(argv)
     settings = train_settings(args.train, args.steps)
+    global PREDICT
+    from napari_unet.core.options import PredictOptions
+
+    level = None if args.threshold.strip().lower() == "auto" else float(args.threshold)
+    PREDICT = PredictOptions(threshold=level)
     names = selected(args)
     if not names:
         raise SystemExit("no scenario selected: check --set and --scenarios")
@@ -1050,6 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
     print(f"fine-tune settings: {dataclasses.asdict(settings)}")
+    print(f"prediction threshold: {'auto' if level is None else level}")
     print(
         f"seeds {args.seeds}; {args.others} other images per scenario; {args.own} own held-out images"
     )
