@@ -1003,13 +1003,14 @@ def test_threshold_auto_seeds_each_plane_and_says_so(qtbot, docked):
     layer = viewer.add_image(nuclei_2d()[0][0][:256, :256], name="nuclei")
     widget.segment.model_combo.setCurrentText("nuclei")
     assert widget.segment.threshold_spin.value() == pytest.approx(0.5)  # the default
-    fixed = np.asarray(_segment_layer(qtbot, widget, layer).data).copy()
+    widget.segment.image_combo.setCurrentText(layer.name)
+    fixed = np.asarray(_click_segment(qtbot, viewer, widget, "nuclei labels").data).copy()
     assert "seeded at probability" not in widget.segment.status.text()
     spin = widget.segment.threshold_spin
     spin.setValue(spin.minimum())
     assert spin.text() == "auto" and widget.segment.options().threshold is None
     viewer.layers.remove(f"{layer.name} labels")
-    auto = np.asarray(_segment_layer(qtbot, widget, layer).data)
+    auto = np.asarray(_click_segment(qtbot, viewer, widget, "nuclei labels").data)
     status = widget.segment.status.text()
     found = re.search(r"seeded at probability ([\d.]+): the network is sure of (\d+)%", status)
     assert found, status
