@@ -56,6 +56,8 @@ def test_impossible_prediction_settings_are_refused(change, match):
         ({"replay_fraction": 1.0}, "replay fraction"),
         ({"finetuned_share": 0.0}, "fine-tuned share"),
         ({"finetuned_share": 1.5}, "fine-tuned share"),
+        ({"trained_levels": -1}, "trained levels"),
+        ({"trained_levels": 1.5}, "trained levels"),
         ({"context_weight": -1.0}, "context weight"),
         ({"precision": "int4"}, "precision"),
     ],

@@ -297,6 +297,23 @@ def test_a_trained_base_keeps_part_of_the_change_and_random_weights_all_of_it(tr
         torch.testing.assert_close(last_step[key], value)
 
 
+def test_a_trained_base_trains_its_first_levels_and_random_weights_every_level(trained):
+    base = trained[1].bundle
+    assert (
+        training.with_base_defaults(TrainSettings(), base).trained_levels == training.TRAINED_LEVELS
+    )
+    assert training.with_base_defaults(TrainSettings(), tiny_bundle()).trained_levels == 0
+    settings = replace(QUICK, retention_tolerance=None, finetuned_share=1.0, trained_levels=1)
+    result = run(iter_finetune(base, samples(2, seed=5), settings))[1]
+    assert result.bundle.config["training"]["history"][-1]["settings"]["trained_levels"] == 1
+    before = dict(base.network.named_parameters())
+    after = dict(result.bundle.network.named_parameters())
+    moved = {name for name in after if not torch.equal(after[name], before[name])}
+    assert moved and all(name.startswith("encoders.0.") for name in moved)
+    first_level = {name for name in after if name.startswith("encoders.0.")}
+    assert moved == first_level  # every weight of the first level learnt, nothing else
+
+
 @pytest.mark.parametrize("stop_at", [1, 3, 7])
 def test_stop_returns_complete_model(tmp_path, stop_at):
     event = threading.Event()

@@ -233,6 +233,13 @@ class UNet(nn.Module):
             except ValueError:
                 size += 1
 
+    def input_side_parameters(self, levels: int) -> list[nn.Parameter]:
+        """The parameters of the first ``levels`` encoder blocks, counted from the input
+        (every parameter of the network when ``levels`` is 0 or exceeds the depth)."""
+        if not 0 < levels <= self.depth:
+            return list(self.parameters())
+        return [p for encoder in self.encoders[:levels] for p in encoder.parameters()]
+
     def crop_per_side(self, size: int) -> int:
         """Pixels lost on each side for an input of ``size`` (0 for same padding)."""
         return (size - self.output_size(size)) // 2

@@ -202,6 +202,20 @@ class TrainSettings:
     :data:`~napari_unet.core.training.FINETUNED_SHARE` for a base with a training run in its
     history and 1 for one without (random weights, trained from scratch: no base to stay
     near).
+    ``trained_levels`` is how many levels of the network, counted from the input, a fine-tune
+    changes (1: the first encoder block of two convolutions, 2: the first two); every other
+    weight keeps the base's value, the batch-norm statistics of every layer still follow the
+    batches. 0 trains every weight. A user's data differ from the base's training data mostly
+    in how the image looks (noise, blur, illumination, stain), which the first layers read,
+    while what a nucleus is and where two touching ones part is deeper in the network, and a
+    few corrections on one plane change it for the worse ("surgical" fine-tuning, Lee et al.
+    2023). On the tuning scenarios of ``benchmarks/finetune_gain.py`` (six shifts, three seeds)
+    the first two levels at 5e-4 gained more than every weight at 1e-4 (+0.033 against +0.025
+    AP@0.5 on the scenarios' other images) and no run lost (the worst +0.002 against -0.037);
+    one level lost on enlarged nuclei (-0.026), three on noisy ones (-0.033;
+    benchmarks/RESULTS.md). None (the default) is
+    :data:`~napari_unet.core.training.TRAINED_LEVELS` for a base with a training run in its
+    history and 0 for one without (random weights learn everywhere).
     ``retention_tolerance`` guards what the base knew: when the base bundle ships check patches
     of its own training data (:attr:`~napari_unet.core.bundle.ReplaySet.checks`), both versions
     segment them after training, and if the new weights lose more than this much AP@0.5 (mean
@@ -219,7 +233,9 @@ class TrainSettings:
     # (five shifts, four seeds) as much gain as 100 (+0.025 against +0.027 AP@0.5) with half
     # the worst loss (-0.018 against -0.036) and half the time (about 15 s on 2 CPU cores)
     steps: int = 50
-    learning_rate: float = 1e-4  # at most the base's final rate: fresh Adam moments overshoot
+    # for the first TRAINED_LEVELS levels of a trained base, chosen on the tuning scenarios
+    # (benchmarks/RESULTS.md, 2026-12-08); every level at this rate overshoots
+    learning_rate: float = 5e-4
     patch_size: int = 256
     batch_size: int = 2
     val_fraction: float = 0.25
@@ -240,6 +256,7 @@ class TrainSettings:
     replay_fraction: float = 0.25
     freeze_norm: bool = False
     finetuned_share: float | None = None
+    trained_levels: int | None = None
     retention_tolerance: float | None = 0.02
 
     def check(self) -> None:
@@ -263,6 +280,8 @@ class TrainSettings:
         _in_range("replay fraction", self.replay_fraction, 0.0, 0.95)
         if self.finetuned_share is not None:
             _in_range("fine-tuned share", self.finetuned_share, 0.0, 1.0, low_open=True)
+        if self.trained_levels is not None:
+            _in_range("trained levels", self.trained_levels, 0, 64, integer=True)
         if self.retention_tolerance is not None:
             _in_range("retention tolerance", self.retention_tolerance, 0.0, 1.0)
         low, high = self.augment.zoom

@@ -68,6 +68,9 @@ CONTEXT_WEIGHT_WITHOUT_REPLAY = 0.3
 # how far from a trained base towards the fine-tuned weights the new version lies
 # (TrainSettings.finetuned_share; chosen on benchmarks/finetune_gain.py's tuning scenarios)
 FINETUNED_SHARE = 0.5
+# how many levels of a trained base, from the input, a fine-tune trains
+# (TrainSettings.trained_levels; chosen on benchmarks/finetune_gain.py's tuning scenarios)
+TRAINED_LEVELS = 2
 _HOLD_OUT_MARGIN = 16  # pixels around a held-out region that are not trained on either
 
 
@@ -459,13 +462,18 @@ def _anchor_penalty(
 
 
 def _optimizer(network: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """The optimiser of the parameters ``settings.trained_levels`` lets train; the others
+    get no gradient and keep their values (their batch-norm statistics still follow the
+    batches, as :func:`_train_mode` sets)."""
+    trained = network.input_side_parameters(settings.trained_levels or 0)
+    chosen = {id(p) for p in trained}
+    for parameter in network.parameters():
+        parameter.requires_grad_(id(parameter) in chosen)
     if settings.optimizer == "adamw":
         # weight decay pulls towards zero; with an anchor the pull is towards the base instead
         decay = 0.0 if settings.anchor_weight else 1e-4
-        return torch.optim.AdamW(
-            network.parameters(), lr=settings.learning_rate, weight_decay=decay
-        )
-    return torch.optim.SGD(network.parameters(), lr=settings.learning_rate, momentum=0.99)
+        return torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=decay)
+    return torch.optim.SGD(trained, lr=settings.learning_rate, momentum=0.99)
 
 
 def _train_mode(network: torch.nn.Module, freeze_norm: bool) -> None:
@@ -650,7 +658,8 @@ def with_base_defaults(settings: TrainSettings, base: Bundle) -> TrainSettings:
     to rehearse (they teach the background) and :data:`CONTEXT_WEIGHT_WITHOUT_REPLAY` when it
     does not, where the context is the network's only view of the untouched background;
     ``finetuned_share`` None is :data:`FINETUNED_SHARE` when the base's config records a
-    training run and 1 when it records none (random weights: no base to stay near).
+    training run and 1 when it records none (random weights: no base to stay near);
+    ``trained_levels`` None likewise is :data:`TRAINED_LEVELS` or 0 (every level).
     """
     runs = base.config.get("training", {}).get("history", [])
     if settings.border_weights is None:
@@ -662,6 +671,8 @@ def with_base_defaults(settings: TrainSettings, base: Bundle) -> TrainSettings:
         settings = replace(settings, context_weight=weight)
     if settings.finetuned_share is None:
         settings = replace(settings, finetuned_share=FINETUNED_SHARE if runs else 1.0)
+    if settings.trained_levels is None:
+        settings = replace(settings, trained_levels=TRAINED_LEVELS if runs else 0)
     return settings
 
 
