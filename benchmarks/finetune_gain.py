@@ -1021,9 +1021,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SHARE",
         help="also score the weights SHARE of the way from the base to each fine-tuned version",
     )
+    from napari_unet.cli import threshold_argument
+
     parser.add_argument(
         "--threshold",
-        default="0.5",
+        type=threshold_argument,
+        default=0.5,
         metavar="P|auto",
         help="the prediction's threshold for every segmentation, the base's, the simulated "
         "user's and the fine-tuned versions' (auto: the seed level chosen per plane)",
@@ -1060,8 +1063,7 @@ def main(argv: list[str] | None = None) -> int:
     global PREDICT
     from napari_unet.core.options import PredictOptions
 
-    level = None if args.threshold.strip().lower() == "auto" else float(args.threshold)
-    PREDICT = PredictOptions(threshold=level)
+    PREDICT = PredictOptions(threshold=args.threshold)
     names = selected(args)
     if not names:
         raise SystemExit("no scenario selected: check --set and --scenarios")
@@ -1074,7 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
     print(f"fine-tune settings: {dataclasses.asdict(settings)}")
-    print(f"prediction threshold: {'auto' if level is None else level}")
+    print(f"prediction threshold: {'auto' if args.threshold is None else args.threshold}")
     print(
         f"seeds {args.seeds}; {args.others} other images per scenario; {args.own} own held-out images"
     )

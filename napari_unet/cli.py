@@ -166,7 +166,7 @@ def _add_predict(commands: Commands) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=_level,
+        type=threshold_argument,
         default=PREDICT_DEFAULTS.threshold,
         metavar="P|auto",
         help="probability level of the objects' seeds and foreground; auto keeps the "
@@ -475,7 +475,7 @@ def _add_number(
     )
 
 
-def _level(text: str) -> float | None:
+def threshold_argument(text: str) -> float | None:
     """``--threshold``'s value: a number, or None for ``auto``."""
     if text.strip().lower() == "auto":
         return None

@@ -462,10 +462,10 @@ def _anchor_penalty(
 
 
 def _optimizer(network: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    """The optimiser of the parameters ``settings.trained_levels`` lets train; the others
-    get no gradient and keep their values (their batch-norm statistics still follow the
-    batches, as :func:`_train_mode` sets)."""
-    trained = network.input_side_parameters(settings.trained_levels or 0)
+    """The optimiser of the parameters ``settings.trained_levels`` (decided by
+    :func:`with_base_defaults`) lets train; the others get no gradient and keep their values
+    (their batch-norm statistics still follow the batches, as :func:`_train_mode` sets)."""
+    trained = network.input_side_parameters(settings.trained_levels)
     chosen = {id(p) for p in trained}
     for parameter in network.parameters():
         parameter.requires_grad_(id(parameter) in chosen)
